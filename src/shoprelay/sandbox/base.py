@@ -1,0 +1,190 @@
+"""What every vendor sandbox shares: recording, fault injection and rate-limit answers.
+
+A sandbox is a real HTTP server that enforces one vendor's document (auth, required fields,
+types, batch sizes, limits, error codes) and records every request with its verdict, so a person
+(the demo page) or a test can see exactly what the vendor would have received and refused.
+A sandbox module defines `SANDBOX`, an instance of a `Sandbox` subclass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+
+#: The credentials every sandbox accepts; the demo settings use them.
+DEMO_KEY = "sandbox-key"
+
+
+@dataclass(slots=True)
+class Record:
+    """One request a sandbox received, and what it answered."""
+
+    vendor: str
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any
+    status: int
+    error: str = ""
+    at: float = field(default_factory=time.time)
+
+    @property
+    def accepted(self) -> bool:
+        return 200 <= self.status < 300
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vendor": self.vendor, "method": self.method, "path": self.path,
+            "query": self.query, "headers": self.headers, "body": self.body,
+            "status": self.status, "error": self.error, "at": self.at,
+            "accepted": self.accepted,
+        }
+
+
+class Refusal(Exception):
+    """Raised by a sandbox handler: answer `status` with `error` and record the refusal."""
+
+    def __init__(self, status: int, error: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.headers = headers or {}
+
+
+@dataclass(slots=True)
+class Fault:
+    """A failure the sandbox plays instead of answering (for fault tests and the demo)."""
+
+    #: "status" answers `status` (with Retry-After if set); "hang" never answers in time;
+    #: "close" drops the connection without an answer.
+    kind: str = "status"
+    status: int = 503
+    retry_after: float | None = None
+    #: How many requests the fault applies to; None means until cleared.
+    count: int | None = None
+    hang_seconds: float = 30.0
+
+
+class SlidingWindow:
+    """Counts requests per key within a window; used to answer 429 as the vendor would."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self._hits: dict[str, deque[float]] = {}
+
+    def hit(self, key: str, now: float | None = None) -> float | None:
+        """Record a request; return None if allowed, else seconds until one is allowed."""
+        now = time.monotonic() if now is None else now
+        hits = self._hits.setdefault(key, deque())
+        while hits and hits[0] <= now - self.window:
+            hits.popleft()
+        if len(hits) >= self.limit:
+            return max(0.0, hits[0] + self.window - now)
+        hits.append(now)
+        return None
+
+
+def parse_json_body(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Refusal(400, f"body is not valid JSON: {exc}") from None
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status, headers, media_type="application/json")
+
+
+Handler = Callable[[Request, Any], Awaitable[Response]]
+
+
+class Sandbox:
+    """Base of a vendor sandbox. Subclasses define `routes` and `demo_settings`."""
+
+    #: Same name as the vendor adapter and settings table.
+    name: ClassVar[str]
+
+    def routes(self, sandbox: SandboxState) -> list[BaseRoute]:
+        raise NotImplementedError
+
+    def demo_settings(self, base_url: str) -> dict[str, Any]:
+        """The `[sites.X.vendors.<name>]` table that points the relay at this sandbox."""
+        raise NotImplementedError
+
+
+class SandboxState:
+    """Records, faults and limiters of one mounted sandbox."""
+
+    def __init__(self, vendor: str) -> None:
+        self.vendor = vendor
+        self.records: list[Record] = []
+        self.faults: deque[Fault] = deque()
+        self.changed = asyncio.Event()
+
+    def add(self, record: Record) -> None:
+        self.records.append(record)
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    def clear(self) -> None:
+        self.records.clear()
+        self.faults.clear()
+
+    def next_fault(self) -> Fault | None:
+        if not self.faults:
+            return None
+        fault = self.faults[0]
+        if fault.count is not None:
+            fault.count -= 1
+            if fault.count <= 0:
+                self.faults.popleft()
+        return fault
+
+    async def handle(self, request: Request, handler: Handler) -> Response:
+        """Read the body, play a fault if one is set, run `handler`, record the verdict."""
+        raw = await request.body()
+        try:
+            body: Any = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = raw.decode("utf-8", "replace")
+        record = Record(
+            vendor=self.vendor,
+            method=request.method,
+            path=request.url.path,
+            query=dict(request.query_params),
+            headers={k: v for k, v in request.headers.items()
+                     if k.lower() not in ("host", "content-length", "accept-encoding",
+                                          "connection", "user-agent", "accept")},
+            body=body,
+            status=200,
+        )
+        fault = self.next_fault()
+        if fault is not None:
+            if fault.kind == "hang":
+                await asyncio.sleep(fault.hang_seconds)
+            headers = {}
+            if fault.retry_after is not None:
+                headers["Retry-After"] = str(int(fault.retry_after))
+            record.status, record.error = fault.status, f"injected fault: HTTP {fault.status}"
+            self.add(record)
+            return json_response({"error": record.error}, fault.status, headers)
+        try:
+            response = await handler(request, raw)
+        except Refusal as refusal:
+            record.status, record.error = refusal.status, refusal.error
+            self.add(record)
+            return json_response({"error": refusal.error}, refusal.status, refusal.headers)
+        record.status = response.status_code
+        self.add(record)
+        return response

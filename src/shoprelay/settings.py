@@ -1,0 +1,273 @@
+"""The settings file (CONTRACT §4): TOML, `${VAR}` read from the environment, checked whole.
+
+Every table is described by a dataclass; the loader checks each key against the dataclass's
+fields and types and collects *every* problem, so an operator fixes a file in one go. A file
+with any problem is refused with the file, the dotted key and the reason for each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from shoprelay.vendors import VENDORS
+from shoprelay.vendors.base import VendorConfig
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    key: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.reason}"
+
+
+class SettingsError(Exception):
+    """A settings file that cannot be used; `problems` lists every reason."""
+
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s) in the settings:\n{lines}")
+
+
+@dataclass(kw_only=True)
+class RelaySettings:
+    #: Signs visitor cookies. Required; at least 16 characters.
+    secret: str
+    spool: str = "sqlite:///shoprelay.db"
+    cookie_name: str = "sc"
+    #: Cookie lifetime in days (two years by default, as the contract says).
+    cookie_max_age_days: int = 730
+    #: Only these peers' X-Forwarded-For is believed.
+    trusted_proxies: list[str] = field(default_factory=list)
+    #: SQLite `synchronous` mode: "full" (fsync every commit) or "normal" (WAL: survives a
+    #: process crash, may lose the last commits on power loss).
+    spool_sync: str = "full"
+    #: Minutes without events after which a visitor's next event starts a new session.
+    session_timeout_minutes: int = 30
+
+
+@dataclass(kw_only=True)
+class SiteSettings:
+    name: str = ""
+    write_key: str
+    allowed_origins: list[str] = field(default_factory=list)
+    vendors: dict[str, VendorConfig] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class Settings:
+    relay: RelaySettings
+    sites: dict[str, SiteSettings]
+    source: str = "<settings>"
+
+    def __post_init__(self) -> None:
+        self._by_key = {site.write_key: site for site in self.sites.values()}
+
+    def site_for_key(self, write_key: str | None) -> SiteSettings | None:
+        return self._by_key.get(write_key or "")
+
+
+def load(path: str | os.PathLike[str], env: typing.Mapping[str, str] | None = None) -> Settings:
+    """Read and check a settings file; raise SettingsError naming file, key and reason."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise SettingsError(source, [Problem("(file)", exc.strerror or str(exc))]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SettingsError(source, [Problem("(file)", f"not valid TOML: {exc}")]) from None
+    return parse(data, source=source, env=os.environ if env is None else env)
+
+
+def parse(
+    data: dict[str, Any], *, source: str = "<settings>", env: typing.Mapping[str, str] | None = None
+) -> Settings:
+    env = os.environ if env is None else env
+    problems: list[Problem] = []
+    data = _expand(data, env, "", problems)
+    unknown = set(data) - {"relay", "sites"}
+    problems += [Problem(k, "unknown key") for k in sorted(unknown)]
+
+    relay_table = data.get("relay")
+    if not isinstance(relay_table, dict):
+        problems.append(Problem("relay", "a [relay] table is required"))
+        relay_table = {}
+    relay = _build(RelaySettings, relay_table, "relay", problems)
+    if relay is not None:
+        _check_relay(relay, problems)
+
+    sites: dict[str, SiteSettings] = {}
+    site_tables = data.get("sites")
+    if not isinstance(site_tables, dict) or not site_tables:
+        problems.append(Problem("sites", "at least one [sites.NAME] table is required"))
+        site_tables = {}
+    seen_keys: dict[str, str] = {}
+    for name, table in site_tables.items():
+        where = f"sites.{name}"
+        if not isinstance(table, dict):
+            problems.append(Problem(where, "must be a table"))
+            continue
+        vendor_tables = table.get("vendors", {})
+        site = _build(SiteSettings, {k: v for k, v in table.items() if k != "vendors"},
+                      where, problems)
+        if site is None:
+            continue
+        site.name = name
+        if site.write_key in seen_keys:
+            problems.append(Problem(f"{where}.write_key",
+                                    f"same write key as sites.{seen_keys[site.write_key]}"))
+        seen_keys[site.write_key] = name
+        for i, origin in enumerate(site.allowed_origins):
+            if not _is_url(origin) or urlsplit(origin).path not in ("", "/"):
+                problems.append(Problem(f"{where}.allowed_origins[{i}]",
+                                        f"not an origin (scheme://host[:port]): {origin!r}"))
+        site.allowed_origins = [o.rstrip("/") for o in site.allowed_origins]
+        site.vendors = _vendors(vendor_tables, f"{where}.vendors", problems)
+        sites[name] = site
+
+    if problems or relay is None:
+        raise SettingsError(source, problems)
+    return Settings(relay=relay, sites=sites, source=source)
+
+
+def _vendors(tables: Any, where: str, problems: list[Problem]) -> dict[str, VendorConfig]:
+    if not isinstance(tables, dict):
+        problems.append(Problem(where, "must be a table"))
+        return {}
+    configs: dict[str, VendorConfig] = {}
+    for name, table in tables.items():
+        key = f"{where}.{name}"
+        vendor = VENDORS.get(name)
+        if vendor is None:
+            problems.append(Problem(key, f"unknown vendor (known: {', '.join(sorted(VENDORS))})"))
+            continue
+        if not isinstance(table, dict):
+            problems.append(Problem(key, "must be a table"))
+            continue
+        config = _build(vendor.config_class, table, key, problems)
+        if config is None:
+            continue
+        if not config.base_url and not vendor.default_base_url:
+            problems.append(Problem(f"{key}.base_url", "required: this vendor has no public URL"))
+        for event in config.events:
+            if event not in vendor.handles:
+                problems.append(Problem(f"{key}.events",
+                                        f"{event!r} is not an event {vendor.title} receives"))
+        configs[name] = config
+    return configs
+
+
+def _check_relay(relay: RelaySettings, problems: list[Problem]) -> None:
+    if len(relay.secret) < 16:
+        problems.append(Problem("relay.secret", "must be at least 16 characters"))
+    if not relay.spool.startswith(("sqlite://", "redis://", "rediss://")):
+        problems.append(Problem("relay.spool", "must be sqlite:///PATH or redis://HOST:PORT/DB"))
+    if relay.spool_sync not in ("full", "normal"):
+        problems.append(Problem("relay.spool_sync", 'must be "full" or "normal"'))
+    if not re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", relay.cookie_name):
+        problems.append(Problem("relay.cookie_name", "must be 1-64 letters, digits, _ or -"))
+
+
+def _expand(value: Any, env: typing.Mapping[str, str], key: str, problems: list[Problem]) -> Any:
+    """Replace `${VAR}` in every string with the environment's value (missing: a problem)."""
+    if isinstance(value, str):
+        def sub(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in env:
+                problems.append(Problem(key, f"environment variable {name} is not set"))
+                return ""
+            return env[name]
+
+        return _VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand(v, env, f"{key}.{k}" if key else k, problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, env, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def _build(cls: type, table: dict[str, Any], where: str, problems: list[Problem]) -> Any:
+    """Make a `cls` from a TOML table, checking keys and types; None if anything is wrong."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    internal = {"name", "vendors"} if cls is SiteSettings else set()
+    before = len(problems)
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in fields or key in internal:
+            problems.append(Problem(f"{where}.{key}", "unknown key"))
+            continue
+        reason = _type_problem(value, hints[key])
+        if reason:
+            problems.append(Problem(f"{where}.{key}", reason))
+            continue
+        if key.endswith("url") and value and not _is_url(value):
+            problems.append(Problem(f"{where}.{key}", f"not an http(s) URL: {value!r}"))
+            continue
+        kwargs[key] = value
+    for name, f in fields.items():
+        missing = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if missing and name not in table and name not in internal:
+            problems.append(Problem(f"{where}.{name}", "required"))
+        elif missing and name in kwargs and kwargs[name] == "":
+            problems.append(Problem(f"{where}.{name}", "must not be empty"))
+    if len(problems) > before:
+        return None
+    return cls(**kwargs)
+
+
+def _type_problem(value: Any, hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return "" if value is None else _type_problem(value, options[0])
+    if hint is bool:
+        return "" if isinstance(value, bool) else f"must be true or false, got {value!r}"
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return "" if ok else f"must be a whole number, got {value!r}"
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return "" if ok else f"must be a number, got {value!r}"
+    if hint is str:
+        return "" if isinstance(value, str) else f"must be a string, got {value!r}"
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            return f"must be a list, got {value!r}"
+        for i, v in enumerate(value):
+            reason = _type_problem(v, item)
+            if reason:
+                return f"[{i}] {reason}"
+        return ""
+    if origin is dict:
+        _, item = typing.get_args(hint)
+        if not isinstance(value, dict):
+            return f"must be a table, got {value!r}"
+        for k, v in value.items():
+            reason = _type_problem(v, item)
+            if reason:
+                return f"{k}: {reason}"
+        return ""
+    return ""
+
+
+def _is_url(value: str) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)

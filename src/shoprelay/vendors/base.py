@@ -1,0 +1,167 @@
+"""What every vendor adapter provides, and the plain data it produces.
+
+An adapter is a module in this package that defines `VENDOR`, an instance of a `Vendor`
+subclass. It turns a `StoredEvent` into `VendorRequest`s and declares how the vendor may be
+called. It never does I/O: the delivery layer sends the requests, honours the declared limits
+and reads the answers through `Vendor.read_response`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+from urllib.parse import urlencode
+
+import orjson
+
+from shoprelay.events import StoredEvent
+
+
+@dataclass(frozen=True, slots=True)
+class VendorRequest:
+    """One HTTP request to a vendor. `json` is the body, serialised by the delivery layer."""
+
+    method: str
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    json: Any = None
+    #: Where a vendor accepts several events in one request, the key that groups requests
+    #: that may be merged (e.g. one key per endpoint); None means "send alone".
+    batch_key: str | None = None
+
+    def body_bytes(self) -> bytes:
+        return b"" if self.json is None else orjson.dumps(self.json)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VendorRequest:
+        return cls(**data)
+
+
+class MappingError(ValueError):
+    """The event cannot be expressed in the vendor's format (e.g. a non-numeric product id for
+    a vendor that requires integers). Such work goes straight to the dead letter with this
+    reason: retrying cannot fix it."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most `requests` requests every `per_seconds`, per `scope` (one bucket per scope)."""
+
+    requests: int
+    per_seconds: float
+    scope: str = "credential"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How the delivery layer should treat a vendor's answer."""
+
+    ok: bool
+    #: Retry later (5xx, 429, timeouts); False with ok=False means dead-letter now.
+    retry: bool = False
+    #: Seconds the vendor asked us to wait (Retry-After, X-RateLimit-Reset), if it said.
+    retry_after: float | None = None
+    #: Events of a batch the vendor refused although the request succeeded (Alana `errors`).
+    failed_events: int = 0
+    detail: str = ""
+
+
+@dataclass(kw_only=True)
+class VendorConfig:
+    """Settings every vendor table takes (CONTRACT §4). Adapters subclass it with their keys.
+
+    Field types are what the settings loader checks: str, int, float, bool, list[str],
+    dict[str, str]. A field with no default is required. A field whose name ends in `url`
+    must be an http(s) URL. Fields listed in `secret_fields` are masked wherever shown.
+    """
+
+    enabled: bool = True
+    base_url: str = ""
+    #: Allow-list of canonical event names; empty means every event the adapter maps.
+    events: list[str] = field(default_factory=list)
+
+    secret_fields: ClassVar[tuple[str, ...]] = ()
+
+
+class Vendor:
+    """Base class of an adapter. Subclasses set the class attributes and `requests_for`."""
+
+    #: The settings table name (`[sites.X.vendors.<name>]`).
+    name: ClassVar[str]
+    #: Human name for pages and logs.
+    title: ClassVar[str]
+    config_class: ClassVar[type[VendorConfig]] = VendorConfig
+    #: Production base URL used when the settings give none ("" = base_url is required).
+    default_base_url: ClassVar[str] = ""
+    #: Canonical event names this adapter may turn into requests (cheap filter at ingest).
+    handles: ClassVar[frozenset[str]] = frozenset()
+    #: Most events one request may carry (1 = no batching).
+    max_batch: ClassVar[int] = 1
+
+    def rate_limits(self, config: VendorConfig) -> list[RateLimit]:
+        """The vendor's documented limits, possibly raised or lowered by settings."""
+        return []
+
+    def wants(self, event: StoredEvent, config: VendorConfig) -> bool:
+        """Whether the event may produce requests for this vendor (before rendering them)."""
+        name = event.name
+        if name not in self.handles:
+            return False
+        return not config.events or name in config.events
+
+    def requests_for(self, event: StoredEvent, config: VendorConfig) -> list[VendorRequest]:
+        raise NotImplementedError
+
+    def merge(self, requests: list[VendorRequest], config: VendorConfig) -> VendorRequest:
+        """Merge requests sharing a `batch_key` into one (only called when max_batch > 1)."""
+        raise NotImplementedError
+
+    def read_response(self, status: int, headers: dict[str, str], body: bytes) -> Outcome:
+        """Classify an answer. The default suits most HTTP APIs."""
+        return classify_status(status, headers)
+
+    def base_url(self, config: VendorConfig) -> str:
+        return (config.base_url or self.default_base_url).rstrip("/")
+
+    def mask(self, text: str, config: VendorConfig) -> str:
+        """Hide this vendor's secrets in a string (a URL, an error) before it is shown."""
+        for name in type(config).secret_fields:
+            value = getattr(config, name, "")
+            if isinstance(value, str) and value:
+                text = text.replace(value, "***")
+        return text
+
+
+def classify_status(status: int, headers: dict[str, str]) -> Outcome:
+    """Retry 5xx, 408 and 429 (honouring Retry-After); any other 4xx is final; 2xx is done."""
+    if 200 <= status < 300:
+        return Outcome(ok=True)
+    retry_after = _retry_after(headers)
+    if status >= 500 or status in (408, 429):
+        return Outcome(ok=False, retry=True, retry_after=retry_after, detail=f"HTTP {status}")
+    return Outcome(ok=False, retry=False, detail=f"HTTP {status}")
+
+
+def _retry_after(headers: dict[str, str]) -> float | None:
+    lowered = {k.lower(): v for k, v in headers.items()}
+    value = lowered.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+        from time import time
+
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time())
+        except (TypeError, ValueError):
+            return None
+
+
+def with_query(url: str, params: dict[str, str]) -> str:
+    return f"{url}?{urlencode(params)}" if params else url
