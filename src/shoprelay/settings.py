@@ -47,7 +47,7 @@ class SettingsError(Exception):
 class RelaySettings:
     #: Signs visitor cookies. Required; at least 16 characters.
     secret: str
-    spool: str = "sqlite:///shoprelay.db"
+    spool: str = "sqlite://shoprelay.db"
     cookie_name: str = "sc"
     #: Cookie lifetime in days (two years by default, as the contract says).
     cookie_max_age_days: int = 730

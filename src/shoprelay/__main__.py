@@ -1,0 +1,3 @@
+from shoprelay.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,155 @@
+"""The `shoprelay` command (CONTRACT §5): serve, demo, check-config, deadletter."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from shoprelay import settings as settings_module
+from shoprelay.settings import Settings, SettingsError
+
+
+def _load(path: str) -> Settings:
+    try:
+        return settings_module.load(path)
+    except SettingsError as exc:
+        print(f"shoprelay: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from shoprelay.app import create_app
+
+    settings = _load(args.config)
+    app = create_app(settings)
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level=args.log_level,
+        # The relay reads X-Forwarded-* itself, only from `trusted_proxies`.
+        proxy_headers=False,
+        timeout_graceful_shutdown=10, server_header=False,
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from shoprelay.demo import run_demo
+
+    asyncio.run(run_demo(host=args.host, port=args.port, sandbox_port=args.sandbox_port,
+                         data_dir=args.data_dir))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        loaded = settings_module.load(args.file)
+    except SettingsError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    vendors = sum(len(site.vendors) for site in loaded.sites.values())
+    print(f"{args.file}: ok ({len(loaded.sites)} site(s), {vendors} vendor table(s))")
+    return 0
+
+
+def _parse_since(text: str | None) -> float | None:
+    if not text:
+        return None
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+async def _with_spool(settings: Settings, work: Any) -> Any:
+    from shoprelay.app import make_router, spool_path
+    from shoprelay.identity.cookie import VisitorCookie, new_visitor_id
+    from shoprelay.spool.sqlite import SqliteSpool
+
+    cookie = VisitorCookie(settings.relay.secret, settings.relay.cookie_name)
+    spool = SqliteSpool(spool_path(settings.relay.spool), router=make_router(settings),
+                        sync=settings.relay.spool_sync, alias_for=cookie.visitor_for_anonymous_id,
+                        new_id=new_visitor_id)
+    spool.start()
+    try:
+        return await work(spool)
+    finally:
+        spool.close()
+
+
+def cmd_deadletter(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    if args.action == "list":
+        try:
+            since = _parse_since(args.since)
+        except ValueError:
+            print(f"shoprelay: --since must be ISO-8601, got {args.since!r}", file=sys.stderr)
+            return 2
+        letters = asyncio.run(_with_spool(settings, lambda s: s.dead_letters(
+            vendor=args.vendor, since=since, dead_id=args.id)))
+        if args.json:
+            sys.stdout.write(orjson.dumps([d.to_dict() for d in letters]).decode() + "\n")
+            return 0
+        if not letters:
+            print("no dead letters")
+            return 0
+        for d in letters:
+            when = datetime.fromtimestamp(d.failed_at, UTC).isoformat(timespec="seconds")
+            print(f"{d.id}\t{when}\t{d.site}/{d.vendor}\t{d.event.name}\t"
+                  f"status={d.status}\tattempts={d.attempts}\t{d.error}")
+        print(f"{len(letters)} dead letter(s)")
+        return 0
+    count = asyncio.run(_with_spool(settings, lambda s: s.replay(vendor=args.vendor,
+                                                                 dead_id=args.id)))
+    print(f"{count} dead letter(s) queued again; a running relay delivers them")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shoprelay", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the relay")
+    serve.add_argument("--config", required=True, help="settings file (TOML)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="relay + demo shop + vendor sandboxes on 127.0.0.1")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8900, help="shop and relay port")
+    demo.add_argument("--sandbox-port", type=int, default=8901)
+    demo.add_argument("--data-dir", default=None, help="where the demo spool lives "
+                      "(default: a temporary directory)")
+    demo.set_defaults(func=cmd_demo)
+
+    check = sub.add_parser("check-config", help="validate a settings file")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check_config)
+
+    dead = sub.add_parser("deadletter", help="inspect and replay failed deliveries")
+    dead.add_argument("action", choices=["list", "replay"])
+    dead.add_argument("--config", required=True)
+    dead.add_argument("--vendor")
+    dead.add_argument("--id", type=int)
+    dead.add_argument("--since", help="ISO-8601; list only dead letters since then")
+    dead.add_argument("--json", action="store_true", help="list as JSON")
+    dead.set_defaults(func=cmd_deadletter)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

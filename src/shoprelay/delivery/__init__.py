@@ -1,0 +1,1 @@
+"""Sending stored work to vendors: limits, retries, batching, order."""

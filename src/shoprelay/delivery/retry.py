@@ -1,0 +1,25 @@
+"""When to try again: exponential backoff with full jitter, capped, honouring the vendor."""
+
+from __future__ import annotations
+
+import random
+
+FIRST_DELAY = 1.0
+MAX_DELAY = 300.0
+
+
+def backoff(attempts: int, retry_after: float | None = None,
+            rng: random.Random | None = None) -> float:
+    """Seconds to wait after the `attempts`-th failure (1-based).
+
+    Full jitter spreads the retries of many events over the whole interval, so a vendor coming
+    back from an outage is not hit by a synchronised wave; a vendor's own Retry-After wins when
+    it asks for longer.
+    """
+    ceiling = min(MAX_DELAY, FIRST_DELAY * 2 ** max(0, attempts - 1))
+    delay = (rng or random).uniform(0, ceiling)
+    if attempts <= 1:
+        delay = max(delay, FIRST_DELAY * 0.5)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay

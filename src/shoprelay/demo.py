@@ -1,0 +1,61 @@
+"""`shoprelay demo`: the relay, the demo shop and every vendor sandbox on 127.0.0.1.
+
+The shop and the relay share one origin (the relay answers /s.js and /v1/* beside the shop's
+pages), which is the deployment we recommend: the visitor cookie is first-party and no CORS is
+involved. The sandboxes run on their own port, like real vendors would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from shoprelay.app import create_app
+from shoprelay.sandbox import create_app as create_sandbox_app
+from shoprelay.sandbox import demo_vendor_settings
+from shoprelay.settings import Settings, parse
+
+DEMO_WRITE_KEY = "pk_demo_shop"
+
+
+def demo_settings(*, shop_origin: str, sandbox_url: str, spool_file: str,
+                  vendors: list[str] | None = None, secret: str | None = None) -> Settings:
+    table: dict[str, Any] = {
+        "relay": {"secret": secret or secrets.token_hex(16), "spool": f"sqlite://{spool_file}",
+                  "spool_sync": "normal"},
+        "sites": {"demo": {"write_key": DEMO_WRITE_KEY, "allowed_origins": [shop_origin],
+                           "vendors": demo_vendor_settings(sandbox_url, vendors)}},
+    }
+    return parse(table, source="<demo settings>", env={})
+
+
+async def run_demo(*, host: str = "127.0.0.1", port: int = 8900, sandbox_port: int = 8901,
+                   data_dir: str | None = None) -> None:
+    from demo_shop.app import create_app as create_shop_app
+
+    directory = Path(data_dir or tempfile.mkdtemp(prefix="shoprelay-demo-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    shop_url = f"http://{host}:{port}"
+    sandbox_url = f"http://{host}:{sandbox_port}"
+    settings = demo_settings(shop_origin=shop_url, sandbox_url=sandbox_url,
+                             spool_file=str(directory / "spool.db"))
+    relay = create_app(settings)
+    shop = create_shop_app(relay, write_key=DEMO_WRITE_KEY, sandbox_url=sandbox_url)
+    servers = [
+        uvicorn.Server(uvicorn.Config(create_sandbox_app(), host=host, port=sandbox_port,
+                                      log_level="warning", lifespan="off")),
+        uvicorn.Server(uvicorn.Config(shop, host=host, port=port, log_level="warning",
+                                      proxy_headers=False)),
+    ]
+    print(f"shoprelay demo\n"
+          f"  shop (with the relay on the same origin): {shop_url}/\n"
+          f"  what each vendor received:                {shop_url}/demo/vendors\n"
+          f"  vendor sandboxes:                         {sandbox_url}/_sandbox/requests\n"
+          f"  spool:                                    {directory / 'spool.db'}\n"
+          f"Press Ctrl+C to stop.", flush=True)
+    await asyncio.gather(*(server.serve() for server in servers))

@@ -1,0 +1,204 @@
+"""Per-visitor memory: user binding, contact traits, cart, session, recommendation blocks.
+
+Vendors need things no single event carries: Yespo's StatusCart wants the whole cart, Advisable
+wants the recommendation block a purchased product came from, every vendor wants the user id
+after login. The relay keeps that state per visitor and folds each arriving event into it, in
+arrival order, producing the event's `Enrichment`. This module is pure (ids and time are passed
+in) so it behaves the same under any spool backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from shoprelay import events as ev
+from shoprelay.events import CartLine, Enrichment
+
+#: How many product → recommendation-block links a visitor keeps (oldest dropped first).
+MAX_BLOCK_LINKS = 200
+_LIST_ID_EVENTS = frozenset(
+    {ev.PRODUCT_VIEWED, ev.PRODUCT_ADDED, ev.PRODUCT_ADDED_TO_WISHLIST, ev.PRODUCT_REVIEWED,
+     ev.PRODUCT_CLICKED, ev.PRODUCT_REMOVED}
+)
+
+
+@dataclass(slots=True)
+class VisitorState:
+    user_id: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    name: str | None = None
+    cart: list[CartLine] = field(default_factory=list)
+    cart_id: str | None = None
+    #: product id → the recommendation block (`list_id`) it was last clicked in or added from.
+    blocks: dict[str, str] = field(default_factory=dict)
+    session_id: str = ""
+    session_started: float = 0.0
+    last_seen: float = 0.0
+    campaign: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VisitorState:
+        data = dict(data)
+        data["cart"] = [CartLine(**line) for line in data.get("cart", [])]
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, dict | list):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _number(value: Any, default: float | None) -> float | None:
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int | float):
+        return value
+    try:
+        return float(value) if value is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _line(props: dict[str, Any]) -> CartLine | None:
+    product = _text(props.get("product_id", props.get("sku")))
+    if product is None:
+        return None
+    quantity = _number(props.get("quantity"), 1) or 1
+    return CartLine(product, quantity, _number(props.get("price"), None),
+                    _text(props.get("currency")))
+
+
+def _campaign(message: dict[str, Any]) -> str | None:
+    context = message.get("context")
+    campaign = context.get("campaign") if isinstance(context, dict) else None
+    if not isinstance(campaign, dict):
+        return None
+    parts = [str(campaign.get(k, "")) for k in ("source", "medium", "name")]
+    return "|".join(parts) if any(parts) else None
+
+
+def apply(
+    state: VisitorState,
+    message: dict[str, Any],
+    *,
+    visitor_id: str,
+    received_at: float,
+    session_timeout: float,
+    new_id: Callable[[], str],
+) -> Enrichment:
+    """Fold one accepted message into `state` (in place) and return its enrichment."""
+    # Sessions follow the relay's clock: client clocks are often wrong.
+    campaign = _campaign(message)
+    if (
+        not state.session_id
+        or received_at - state.last_seen > session_timeout
+        or (campaign is not None and campaign != state.campaign)
+    ):
+        state.session_id = new_id()
+        state.session_started = received_at
+    if campaign is not None:
+        state.campaign = campaign
+    state.last_seen = received_at
+
+    kind = message.get("type")
+    name = message.get("event") if kind == "track" else kind
+    props = message.get("properties") if isinstance(message.get("properties"), dict) else {}
+    enrichment = Enrichment(visitor_id=visitor_id, received_at=received_at)
+
+    if kind == "identify":
+        traits = message.get("traits") if isinstance(message.get("traits"), dict) else {}
+        user_id = _text(message.get("userId"))
+        if user_id is not None and user_id != state.user_id:
+            state.user_id = user_id
+            enrichment.new_binding = True
+        state.email = _text(traits.get("email")) or state.email
+        state.phone = _text(traits.get("phone")) or state.phone
+        state.name = _text(traits.get("name")) or state.name
+
+    product = _text(props.get("product_id", props.get("sku")))
+    list_id = _text(props.get("list_id"))
+    if product and list_id and name in (ev.PRODUCT_CLICKED, ev.PRODUCT_ADDED):
+        state.blocks.pop(product, None)
+        state.blocks[product] = list_id
+        while len(state.blocks) > MAX_BLOCK_LINKS:
+            state.blocks.pop(next(iter(state.blocks)))
+    if product and name in _LIST_ID_EVENTS:
+        enrichment.list_id = list_id or state.blocks.get(product)
+
+    if name in (ev.PRODUCT_ADDED, ev.PRODUCT_REMOVED, ev.CART_VIEWED):
+        _update_cart(state, name, props, new_id)
+        enrichment.cart = list(state.cart)
+    elif name == ev.ORDER_COMPLETED:
+        lines = props.get("products") if isinstance(props.get("products"), list) else []
+        links = {}
+        for line in lines:
+            if isinstance(line, dict):
+                pid = _text(line.get("product_id", line.get("sku")))
+                if pid and (_text(line.get("list_id")) or state.blocks.get(pid)):
+                    links[pid] = _text(line.get("list_id")) or state.blocks[pid]
+        enrichment.extra["line_list_ids"] = links
+        # The purchased cart is done with: the next addition starts a new cart id.
+        enrichment.cart = []
+        enrichment.cart_id = state.cart_id
+        state.cart = []
+        state.cart_id = None
+
+    if enrichment.cart_id is None:
+        enrichment.cart_id = state.cart_id
+    enrichment.user_id = state.user_id
+    enrichment.email = state.email
+    enrichment.phone = state.phone
+    enrichment.name = state.name
+    enrichment.session_id = state.session_id
+    return enrichment
+
+
+def _update_cart(
+    state: VisitorState, name: str, props: dict[str, Any], new_id: Callable[[], str]
+) -> None:
+    shop_cart_id = _text(props.get("cart_id"))
+    if shop_cart_id:
+        state.cart_id = shop_cart_id
+    elif state.cart_id is None:
+        state.cart_id = new_id()
+
+    if name == ev.CART_VIEWED:
+        products = props.get("products")
+        if isinstance(products, list):
+            # A cart view that lists the products is the truth: it replaces what we kept.
+            lines = [_line(p) for p in products if isinstance(p, dict)]
+            state.cart = [line for line in lines if line is not None]
+        return
+    line = _line(props)
+    if line is None:
+        return
+    index = next((i for i, held in enumerate(state.cart) if held.product_id == line.product_id),
+                 None)
+    if name == ev.PRODUCT_ADDED:
+        if index is None:
+            state.cart.append(line)
+        else:
+            held = state.cart[index]
+            state.cart[index] = CartLine(
+                held.product_id, held.quantity + line.quantity,
+                line.price if line.price is not None else held.price,
+                line.currency or held.currency,
+            )
+        return
+    if index is None:
+        return
+    held = state.cart[index]
+    if "quantity" in props and line.quantity < held.quantity:
+        state.cart[index] = CartLine(held.product_id, held.quantity - line.quantity,
+                                     held.price, held.currency)
+    else:
+        del state.cart[index]

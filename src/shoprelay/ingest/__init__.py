@@ -1,0 +1,1 @@
+"""The relay's front door: routes that accept Segment-shaped messages and validate them."""

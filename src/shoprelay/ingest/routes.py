@@ -1,0 +1,206 @@
+"""The browser-facing ingestion routes (CONTRACT §1): Segment's HTTP tracking API shape.
+
+A request is answered 200 only after its accepted messages are committed to the spool, so an
+acknowledged event is never lost. Each message is judged on its own; the answer lists the
+rejected ones with their index and reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import time
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from shoprelay.identity.cookie import VisitorCookie
+from shoprelay.ingest.validation import (
+    MAX_BATCH_BYTES,
+    MAX_MESSAGE_BYTES,
+    SHORT_TYPES,
+    BadRequest,
+    check_messages,
+    parse_body,
+)
+from shoprelay.settings import Settings, SiteSettings
+from shoprelay.spool.sqlite import SqliteSpool
+
+_CORS_ALLOW_HEADERS = "Content-Type, Authorization"
+
+
+class Ingest:
+    def __init__(self, settings: Settings, spool: SqliteSpool, cookie: VisitorCookie) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.cookie = cookie
+        self._all_origins = {o for s in settings.sites.values() for o in s.allowed_origins}
+        self._trusted = [ipaddress.ip_network(p, strict=False)
+                         for p in settings.relay.trusted_proxies]
+
+    def routes(self) -> list[Route]:
+        routes = [Route(f"/v1/{path}", self.batch, methods=["POST", "OPTIONS"])
+                  for path in ("batch", "b")]
+        for short, kind in SHORT_TYPES.items():
+            for path in (kind, short):
+                routes.append(Route(f"/v1/{path}", self._single(kind), methods=["POST", "OPTIONS"]))
+        return routes
+
+    async def batch(self, request: Request) -> Response:
+        return await self._handle(request, "")
+
+    def _single(self, kind: str) -> Any:
+        async def endpoint(request: Request) -> Response:
+            return await self._handle(request, kind)
+
+        endpoint.__name__ = f"ingest_{kind}"
+        return endpoint
+
+    # ---- the request -----------------------------------------------------------------------
+
+    async def _handle(self, request: Request, kind: str) -> Response:
+        origin = request.headers.get("origin")
+        if request.method == "OPTIONS":
+            return self._preflight(origin)
+        limit = MAX_MESSAGE_BYTES if kind else MAX_BATCH_BYTES
+        try:
+            raw = await _read_limited(request, limit)
+            body = parse_body(raw)
+        except BadRequest as exc:
+            return self._error(exc.status, exc.reason, origin)
+
+        site = self.settings.site_for_key(_write_key(request, body))
+        if site is None:
+            return self._error(401, "unknown or missing write key", origin)
+        if origin and site.allowed_origins and origin.rstrip("/") not in site.allowed_origins:
+            return self._error(403, f"origin {origin} is not allowed for this write key", None)
+
+        received_at = time.time()
+        if kind:
+            messages: Any = [body]
+        else:
+            messages = body.get("batch")
+            if not isinstance(messages, list) or not messages:
+                return self._error(400, "batch must be a non-empty array of messages", origin,
+                                   site)
+        checked = check_messages(messages, batch_context=body.get("context"),
+                                 received_at=received_at, type_hint=kind)
+        cookie_visitor = self.cookie.read(request.cookies.get(self.cookie.name))
+        visitor = cookie_visitor
+        if checked.accepted:
+            result = await self.spool.ingest(
+                site.name, checked.accepted, cookie_visitor=cookie_visitor,
+                context={"ip": self._client_ip(request),
+                         "user_agent": request.headers.get("user-agent")})
+            visitor = result.visitor_id
+        answer = {
+            "success": not checked.rejected,
+            "accepted": len(checked.accepted),
+            "rejected": [r.to_dict() for r in checked.rejected],
+        }
+        status = 200 if checked.accepted else 400
+        response = Response(orjson.dumps(answer), status, media_type="application/json")
+        self._cors(response, origin, site)
+        if visitor:
+            response.headers.append("Set-Cookie",
+                                    self.cookie.header(visitor, secure=self._is_https(request)))
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def _preflight(self, origin: str | None) -> Response:
+        if not origin or origin.rstrip("/") not in self._all_origins:
+            return Response("origin not allowed", 403, media_type="text/plain")
+        response = Response(status_code=204)
+        response.headers.update({
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Credentials": "true",
+            "Access-Control-Allow-Methods": "POST, OPTIONS",
+            "Access-Control-Allow-Headers": _CORS_ALLOW_HEADERS,
+            "Access-Control-Max-Age": "86400",
+            "Vary": "Origin",
+        })
+        return response
+
+    @staticmethod
+    def _cors(response: Response, origin: str | None, site: SiteSettings | None) -> None:
+        if origin and site is not None and origin.rstrip("/") in site.allowed_origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+            response.headers["Vary"] = "Origin"
+
+    def _error(self, status: int, reason: str, origin: str | None,
+               site: SiteSettings | None = None) -> Response:
+        body = {"success": False, "error": reason, "accepted": 0, "rejected": []}
+        response = Response(orjson.dumps(body), status, media_type="application/json")
+        if origin and site is None and origin.rstrip("/") in self._all_origins:
+            # Let the page read why (its write key may be wrong) without leaking to others.
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+            response.headers["Vary"] = "Origin"
+        self._cors(response, origin, site)
+        return response
+
+    def _peer_trusted(self, host: str | None) -> bool:
+        if not host or not self._trusted:
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in net for net in self._trusted)
+
+    def _client_ip(self, request: Request) -> str | None:
+        """The client's address; X-Forwarded-For is believed only from trusted proxies."""
+        peer = request.client.host if request.client else None
+        if not self._peer_trusted(peer):
+            return peer
+        forwarded = request.headers.get("x-forwarded-for", "")
+        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+        # Walk from the nearest hop back; the first untrusted address is the client.
+        for hop in reversed(hops):
+            if not self._peer_trusted(hop):
+                return hop
+        return hops[0] if hops else peer
+
+    def _is_https(self, request: Request) -> bool:
+        if request.url.scheme == "https":
+            return True
+        peer = request.client.host if request.client else None
+        proto = request.headers.get("x-forwarded-proto", "")
+        return self._peer_trusted(peer) and proto.split(",")[0].strip() == "https"
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BadRequest(413, f"body is {declared} bytes; the limit is {limit}")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(413, f"body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _write_key(request: Request, body: dict[str, Any]) -> str | None:
+    key = body.get("writeKey")
+    if isinstance(key, str) and key:
+        return key
+    auth = request.headers.get("authorization", "")
+    if auth[:6].lower() == "basic ":
+        try:
+            decoded = base64.b64decode(auth[6:].strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            decoded = ""
+        user = decoded.split(":", 1)[0]
+        if user:
+            return user
+    return request.query_params.get("writeKey")

@@ -1,0 +1,252 @@
+"""Yespo tracker sandbox: enforces vendor-docs/yespo-tracker-rest.md.
+
+The tracker is one endpoint, `POST /api/v2`, taking one event per request: a JSON object with
+`GeneralInfo` and one object named after `eventName`. The document only says "Response status
+code is 200"; everything below about refusals is the sandbox's choice of what the real tracker
+most plausibly does, and is written here so nobody mistakes it for the vendor's word:
+
+- There is no authorization, so the site id is what a wrong credential looks like: an unknown
+  `siteId` is refused with 400 (as is every other malformed request: the document names no
+  other code) and the reason.
+- A body that is a JSON array (several events) is refused: the document only shows one event a
+  request, so a batch is by definition oversize.
+- `Content-type: application/json` is required, as the document's request headers say.
+- Required fields and types come from the parameter tables. Where the table and the example
+  disagree both are accepted: StatusCart `price` / `discount` as string or number, `isInStock`
+  as "0"/"1" or 0/1, `cookies` as an object with `sc` or a plain string. `datetime` (no
+  "Required" in the tables) must, when present, be integer milliseconds — a seconds value is
+  refused, because that is the mistake the field invites.
+- The ProductImpressions body key is `ProductImpression`, as in the example.
+- Fields the document does not name are refused, except `tag_*` fields and the `Tags` object
+  it invites; the real tracker probably ignores them, but a typo should show up here.
+- CustomerData must name the customer (`externalCustomerId`, `user_email` or `user_phone`):
+  the event exists to carry that data.
+- The document names no rate limit. The sandbox answers 429 with Retry-After past 50 requests
+  a second per site id, like the relay's default `rate_limit_per_second`.
+- An accepted event gets 200 with an empty body (the document shows no response body).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from shoprelay.sandbox.base import (
+    DEMO_KEY,
+    Refusal,
+    Sandbox,
+    SandboxState,
+    SlidingWindow,
+    parse_json_body,
+)
+
+_S, _I, _NS, _FLAG, _TAGS = "string", "integer", "string or number", "0 or 1", "string array"
+#: Below this a "millisecond" timestamp is really seconds (1e11 ms is March 1973).
+_MIN_MS = 100_000_000_000
+
+_GENERAL = {
+    "eventName": (True, _S), "siteId": (True, _S), "datetime": (False, _I),
+    "externalCustomerId": (False, _S), "user_phone": (False, _S), "user_email": (False, _S),
+    "user_name": (False, _S), "user_es_contact_id": (False, _S),
+}
+_PAGE_PRODUCT = {"productKey": (True, _S), "price": (True, _S), "isInStock": (False, _FLAG)}
+_CART_LINE = {"productKey": (True, _S), "price": (True, _NS), "discount": (False, _NS),
+              "quantity": (True, _I), "price_currency_code": (False, _S)}
+_PURCHASE_LINE = {"product_id": (True, _S), "unit_price": (True, _S), "quantity": (True, _I)}
+_IMPRESSION = {"product_id": (True, _S), "container_type": (True, _S)}
+_UPDATE_LINE = {
+    "product_id": (True, _NS), "isInStock": (True, _FLAG), "unit_price": (False, _NS),
+    "description": (False, _S), "name": (False, _S), "imgurl": (False, _S),
+    "url": (False, _S), "brand": (False, _S), "price_currency_code": (False, _S),
+    "category": (False, _S), "category_id": (False, _TAGS),
+}
+
+#: eventName → the body key of its description (None: GeneralInfo only).
+BODY_KEYS: dict[str, str | None] = {
+    "ProductPage": "ProductPage", "StatusCart": "StatusCart", "AddToWishlist": "AddToWishlist",
+    "PurchasedItems": "PurchasedItems", "ProductImpressions": "ProductImpression",
+    "CategoryPage": "CategoryPage", "CustomerData": None, "SearchRequest": "SearchRequest",
+    "ProductUpdate": "ProductUpdate",
+}
+
+
+def _type_ok(value: Any, kind: str) -> bool:
+    if kind == _S:
+        return isinstance(value, str)
+    if kind == _I:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == _NS:
+        return isinstance(value, str | int | float) and not isinstance(value, bool)
+    if kind == _FLAG:
+        return value in ("0", "1") or (isinstance(value, int) and not isinstance(value, bool)
+                                       and value in (0, 1))
+    if kind == _TAGS:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return False
+
+
+def _fields(obj: Any, schema: dict[str, tuple[bool, str]], where: str,
+            extra: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Check one object against a table: required keys, types, no unnamed keys but `tag_*`."""
+    if not isinstance(obj, dict):
+        raise Refusal(400, f"{where}: expected a JSON object")
+    for key, (required, kind) in schema.items():
+        if key not in obj:
+            if required:
+                raise Refusal(400, f"{where}.{key} is required")
+            continue
+        if not _type_ok(obj[key], kind):
+            raise Refusal(400, f"{where}.{key} must be {kind}, got {obj[key]!r}")
+        if required and kind == _S and not obj[key].strip():
+            raise Refusal(400, f"{where}.{key} must not be empty")
+    for key, value in obj.items():
+        if key in schema or key in extra:
+            continue
+        if key.startswith("tag_") and len(key) > 4:
+            if not _type_ok(value, _TAGS):
+                raise Refusal(400, f"{where}.{key} must be an array of strings")
+            continue
+        raise Refusal(400, f"{where}: unknown field {key!r}")
+    return obj
+
+
+def _tags(obj: dict[str, Any], where: str) -> None:
+    if "Tags" not in obj:
+        return
+    tags = obj["Tags"]
+    if not isinstance(tags, dict) or not all(_type_ok(v, _TAGS) for v in tags.values()):
+        raise Refusal(400, f"{where}.Tags must be an object of string arrays")
+
+
+def _lines(obj: dict[str, Any], key: str, schema: dict[str, tuple[bool, str]], where: str,
+           *, allow_empty: bool) -> None:
+    if key not in obj:
+        raise Refusal(400, f"{where}.{key} is required")
+    lines = obj[key]
+    if not isinstance(lines, list):
+        raise Refusal(400, f"{where}.{key} must be an array of objects")
+    if not lines and not allow_empty:
+        raise Refusal(400, f"{where}.{key} must not be empty")
+    for i, line in enumerate(lines):
+        _fields(line, schema, f"{where}.{key}[{i}]")
+
+
+def check_general(info: Any, event_name: str | None = None) -> dict[str, Any]:
+    schema = dict(_GENERAL)
+    if event_name == "ProductUpdate":
+        # The ProductUpdate example has no visitor: it is a catalogue call.
+        schema = {"eventName": (True, _S), "siteId": (True, _S)}
+    info = _fields(info, schema, "GeneralInfo", extra=frozenset({"cookies"}))
+    if "datetime" in info and info["datetime"] < _MIN_MS:
+        raise Refusal(400, f"GeneralInfo.datetime must be milliseconds, got {info['datetime']}")
+    if event_name == "ProductUpdate":
+        return info
+    if "cookies" not in info:
+        raise Refusal(400, "GeneralInfo.cookies is required")
+    cookies = info["cookies"]
+    if isinstance(cookies, dict):
+        sc = cookies.get("sc")
+        if not isinstance(sc, str) or not sc.strip():
+            raise Refusal(400, "GeneralInfo.cookies.sc must be a non-empty string")
+    elif not isinstance(cookies, str) or not cookies.strip():
+        raise Refusal(400, "GeneralInfo.cookies must be an object with sc, or a string")
+    return info
+
+
+def check_event(body: Any, site_ids: frozenset[str]) -> str:
+    """Refuse (400) an event the document says is wrong; return its eventName."""
+    if isinstance(body, list):
+        raise Refusal(400, "one event per request: the tracker takes a JSON object, not an array")
+    if not isinstance(body, dict):
+        raise Refusal(400, "expected a JSON object")
+    if "GeneralInfo" not in body:
+        raise Refusal(400, "GeneralInfo is required")
+    name = body["GeneralInfo"].get("eventName") if isinstance(body["GeneralInfo"], dict) else None
+    if isinstance(name, str) and name not in BODY_KEYS:
+        raise Refusal(400, f"GeneralInfo.eventName: unknown event {name!r}")
+    info = check_general(body["GeneralInfo"], name)
+    if info["siteId"] not in site_ids:
+        raise Refusal(400, f"GeneralInfo.siteId: unknown site {info['siteId']!r}")
+    key = BODY_KEYS[name]
+    unknown = set(body) - {"GeneralInfo"} - ({key} if key else set())
+    if unknown:
+        raise Refusal(400, f"unknown top-level fields for {name}: {sorted(unknown)}")
+    if key is None:
+        if not any(info.get(k) for k in ("externalCustomerId", "user_email", "user_phone")):
+            raise Refusal(400, "CustomerData needs externalCustomerId, user_email or user_phone")
+        return name
+    if key not in body:
+        raise Refusal(400, f"{key} is required for eventName {name}")
+    payload = body[key]
+    if name == "ProductUpdate":
+        if not isinstance(payload, list) or not payload:
+            raise Refusal(400, "ProductUpdate must be a non-empty array of objects")
+        for i, line in enumerate(payload):
+            _fields(line, _UPDATE_LINE, f"ProductUpdate[{i}]")
+        return name
+    if not isinstance(payload, dict):
+        raise Refusal(400, f"{key}: expected a JSON object")
+    if name in ("ProductPage", "AddToWishlist"):
+        _fields(payload, {}, key, extra=frozenset({"Product", "Tags"}))
+        if "Product" not in payload:
+            raise Refusal(400, f"{key}.Product is required")
+        _fields(payload["Product"], _PAGE_PRODUCT, f"{key}.Product")
+    elif name == "StatusCart":
+        _fields(payload, {"GUID": (True, _S)}, key, extra=frozenset({"Products", "Tags"}))
+        # "If the cart is empty, then you need to send an empty cart event."
+        _lines(payload, "Products", _CART_LINE, key, allow_empty=True)
+    elif name == "PurchasedItems":
+        _fields(payload, {"OrderNumber": (True, _S)}, key, extra=frozenset({"Products", "Tags"}))
+        _lines(payload, "Products", _PURCHASE_LINE, key, allow_empty=False)
+    elif name == "ProductImpressions":
+        _fields(payload, {}, key, extra=frozenset({"Products", "Tags"}))
+        _lines(payload, "Products", _IMPRESSION, key, allow_empty=False)
+    elif name == "CategoryPage":
+        _fields(payload, {}, key, extra=frozenset({"Category", "Tags"}))
+        if "Category" not in payload:
+            raise Refusal(400, "CategoryPage.Category is required")
+        _fields(payload["Category"], {"categoryKey": (True, _S)}, "CategoryPage.Category")
+    elif name == "SearchRequest":
+        _fields(payload, {"search": (True, _S), "isFound": (False, _FLAG)}, key)
+        if isinstance(payload.get("isFound"), str):
+            raise Refusal(400, "SearchRequest.isFound must be integer 0 or 1")
+    _tags(payload, key)
+    return name
+
+
+class YespoSandbox(Sandbox):
+    name = "yespo"
+
+    def __init__(self, site_id: str = DEMO_KEY, per_second: int = 50) -> None:
+        self.site_id = site_id
+        self.per_second = per_second
+
+    def routes(self, sandbox: SandboxState) -> list[BaseRoute]:
+        limiter = SlidingWindow(self.per_second, 1.0)
+        site_ids = frozenset({self.site_id})
+
+        async def call(request: Request, raw: bytes) -> Response:
+            if "application/json" not in request.headers.get("content-type", ""):
+                raise Refusal(400, "Content-type must be application/json")
+            body = parse_json_body(raw)
+            check_event(body, site_ids)
+            wait = limiter.hit(body["GeneralInfo"]["siteId"])
+            if wait is not None:
+                raise Refusal(429, "more than the site's requests per second",
+                              {"Retry-After": str(max(1, round(wait)))})
+            return Response(status_code=200)
+
+        async def endpoint(request: Request) -> Response:
+            return await sandbox.handle(request, call)
+
+        return [Route("/api/v2", endpoint, methods=["POST"]),
+                Route("/api/v2/", endpoint, methods=["POST"])]
+
+    def demo_settings(self, base_url: str) -> dict[str, Any]:
+        return {"base_url": f"{base_url}/api/v2", "site_id": self.site_id}
+
+
+SANDBOX = YespoSandbox()

@@ -1,0 +1,448 @@
+"""The embedded durable spool: one SQLite file in WAL mode.
+
+All writes go through one writer thread that commits whatever has queued up in one
+transaction (group commit): an ingest request is answered only after the commit that holds
+its messages, yet many concurrent requests share one fsync. Having a single writer also makes
+the per-visitor state (cart, binding, session) a plain in-order fold, with no locking.
+
+Tables: `messages` (one row per accepted message, unique per site and messageId: the dedup),
+`outbox` (one row per message and vendor that should receive it: the delivery work, its
+attempts and its dead letters), `visitors` (per-visitor state), `aliases` (client anonymousId
+→ visitor id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from shoprelay.events import StoredEvent
+from shoprelay.identity.state import VisitorState, apply
+from shoprelay.spool.base import (
+    DEAD,
+    DELIVERED,
+    PENDING,
+    SKIPPED,
+    DeadLetter,
+    IngestResult,
+    OutboxRow,
+    Router,
+    SpoolStats,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    site TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    visitor_id TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    data BLOB NOT NULL,
+    UNIQUE (site, message_id)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    message INTEGER NOT NULL REFERENCES messages(id),
+    site TEXT NOT NULL,
+    vendor TEXT NOT NULL,
+    visitor_id TEXT NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    sent INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    status INTEGER,
+    error TEXT,
+    response TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (site, vendor, state, id);
+CREATE INDEX IF NOT EXISTS outbox_visitor ON outbox (site, vendor, visitor_id, state, id);
+CREATE INDEX IF NOT EXISTS outbox_done ON outbox (state, updated_at);
+CREATE TABLE IF NOT EXISTS visitors (
+    site TEXT NOT NULL,
+    visitor_id TEXT NOT NULL,
+    state BLOB NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (site, visitor_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS aliases (
+    site TEXT NOT NULL,
+    anonymous_id TEXT NOT NULL,
+    visitor_id TEXT NOT NULL,
+    PRIMARY KEY (site, anonymous_id)
+) WITHOUT ROWID;
+"""
+
+#: Visitor states kept in memory by the writer (the rest are read back from the file).
+_STATE_CACHE = 50_000
+#: Most queued operations committed in one transaction.
+_GROUP = 512
+
+
+@dataclass(slots=True)
+class _Op:
+    run: Callable[[sqlite3.Connection], Any]
+    future: Future[Any]
+
+
+def _connect(path: str, sync: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class SqliteSpool:
+    def __init__(
+        self,
+        path: str,
+        *,
+        router: Router,
+        sync: str = "full",
+        session_timeout: float = 1800.0,
+        alias_for: Callable[[str, str], str],
+        new_id: Callable[[], str],
+    ) -> None:
+        self.path = path
+        self._router = router
+        self._sync = sync
+        self._session_timeout = session_timeout
+        self._alias_for = alias_for
+        self._new_id = new_id
+        self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._states: OrderedDict[tuple[str, str], VisitorState] = OrderedDict()
+        self._writer: threading.Thread | None = None
+        self._reader_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None
+        #: Set (from the writer thread) whenever new outbox work was committed.
+        self.on_new_work: Callable[[], None] = lambda: None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = _connect(self.path, self._sync)
+        conn.executescript(_SCHEMA)
+        self._reader = _connect(self.path, self._sync)
+        self._writer = threading.Thread(target=self._write_loop, args=(conn,),
+                                        name="shoprelay-spool-writer", daemon=True)
+        self._writer.start()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._ops.put(None)
+            self._writer.join()
+            self._writer = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    # ---- the writer ------------------------------------------------------------------------
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        stop = False
+        while not stop:
+            first = self._ops.get()
+            if first is None:
+                break
+            ops = [first]
+            while len(ops) < _GROUP:
+                try:
+                    more = self._ops.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                ops.append(more)
+            results: list[tuple[_Op, Any, BaseException | None]] = []
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for op in ops:
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        results.append((op, op.run(conn), None))
+                        conn.execute("RELEASE op")
+                    except Exception as exc:  # one bad operation must not sink its neighbours
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                        self._states.clear()  # the op may have changed cached states
+                        results.append((op, None, exc))
+                conn.execute("COMMIT")
+            except Exception as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                # Cached visitor states may hold changes that were rolled back.
+                self._states.clear()
+                for op in ops:
+                    if not op.future.done():
+                        op.future.set_exception(exc)
+                continue
+            for op, result, error in results:
+                if error is not None:
+                    op.future.set_exception(error)
+                else:
+                    op.future.set_result(result)
+        conn.close()
+
+    async def _write(self, run: Callable[[sqlite3.Connection], Any]) -> Any:
+        future: Future[Any] = Future()
+        self._ops.put(_Op(run, future))
+        return await asyncio.wrap_future(future)
+
+    async def _read(self, run: Callable[[sqlite3.Connection], Any]) -> Any:
+        def locked() -> Any:
+            assert self._reader is not None
+            with self._reader_lock:
+                return run(self._reader)
+
+        return await asyncio.to_thread(locked)
+
+    # ---- ingest ----------------------------------------------------------------------------
+
+    async def ingest(
+        self,
+        site: str,
+        messages: list[dict[str, Any]],
+        *,
+        cookie_visitor: str | None,
+        context: dict[str, Any],
+    ) -> IngestResult:
+        """Store accepted messages (deduplicated) with their enrichment and delivery work."""
+        received_at = time.time()
+        return await self._write(
+            lambda conn: self._ingest(conn, site, messages, cookie_visitor, context, received_at))
+
+    def _resolve_visitor(
+        self, conn: sqlite3.Connection, site: str, anonymous_id: str | None,
+        cookie_visitor: str | None,
+    ) -> str:
+        if anonymous_id:
+            row = conn.execute("SELECT visitor_id FROM aliases WHERE site=? AND anonymous_id=?",
+                               (site, anonymous_id)).fetchone()
+            if cookie_visitor:
+                if row is None or row[0] != cookie_visitor:
+                    conn.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?, ?)",
+                                 (site, anonymous_id, cookie_visitor))
+                return cookie_visitor
+            if row is not None:
+                return str(row[0])
+            visitor = self._alias_for(site, anonymous_id)
+            conn.execute("INSERT INTO aliases VALUES (?, ?, ?)", (site, anonymous_id, visitor))
+            return visitor
+        return cookie_visitor or ""
+
+    def _state(self, conn: sqlite3.Connection, site: str, visitor: str) -> VisitorState:
+        key = (site, visitor)
+        state = self._states.get(key)
+        if state is not None:
+            self._states.move_to_end(key)
+            return state
+        row = conn.execute("SELECT state FROM visitors WHERE site=? AND visitor_id=?",
+                           (site, visitor)).fetchone()
+        state = VisitorState.from_dict(orjson.loads(row[0])) if row else VisitorState()
+        self._states[key] = state
+        if len(self._states) > _STATE_CACHE:
+            self._states.popitem(last=False)
+        return state
+
+    def _ingest(
+        self,
+        conn: sqlite3.Connection,
+        site: str,
+        messages: list[dict[str, Any]],
+        cookie_visitor: str | None,
+        context: dict[str, Any],
+        received_at: float,
+    ) -> IngestResult:
+        result = IngestResult(visitor_id=cookie_visitor or "")
+        touched: dict[str, VisitorState] = {}
+        work = False
+        for message in messages:
+            visitor = self._resolve_visitor(conn, site, message.get("anonymousId"),
+                                            cookie_visitor)
+            if not visitor:
+                visitor = result.visitor_id or self._new_id()
+            if not result.visitor_id:
+                result.visitor_id = visitor
+            message_id = message["messageId"]
+            seen = conn.execute("SELECT 1 FROM messages WHERE site=? AND message_id=?",
+                                (site, message_id)).fetchone()
+            if seen:
+                result.duplicates += 1
+                continue
+            state = self._state(conn, site, visitor)
+            enrichment = apply(state, message, visitor_id=visitor, received_at=received_at,
+                               session_timeout=self._session_timeout, new_id=self._new_id)
+            enrichment.ip = context.get("ip")
+            enrichment.user_agent = context.get("user_agent")
+            touched[visitor] = state
+            event = StoredEvent(site, message, enrichment)
+            cursor = conn.execute(
+                "INSERT INTO messages (site, message_id, visitor_id, received_at, data) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (site, message_id, visitor, received_at, orjson.dumps(event.to_dict())))
+            rowid = cursor.lastrowid
+            vendors = self._router(event)
+            if vendors:
+                work = True
+                conn.executemany(
+                    "INSERT INTO outbox (message, site, vendor, visitor_id, created_at, "
+                    "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(rowid, site, v, visitor, received_at, received_at) for v in vendors])
+            result.stored += 1
+        for visitor, state in touched.items():
+            conn.execute("INSERT OR REPLACE INTO visitors VALUES (?, ?, ?, ?)",
+                         (site, visitor, orjson.dumps(state.to_dict()), received_at))
+        if work:
+            self.on_new_work()
+        return result
+
+    # ---- delivery --------------------------------------------------------------------------
+
+    async def due(self, site: str, vendor: str, now: float, limit: int) -> list[OutboxRow]:
+        """Pending work whose time has come, oldest first, skipping any visitor whose earlier
+        work is still waiting for a retry (a vendor receives each visitor's events in order)."""
+        def run(conn: sqlite3.Connection) -> list[OutboxRow]:
+            rows = conn.execute(
+                """
+                SELECT o.id, o.visitor_id, o.attempts, o.sent, o.created_at, m.data
+                FROM outbox o JOIN messages m ON m.id = o.message
+                WHERE o.site = ? AND o.vendor = ? AND o.state = 0 AND o.next_at <= ?
+                  AND NOT EXISTS (
+                    SELECT 1 FROM outbox p
+                    WHERE p.site = o.site AND p.vendor = o.vendor AND p.visitor_id = o.visitor_id
+                      AND p.state = 0 AND p.id < o.id AND p.next_at > ?)
+                ORDER BY o.id LIMIT ?
+                """,
+                (site, vendor, now, now, limit),
+            ).fetchall()
+            return [
+                OutboxRow(id=r[0], site=site, vendor=vendor, visitor_id=r[1], attempts=r[2],
+                          sent=r[3], created_at=r[4],
+                          event=StoredEvent.from_dict(orjson.loads(r[5])))
+                for r in rows
+            ]
+
+        return await self._read(run)
+
+    async def next_due_at(self, site: str, vendor: str) -> float | None:
+        def run(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute("SELECT MIN(next_at) FROM outbox WHERE site=? AND vendor=? "
+                               "AND state=0", (site, vendor)).fetchone()
+            return row[0] if row else None
+
+        return await self._read(run)
+
+    async def mark_done(self, ids: list[int], *, skipped: bool = False,
+                        status: int | None = None) -> None:
+        now = time.time()
+        state = SKIPPED if skipped else DELIVERED
+        await self._write(lambda conn: conn.executemany(
+            "UPDATE outbox SET state=?, status=?, attempts=attempts+1, updated_at=?, error=NULL "
+            "WHERE id=?", [(state, status, now, i) for i in ids]))
+
+    async def mark_progress(self, row_id: int, sent: int) -> None:
+        await self._write(lambda conn: conn.execute(
+            "UPDATE outbox SET sent=?, updated_at=? WHERE id=?", (sent, time.time(), row_id)))
+
+    async def mark_retry(self, ids: list[int], *, next_at: float, status: int | None,
+                         error: str) -> None:
+        now = time.time()
+        await self._write(lambda conn: conn.executemany(
+            "UPDATE outbox SET attempts=attempts+1, next_at=?, status=?, error=?, updated_at=? "
+            "WHERE id=?", [(next_at, status, error, now, i) for i in ids]))
+
+    async def mark_dead(self, ids: list[int], *, status: int | None, error: str,
+                        response: str = "", request: str = "") -> None:
+        now = time.time()
+        await self._write(lambda conn: conn.executemany(
+            "UPDATE outbox SET state=?, attempts=attempts+1, status=?, error=?, response=?, "
+            "updated_at=? WHERE id=?",
+            [(DEAD, status, error, (request + "\n" + response).strip(), now, i) for i in ids]))
+
+    # ---- dead letters, statistics, retention ------------------------------------------------
+
+    async def dead_letters(self, *, vendor: str | None = None, since: float | None = None,
+                           dead_id: int | None = None) -> list[DeadLetter]:
+        def run(conn: sqlite3.Connection) -> list[DeadLetter]:
+            sql = ("SELECT o.id, o.site, o.vendor, o.visitor_id, o.attempts, o.status, o.error, "
+                   "o.response, o.updated_at, m.data FROM outbox o JOIN messages m "
+                   "ON m.id = o.message WHERE o.state = ?")
+            args: list[Any] = [DEAD]
+            if vendor:
+                sql += " AND o.vendor = ?"
+                args.append(vendor)
+            if since is not None:
+                sql += " AND o.updated_at >= ?"
+                args.append(since)
+            if dead_id is not None:
+                sql += " AND o.id = ?"
+                args.append(dead_id)
+            return [
+                DeadLetter(id=r[0], site=r[1], vendor=r[2], visitor_id=r[3], attempts=r[4],
+                           status=r[5], error=r[6] or "", response=r[7] or "", failed_at=r[8],
+                           event=StoredEvent.from_dict(orjson.loads(r[9])))
+                for r in conn.execute(sql + " ORDER BY o.id", args).fetchall()
+            ]
+
+        return await self._read(run)
+
+    async def replay(self, *, vendor: str | None = None, dead_id: int | None = None) -> int:
+        """Put dead letters back in the queue (attempts and progress reset)."""
+        def run(conn: sqlite3.Connection) -> int:
+            sql = ("UPDATE outbox SET state=?, attempts=0, sent=0, next_at=0, created_at=?, "
+                   "error=NULL WHERE state=?")
+            args: list[Any] = [PENDING, time.time(), DEAD]
+            if vendor:
+                sql += " AND vendor=?"
+                args.append(vendor)
+            if dead_id is not None:
+                sql += " AND id=?"
+                args.append(dead_id)
+            count = conn.execute(sql, args).rowcount
+            if count:
+                self.on_new_work()
+            return count
+
+        return await self._write(run)
+
+    async def stats(self) -> SpoolStats:
+        def run(conn: sqlite3.Connection) -> SpoolStats:
+            stats = SpoolStats()
+            for vendor, state, count, oldest in conn.execute(
+                "SELECT vendor, state, COUNT(*), MIN(created_at) FROM outbox "
+                "GROUP BY vendor, state"
+            ):
+                stats.add(vendor, state, count, oldest)
+            stats.messages = conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+            return stats
+
+        return await self._read(run)
+
+    async def prune(self, older_than: float) -> int:
+        """Forget delivered work (and its messages) finished before `older_than`."""
+        def run(conn: sqlite3.Connection) -> int:
+            removed = conn.execute(
+                "DELETE FROM outbox WHERE state IN (?, ?) AND updated_at < ?",
+                (DELIVERED, SKIPPED, older_than)).rowcount
+            conn.execute(
+                "DELETE FROM messages WHERE received_at < ? AND NOT EXISTS "
+                "(SELECT 1 FROM outbox o WHERE o.message = messages.id)", (older_than,))
+            return removed
+
+        return await self._write(run)

@@ -1,0 +1,242 @@
+"""Advisable interactions API (vendor-docs/advisable-interactions.md).
+
+Each interaction is `POST {base_url}/v1/{path}` with a JSON object; an order's lines go together
+as one JSON array to `POST {base_url}/v1/{purchase_path}/batch`; a new login moves the visitor's
+interactions to the user with `POST {base_url}/v1/users/{visitor}/interactions/transfer/{user}`.
+
+Advisable does not publish its base URL, its auth header names or the exact plural path of each
+interaction type, so all three are settings: `base_url` is required and is the host root (the
+adapter adds `/v1`), the headers default to `x-app-id` / `x-app-secret`, the paths to `views`,
+`cart_additions`, `bookmarks`, `ratings`, `purchases`.
+
+Choices where the document is silent or loose (docs/vendors/advisable.md has the full list):
+
+- `timestamp` is sent as a string of epoch milliseconds: the document types it `Optional[str]`
+  yet says a number works too; a digit string is valid under both readings, a number is not
+  valid under a strict `str` schema.
+- `recommendation_id` is the relay's `list_id` (the shop is expected to put Advisable's
+  recommendation id there when it renders an Advisable block).
+- The transfer is sent with `delete_user=true` (the document's default, made explicit): after
+  a binding the relay never uses that visitor id as `user_id` again, so the guest is empty.
+- `purchase_batch_size` splits very large orders: the document gives no batch limit.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import quote, urlsplit
+
+from shoprelay import events as ev
+from shoprelay.events import StoredEvent
+from shoprelay.vendors.base import (
+    MappingError,
+    RateLimit,
+    Vendor,
+    VendorConfig,
+    VendorRequest,
+    with_query,
+)
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9_\-.~]+$")
+_PATH_FIELDS = ("view_path", "cart_addition_path", "bookmark_path", "rating_path",
+                "purchase_path")
+
+
+@dataclass(kw_only=True)
+class AdvisableConfig(VendorConfig):
+    app_id: str
+    app_secret: str
+    #: Header names: Advisable does not publish them, so they are settings.
+    app_id_header: str = "x-app-id"
+    app_secret_header: str = "x-app-secret"
+    #: `/v1/{path}` of each interaction type (the document names the types, not the plurals).
+    view_path: str = "views"
+    cart_addition_path: str = "cart_additions"
+    bookmark_path: str = "bookmarks"
+    rating_path: str = "ratings"
+    purchase_path: str = "purchases"
+    #: `delete_user` of the transfer call: remove the guest once its interactions moved.
+    transfer_delete_user: bool = True
+    #: Most order lines in one `/purchases/batch` call (undocumented; ours).
+    purchase_batch_size: int = 100
+    #: Not documented by Advisable: our own ceiling, per app id.
+    rate_limit_per_second: int = 20
+
+    secret_fields: ClassVar[tuple[str, ...]] = ("app_secret",)
+
+
+def _item_id(props: dict[str, Any], where: str) -> str:
+    """`item_id` is a string for Advisable; `sku` stands in when there is no `product_id`."""
+    value = props.get("product_id")
+    if value is None or value == "":
+        value = props.get("sku")
+    if isinstance(value, bool) or value is None:
+        raise MappingError(f"{where} is required for Advisable's item_id, got {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, str | int | float):
+        raise MappingError(f"{where} must be a string or number for Advisable, got {value!r}")
+    text = str(value).strip()
+    if not text:
+        raise MappingError(f"{where} is empty")
+    return text
+
+
+def _number(value: Any, where: str) -> float | int:
+    """A finite number; numeric strings are read because Segment clients often send them."""
+    if isinstance(value, bool) or value is None:
+        raise MappingError(f"{where} must be a number, got {value!r}")
+    if isinstance(value, int):
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise MappingError(f"{where} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise MappingError(f"{where} must be a finite number, got {value!r}")
+    return int(number) if number.is_integer() else number
+
+
+def _recommendation(props: dict[str, Any], fallback: Any) -> dict[str, str]:
+    list_id = props.get("list_id") or fallback
+    return {"recommendation_id": str(list_id)} if list_id else {}
+
+
+class Advisable(Vendor):
+    name = "advisable"
+    title = "Advisable"
+    config_class = AdvisableConfig
+    # Not public: base_url is required in the settings.
+    default_base_url = ""
+    handles = frozenset(
+        {
+            ev.PRODUCT_VIEWED, ev.PRODUCT_ADDED, ev.PRODUCT_ADDED_TO_WISHLIST,
+            ev.PRODUCT_REVIEWED, ev.ORDER_COMPLETED, ev.IDENTIFY,
+        }
+    )
+
+    def rate_limits(self, config: VendorConfig) -> list[RateLimit]:
+        assert isinstance(config, AdvisableConfig)
+        return [RateLimit(config.rate_limit_per_second, 1.0, scope="app_id")]
+
+    def check_config(self, config: VendorConfig) -> dict[str, str]:
+        """Value problems the type-checking loader cannot see: {key: reason}."""
+        assert isinstance(config, AdvisableConfig)
+        problems: dict[str, str] = {}
+        path = urlsplit(config.base_url).path.rstrip("/")
+        if path.endswith("/v1"):
+            problems["base_url"] = "give the host root: the adapter adds /v1 itself"
+        for key in ("app_id_header", "app_secret_header"):
+            if not _TOKEN.match(getattr(config, key)):
+                problems[key] = f"not an HTTP header name: {getattr(config, key)!r}"
+        if config.app_id_header.lower() == config.app_secret_header.lower():
+            problems["app_secret_header"] = "must differ from app_id_header"
+        for key in _PATH_FIELDS:
+            if not _SEGMENT.match(getattr(config, key)):
+                problems[key] = f"must be one URL path segment, got {getattr(config, key)!r}"
+        if config.purchase_batch_size < 1:
+            problems["purchase_batch_size"] = "must be at least 1"
+        if config.rate_limit_per_second < 1:
+            problems["rate_limit_per_second"] = "must be at least 1"
+        return problems
+
+    def requests_for(self, event: StoredEvent, config: VendorConfig) -> list[VendorRequest]:
+        assert isinstance(config, AdvisableConfig)
+        name = event.name
+        if name == ev.IDENTIFY:
+            return self._transfer(event, config)
+        if name == ev.ORDER_COMPLETED:
+            return self._purchases(event, config)
+        path = {
+            ev.PRODUCT_VIEWED: config.view_path,
+            ev.PRODUCT_ADDED: config.cart_addition_path,
+            ev.PRODUCT_ADDED_TO_WISHLIST: config.bookmark_path,
+            ev.PRODUCT_REVIEWED: config.rating_path,
+        }.get(name)
+        if path is None:
+            return []
+        props = event.properties
+        body: dict[str, Any] = {
+            "user_id": event.customer_id,
+            "item_id": _item_id(props, "product_id"),
+            "timestamp": str(ev.epoch_ms(event.timestamp)),
+            **_recommendation(props, event.enrichment.list_id),
+        }
+        if name == ev.PRODUCT_REVIEWED:
+            if props.get("rating") is None:
+                # A text-only review: nothing a rating interaction can carry.
+                return []
+            value = float(_number(props["rating"], "rating"))
+            if not 0 <= value <= 5:
+                raise MappingError(f"rating must be between 0 and 5 for Advisable, got {value}")
+            body["value"] = value
+        if name == ev.PRODUCT_VIEWED and props.get("duration_ms") is not None:
+            duration = _number(props["duration_ms"], "duration_ms")
+            if duration < 0:
+                raise MappingError(f"duration_ms must not be negative, got {duration}")
+            body["duration"] = duration
+        return [self._post(f"/v1/{path}", body, config)]
+
+    def _purchases(self, event: StoredEvent, config: AdvisableConfig) -> list[VendorRequest]:
+        props = event.properties
+        lines = props.get("products")
+        if not isinstance(lines, list) or not lines:
+            raise MappingError("Order Completed needs products[] for Advisable's purchases")
+        list_ids = event.enrichment.extra.get("line_list_ids") or {}
+        if not isinstance(list_ids, dict):
+            list_ids = {}
+        stamp = str(ev.epoch_ms(event.timestamp))
+        purchases = []
+        for i, line in enumerate(lines):
+            if not isinstance(line, dict):
+                raise MappingError(f"products[{i}] must be an object")
+            item = _item_id(line, f"products[{i}].product_id")
+            purchase: dict[str, Any] = {"user_id": event.customer_id, "item_id": item,
+                                        "timestamp": stamp}
+            if line.get("price") is not None:
+                purchase["price"] = _number(line["price"], f"products[{i}].price")
+            amount = _number(line.get("quantity", 1), f"products[{i}].quantity")
+            if amount <= 0:
+                raise MappingError(f"products[{i}].quantity must be positive, got {amount}")
+            purchase["amount"] = amount
+            # Ingest keys the map by the id as the client wrote it (`12.0`), we send `12`.
+            raw = str(line.get("product_id", line.get("sku"))).strip()
+            purchase.update(_recommendation(line, list_ids.get(item) or list_ids.get(raw)))
+            purchases.append(purchase)
+        size = config.purchase_batch_size
+        return [self._post(f"/v1/{config.purchase_path}/batch", purchases[i:i + size], config)
+                for i in range(0, len(purchases), size)]
+
+    def _transfer(self, event: StoredEvent, config: AdvisableConfig) -> list[VendorRequest]:
+        if not event.enrichment.new_binding:
+            return []
+        visitor = event.enrichment.visitor_id
+        user = event.enrichment.user_id or event.message.get("userId")
+        if not user or str(user) == visitor:
+            return []
+        if "/" in str(user):
+            # Servers decode %2F before routing, so such an id would reach another path.
+            raise MappingError(f"user id {user!r} contains '/': Advisable's transfer path "
+                               "cannot carry it")
+        path = (f"/v1/users/{quote(visitor, safe='')}/interactions/transfer/"
+                f"{quote(str(user), safe='')}")
+        flag = {"delete_user": "true" if config.transfer_delete_user else "false"}
+        # No body: the two ids and the flag are the whole call.
+        return [VendorRequest(method="POST", url=with_query(self.base_url(config) + path, flag),
+                              headers=self._auth(config))]
+
+    def _post(self, path: str, body: Any, config: AdvisableConfig) -> VendorRequest:
+        return VendorRequest(method="POST", url=self.base_url(config) + path,
+                             headers={"Content-Type": "application/json", **self._auth(config)},
+                             json=body)
+
+    @staticmethod
+    def _auth(config: AdvisableConfig) -> dict[str, str]:
+        return {config.app_id_header: config.app_id, config.app_secret_header: config.app_secret}
+
+
+VENDOR = Advisable()
