@@ -18,7 +18,8 @@ from shoprelay.vendors.retailrocket import VENDOR, RetailRocketConfig, contact_e
 
 SESSION = "60842392e4881c65e6c5e423"
 STAMP = "2018-09-15T15:53:00+00:00"
-CONFIG = RetailRocketConfig(partner_id="608423a9b126ac6ab3f8f0a5", api_key="608423a104249fa8e9952323")
+CONFIG = RetailRocketConfig(partner_id="608423a9b126ac6ab3f8f0a5",
+                            api_key="608423a104249fa8e9952323")
 
 
 def event(name: str, props: dict[str, Any] | None = None, **enrich: Any) -> StoredEvent:
@@ -92,7 +93,8 @@ def test_document_examples(stored: StoredEvent, method: str, expected: dict[str,
     assert parse_qs(url.query) == {"apiKey": [CONFIG.api_key], "partnerId": [CONFIG.partner_id]}
     assert request.headers["Content-Type"] == "application/json"
     assert request.json == expected
-    assert {k: type(v) for k, v in request.json.items()} == {k: type(v) for k, v in expected.items()}
+    types = {k: type(v) for k, v in expected.items()}
+    assert {k: type(v) for k, v in request.json.items()} == types
 
 
 def test_order_makes_one_call_per_line() -> None:
