@@ -112,3 +112,17 @@ def test_check_config_command(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60, env=env)
     assert bad.returncode == 1
     assert "RR_API_KEY is not set" in bad.stderr
+
+
+def test_vendor_value_rules_are_checked_at_start() -> None:
+    with pytest.raises(SettingsError) as caught:
+        parse({"relay": {"secret": "x" * 20},
+               "sites": {"a": {"write_key": "k", "vendors": {
+                   "goshops": {"project": "p", "api_key": "k", "date_format": "yyyy"},
+                   "retailrocket": {"api_key": "k", "partner_id": "p",
+                                    "rate_limit_per_second": 0},
+                   "advisable": {"app_id": "i", "app_secret": "s"}}}}})
+    keys = {p.key for p in caught.value.problems}
+    assert keys == {"sites.a.vendors.goshops.date_format",
+                    "sites.a.vendors.retailrocket.rate_limit_per_second",
+                    "sites.a.vendors.advisable.base_url"}

@@ -165,6 +165,8 @@ def _vendors(tables: Any, where: str, problems: list[Problem]) -> dict[str, Vend
             continue
         if not config.base_url and not vendor.default_base_url:
             problems.append(Problem(f"{key}.base_url", "required: this vendor has no public URL"))
+        for field_name, reason in vendor.check_config(config).items():
+            problems.append(Problem(f"{key}.{field_name}", reason))
         for event in config.events:
             if event not in vendor.handles:
                 problems.append(Problem(f"{key}.events",

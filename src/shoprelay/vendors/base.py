@@ -106,6 +106,20 @@ class Vendor:
         """The vendor's documented limits, possibly raised or lowered by settings."""
         return []
 
+    def check_config(self, config: VendorConfig) -> dict[str, str]:
+        """Value problems the type-checking settings loader cannot see: {key: reason}.
+
+        The default refuses non-positive numbers in the common `rate_limit*` / `*batch_size`
+        settings; adapters extend it with their own rules.
+        """
+        problems = {}
+        for name, value in vars(config).items():
+            numeric = isinstance(value, int | float) and not isinstance(value, bool)
+            limit_like = name.startswith(("rate_limit", "requests_per")) or "batch_size" in name
+            if numeric and limit_like and value < 1:
+                problems[name] = "must be at least 1"
+        return problems
+
     def wants(self, event: StoredEvent, config: VendorConfig) -> bool:
         """Whether the event may produce requests for this vendor (before rendering them)."""
         name = event.name
