@@ -281,7 +281,12 @@ def test_settings_refused_with_the_key(table: dict[str, Any], key: str, reason: 
     ({"rate_limit_per_second": 0}, "rate_limit_per_second"),
 ])
 def test_check_config(overrides: dict[str, Any], key: str) -> None:
-    assert list(VENDOR.check_config(config(**overrides))) == [key]
+    built = AdvisableConfig(**{"base_url": BASE, "app_id": "a", "app_secret": "s", **overrides})
+    assert list(VENDOR.check_config(built)) == [key]
+    # The settings loader refuses the same file at start, naming the key.
+    with pytest.raises(SettingsError) as info:
+        config(**overrides)
+    assert [p.key for p in info.value.problems] == [f"sites.shop.vendors.advisable.{key}"]
 
 
 # --- sandbox -----------------------------------------------------------------------------------
