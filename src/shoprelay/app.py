@@ -64,6 +64,10 @@ def create_app(settings: Settings, *, delivery: DeliveryOptions | None = None,
     targets = [(site.name, VENDORS[name], config)
                for site in settings.sites.values()
                for name, config in site.vendors.items() if config.enabled]
+    relay = settings.relay
+    delivery = delivery or DeliveryOptions(
+        timeout=relay.delivery_timeout_seconds, concurrency=relay.delivery_concurrency,
+        max_age=relay.delivery_max_age_hours * 3600.0)
     ingest = Ingest(settings, spool, cookie)
     tracker = TrackerScript()
 
@@ -79,7 +83,7 @@ def create_app(settings: Settings, *, delivery: DeliveryOptions | None = None,
         try:
             yield
         finally:
-            await forwarder.stop()
+            await forwarder.stop(relay.shutdown_grace_seconds)
             spool.close()
 
     async def healthz(request: Request) -> Response:

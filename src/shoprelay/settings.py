@@ -58,6 +58,18 @@ class RelaySettings:
     spool_sync: str = "full"
     #: Minutes without events after which a visitor's next event starts a new session.
     session_timeout_minutes: int = 30
+    #: Work not delivered within this many hours goes to the dead letter.
+    delivery_max_age_hours: float = 24.0
+    #: Seconds a vendor request may take before it counts as failed (and is retried).
+    delivery_timeout_seconds: float = 10.0
+    #: Requests in flight at once per vendor queue (different visitors; one visitor's events
+    #: are always sent one after another).
+    delivery_concurrency: int = 16
+    #: Delivered work (and its messages) is pruned after this many hours; dedup remembers
+    #: message ids for as long.
+    retention_hours: float = 168.0
+    #: On SIGTERM, seconds to let requests in flight finish before stopping.
+    shutdown_grace_seconds: float = 10.0
 
 
 @dataclass(kw_only=True)
