@@ -55,7 +55,9 @@ def shop_stack(tmp_path: Path, vendors: list[str] | None = None) -> Iterator[Sho
         shop_url = f"http://127.0.0.1:{port}"
         settings = demo_settings(shop_origin=shop_url, sandbox_url=sandbox_url,
                                  spool_file=str(tmp_path / "spool.db"), vendors=vendors,
-                                 secret="browser-test-secret-0123456789")
+                                 secret="browser-test-secret-0123456789",
+                                 # Headless Chromium says so in its user agent: allow it here.
+                                 forward_bots=True)
         relay = create_app(settings, delivery=DeliveryOptions(idle_poll=0.2))
         shop = create_shop_app(relay, write_key=DEMO_WRITE_KEY, sandbox_url=sandbox_url)
         stack.enter_context(serve(shop, port=port))

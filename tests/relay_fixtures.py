@@ -50,7 +50,10 @@ def relay_stack(tmp_path: Path, *, vendors: list[str] | None = None,
         sandbox_url = stack.enter_context(serve(sandbox_app, port=sandbox_port, lifespan="off"))
         settings = demo_settings(shop_origin=ORIGIN, sandbox_url=sandbox_url,
                                  spool_file=str(tmp_path / "spool.db"), vendors=vendors,
-                                 secret="test-secret-of-enough-length")
+                                 secret="test-secret-of-enough-length",
+                                 # httpx and headless Chromium are bots by their user agent;
+                                 # these tests forward them on purpose (test_privacy does not).
+                                 forward_bots=True)
         app = create_app(settings, delivery=delivery or DeliveryOptions(idle_poll=0.2),
                          forward=forward)
         relay_url = stack.enter_context(serve(app))

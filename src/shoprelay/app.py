@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from shoprelay.delivery.forwarder import DeliveryOptions, Forwarder
 from shoprelay.events import StoredEvent
+from shoprelay.identity.consent import allows
 from shoprelay.identity.cookie import VisitorCookie, new_visitor_id
 from shoprelay.ingest.routes import Ingest
 from shoprelay.settings import Settings
@@ -35,6 +36,7 @@ def spool_path(url: str) -> str:
 
 
 def make_router(settings: Settings) -> Router:
+    """Which vendors get an event: enabled, mapping it, allowed by consent, not a held bot."""
     enabled = {
         name: [(vendor_name, VENDORS[vendor_name], config)
                for vendor_name, config in site.vendors.items() if config.enabled]
@@ -42,8 +44,13 @@ def make_router(settings: Settings) -> Router:
     }
 
     def route(event: StoredEvent) -> list[str]:
+        site = settings.sites.get(event.site)
+        if site is None or (event.enrichment.bot and not site.forward_bots):
+            return []
+        consent = event.enrichment.consent
         return [name for name, vendor, config in enabled.get(event.site, [])
-                if vendor.wants(event, config)]
+                if vendor.wants(event, config)
+                and allows(consent, config.consent, required=site.consent_required)]
 
     return route
 

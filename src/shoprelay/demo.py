@@ -24,11 +24,13 @@ DEMO_WRITE_KEY = "pk_demo_shop"
 
 
 def demo_settings(*, shop_origin: str, sandbox_url: str, spool_file: str,
-                  vendors: list[str] | None = None, secret: str | None = None) -> Settings:
+                  vendors: list[str] | None = None, secret: str | None = None,
+                  forward_bots: bool = False) -> Settings:
     table: dict[str, Any] = {
         "relay": {"secret": secret or secrets.token_hex(16), "spool": f"sqlite://{spool_file}",
                   "spool_sync": "normal"},
         "sites": {"demo": {"write_key": DEMO_WRITE_KEY, "allowed_origins": [shop_origin],
+                           "forward_bots": forward_bots,
                            "vendors": demo_vendor_settings(sandbox_url, vendors)}},
     }
     return parse(table, source="<demo settings>", env={})

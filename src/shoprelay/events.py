@@ -60,8 +60,21 @@ class Enrichment:
     cart_id: str | None = None
     #: The recommendation block the event's product was shown/clicked in (`list_id`), if known.
     list_id: str | None = None
+    #: When the visitor's current session began (relay clock, epoch seconds).
+    session_started: float = 0.0
     ip: str | None = None
     user_agent: str | None = None
+    referrer: str | None = None
+    page_url: str | None = None
+    locale: str | None = None
+    #: UTM campaign (`context.campaign`: source, medium, name, term, content).
+    campaign: dict[str, str] | None = None
+    #: Consent per category as the client (and Sec-GPC) stated it; absent = not stated.
+    consent: dict[str, bool] | None = None
+    #: Flagged as a crawler or headless tool by its user agent.
+    bot: bool = False
+    #: "browser" (the tracker, analytics.js) or "server" (the shop's backend, server key).
+    source: str = "browser"
     received_at: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -69,7 +82,8 @@ class Enrichment:
         data = asdict(self)
         if self.cart is None:
             data.pop("cart")
-        return {k: v for k, v in data.items() if v not in (None, {}, "") or k == "cart"}
+        return {k: v for k, v in data.items()
+                if v not in (None, {}, "", False) or k == "cart"}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Enrichment:

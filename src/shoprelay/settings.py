@@ -8,6 +8,7 @@ with any problem is refused with the file, the dotted key and the reason for eac
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import os
 import re
 import tomllib
@@ -77,6 +78,14 @@ class SiteSettings:
     name: str = ""
     write_key: str
     allowed_origins: list[str] = field(default_factory=list)
+    #: Secret key of the shop's backend (HTTP Basic user name) for the server-side API.
+    server_key: str = ""
+    #: Forward an event to a vendor only when the visitor granted the vendor's consent category.
+    consent_required: bool = False
+    #: Forward events from crawlers and headless tools too (they are always stored).
+    forward_bots: bool = False
+    #: Store client IPs with the last octet (IPv4) or last 80 bits (IPv6) zeroed.
+    ip_truncate: bool = False
     vendors: dict[str, VendorConfig] = field(default_factory=dict)
 
 
@@ -91,6 +100,14 @@ class Settings:
 
     def site_for_key(self, write_key: str | None) -> SiteSettings | None:
         return self._by_key.get(write_key or "")
+
+    def site_for_server_key(self, key: str | None) -> SiteSettings | None:
+        if not key:
+            return None
+        for site in self.sites.values():
+            if site.server_key and hmac.compare_digest(site.server_key, key):
+                return site
+        return None
 
 
 def load(path: str | os.PathLike[str], env: typing.Mapping[str, str] | None = None) -> Settings:
@@ -145,6 +162,10 @@ def parse(
             problems.append(Problem(f"{where}.write_key",
                                     f"same write key as sites.{seen_keys[site.write_key]}"))
         seen_keys[site.write_key] = name
+        if site.server_key and (site.server_key == site.write_key or len(site.server_key) < 16):
+            problems.append(Problem(f"{where}.server_key",
+                                    "must be a secret of at least 16 characters, "
+                                    "different from the write key"))
         for i, origin in enumerate(site.allowed_origins):
             if not _is_url(origin) or urlsplit(origin).path not in ("", "/"):
                 problems.append(Problem(f"{where}.allowed_origins[{i}]",

@@ -18,6 +18,8 @@ from shoprelay.events import CartLine, Enrichment
 
 #: How many product → recommendation-block links a visitor keeps (oldest dropped first).
 MAX_BLOCK_LINKS = 200
+#: The track event that ends a visitor's user binding (logout; the tracker's `reset()`).
+SIGNED_OUT = "Signed Out"
 _LIST_ID_EVENTS = frozenset(
     {ev.PRODUCT_VIEWED, ev.PRODUCT_ADDED, ev.PRODUCT_ADDED_TO_WISHLIST, ev.PRODUCT_REVIEWED,
      ev.PRODUCT_CLICKED, ev.PRODUCT_REMOVED}
@@ -114,6 +116,10 @@ def apply(
     props = message.get("properties") if isinstance(message.get("properties"), dict) else {}
     enrichment = Enrichment(visitor_id=visitor_id, received_at=received_at)
 
+    if name == SIGNED_OUT and kind == "track":
+        # Logout ends the binding but keeps the visitor (Retail Rocket: the session id must not
+        # change on login or logout); the user's contact details go with the user.
+        state.user_id = state.email = state.phone = state.name = None
     if kind == "identify":
         traits = message.get("traits") if isinstance(message.get("traits"), dict) else {}
         user_id = _text(message.get("userId"))
@@ -159,7 +165,26 @@ def apply(
     enrichment.phone = state.phone
     enrichment.name = state.name
     enrichment.session_id = state.session_id
+    enrichment.session_started = state.session_started
+    _context(enrichment, message)
     return enrichment
+
+
+def _context(enrichment: Enrichment, message: dict[str, Any]) -> None:
+    """Copy what vendors and operators want from the message context (page, UTM, locale)."""
+    context = message.get("context")
+    if not isinstance(context, dict):
+        return
+    page = context.get("page")
+    if isinstance(page, dict):
+        enrichment.referrer = _text(page.get("referrer"))
+        enrichment.page_url = _text(page.get("url"))
+    enrichment.locale = _text(context.get("locale"))
+    campaign = context.get("campaign")
+    if isinstance(campaign, dict):
+        kept = {k: str(v) for k, v in campaign.items()
+                if k in ("source", "medium", "name", "term", "content") and _text(v)}
+        enrichment.campaign = kept or None
 
 
 def _update_cart(

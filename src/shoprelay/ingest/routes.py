@@ -18,6 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from shoprelay.identity.bots import is_bot
+from shoprelay.identity.consent import consent_of, refuses_everything
 from shoprelay.identity.cookie import VisitorCookie
 from shoprelay.ingest.validation import (
     MAX_BATCH_BYTES,
@@ -73,10 +75,13 @@ class Ingest:
         except BadRequest as exc:
             return self._error(exc.status, exc.reason, origin)
 
-        site = self.settings.site_for_key(_write_key(request, body))
+        server_site = self.settings.site_for_server_key(_basic_user(request))
+        site = server_site or self.settings.site_for_key(_write_key(request, body))
         if site is None:
             return self._error(401, "unknown or missing write key", origin)
-        if origin and site.allowed_origins and origin.rstrip("/") not in site.allowed_origins:
+        server = server_site is not None
+        if (not server and origin and site.allowed_origins
+                and origin.rstrip("/") not in site.allowed_origins):
             return self._error(403, f"origin {origin} is not allowed for this write key", None)
 
         received_at = time.time()
@@ -89,27 +94,55 @@ class Ingest:
                                    site)
         checked = check_messages(messages, batch_context=body.get("context"),
                                  received_at=received_at, type_hint=kind)
-        cookie_visitor = self.cookie.read(request.cookies.get(self.cookie.name))
+        accepted = checked.accepted
+        gpc = request.headers.get("sec-gpc", "").strip() == "1"
+        consents = {i: consent_of(m, gpc) for i, m in enumerate(accepted)}
+        # A request whose every message refuses consent gets no cookie, and none is read.
+        no_consent = bool(accepted) and all(refuses_everything(c) for c in consents.values())
+        if site.consent_required and not server:
+            no_consent = no_consent or all(c is None for c in consents.values())
+        cookie_visitor = None
+        if not server and not no_consent:
+            cookie_visitor = self.cookie.read(request.cookies.get(self.cookie.name))
+        hints = [self._server_visitor(m) for m in accepted] if server else None
         visitor = cookie_visitor
-        if checked.accepted:
+        if accepted:
+            user_agent = request.headers.get("user-agent")
+            ip = self._client_ip(request)
+            if server:
+                # The backend speaks for the visitor: take what it says the browser was.
+                first = accepted[0].get("context") or {}
+                ip = first.get("ip") if isinstance(first.get("ip"), str) else None
+                user_agent = first.get("userAgent") if isinstance(first.get("userAgent"),
+                                                                    str) else None
             result = await self.spool.ingest(
-                site.name, checked.accepted, cookie_visitor=cookie_visitor,
-                context={"ip": self._client_ip(request),
-                         "user_agent": request.headers.get("user-agent")})
+                site.name, accepted, cookie_visitor=cookie_visitor, hints=hints,
+                context={"ip": truncate_ip(ip) if site.ip_truncate else ip,
+                         "user_agent": user_agent,
+                         "bot": False if server else is_bot(user_agent),
+                         "source": "server" if server else "browser",
+                         "consent": consents})
             visitor = result.visitor_id
         answer = {
             "success": not checked.rejected,
-            "accepted": len(checked.accepted),
+            "accepted": len(accepted),
             "rejected": [r.to_dict() for r in checked.rejected],
         }
-        status = 200 if checked.accepted else 400
+        status = 200 if accepted else 400
         response = Response(orjson.dumps(answer), status, media_type="application/json")
         self._cors(response, origin, site)
-        if visitor:
+        if visitor and not server and not no_consent:
             response.headers.append("Set-Cookie",
                                     self.cookie.header(visitor, secure=self._is_https(request)))
         response.headers["Cache-Control"] = "no-store"
         return response
+
+    def _server_visitor(self, message: dict[str, Any]) -> str:
+        """For the server API: the visitor named by the `sc` cookie value the shop's backend
+        passed on in `context.visitorCookie` (verified), or "" to find it by user id."""
+        context = message.get("context")
+        value = context.pop("visitorCookie", None) if isinstance(context, dict) else None
+        return (self.cookie.read(value) if isinstance(value, str) else None) or ""
 
     # ---- helpers ---------------------------------------------------------------------------
 
@@ -190,17 +223,32 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _basic_user(request: Request) -> str | None:
+    """The user name of HTTP Basic auth (Segment's libraries put the key there)."""
+    auth = request.headers.get("authorization", "")
+    if auth[:6].lower() != "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(auth[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.split(":", 1)[0] or None
+
+
 def _write_key(request: Request, body: dict[str, Any]) -> str | None:
     key = body.get("writeKey")
     if isinstance(key, str) and key:
         return key
-    auth = request.headers.get("authorization", "")
-    if auth[:6].lower() == "basic ":
-        try:
-            decoded = base64.b64decode(auth[6:].strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            decoded = ""
-        user = decoded.split(":", 1)[0]
-        if user:
-            return user
-    return request.query_params.get("writeKey")
+    return _basic_user(request) or request.query_params.get("writeKey")
+
+
+def truncate_ip(ip: str | None) -> str | None:
+    """Zero the host part: the last octet of IPv4, the last 80 bits of IPv6."""
+    if not ip:
+        return ip
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    prefix = 24 if address.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from shoprelay.events import StoredEvent
+from shoprelay.events import ORDER_COMPLETED, StoredEvent
 from shoprelay.identity.state import VisitorState, apply
 from shoprelay.spool.base import (
     DEAD,
@@ -76,6 +76,18 @@ CREATE TABLE IF NOT EXISTS visitors (
     state BLOB NOT NULL,
     updated_at REAL NOT NULL,
     PRIMARY KEY (site, visitor_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS users (
+    site TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    visitor_id TEXT NOT NULL,
+    PRIMARY KEY (site, user_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS orders (
+    site TEXT NOT NULL,
+    order_id TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    PRIMARY KEY (site, order_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS aliases (
     site TEXT NOT NULL,
@@ -221,30 +233,45 @@ class SqliteSpool:
         *,
         cookie_visitor: str | None,
         context: dict[str, Any],
+        hints: list[str | None] | None = None,
     ) -> IngestResult:
-        """Store accepted messages (deduplicated) with their enrichment and delivery work."""
+        """Store accepted messages (deduplicated) with their enrichment and delivery work.
+
+        `context` holds what the request tells about all its messages (ip, user_agent, bot,
+        source, consent by message index); `hints` (server API) names each message's visitor
+        where the shop's backend knew it ("" = look the user id up)."""
         received_at = time.time()
         return await self._write(
-            lambda conn: self._ingest(conn, site, messages, cookie_visitor, context, received_at))
+            lambda conn: self._ingest(conn, site, messages, cookie_visitor, context, received_at,
+                                      hints))
 
     def _resolve_visitor(
-        self, conn: sqlite3.Connection, site: str, anonymous_id: str | None,
-        cookie_visitor: str | None,
+        self, conn: sqlite3.Connection, site: str, message: dict[str, Any],
+        cookie_visitor: str | None, hint: str | None,
     ) -> str:
+        """Which visitor a message belongs to: the signed cookie (or, from the shop's backend,
+        the cookie value it passed on), else the visitor its user id was last bound to (server
+        messages), else its anonymousId's alias, else none yet."""
+        anonymous_id = message.get("anonymousId")
+        known = cookie_visitor or hint
+        if not known and message.get("userId") and hint is not None:
+            row = conn.execute("SELECT visitor_id FROM users WHERE site=? AND user_id=?",
+                               (site, message["userId"])).fetchone()
+            known = str(row[0]) if row else None
         if anonymous_id:
             row = conn.execute("SELECT visitor_id FROM aliases WHERE site=? AND anonymous_id=?",
                                (site, anonymous_id)).fetchone()
-            if cookie_visitor:
-                if row is None or row[0] != cookie_visitor:
+            if known:
+                if row is None or row[0] != known:
                     conn.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?, ?)",
-                                 (site, anonymous_id, cookie_visitor))
-                return cookie_visitor
+                                 (site, anonymous_id, known))
+                return known
             if row is not None:
                 return str(row[0])
             visitor = self._alias_for(site, anonymous_id)
             conn.execute("INSERT INTO aliases VALUES (?, ?, ?)", (site, anonymous_id, visitor))
             return visitor
-        return cookie_visitor or ""
+        return known or ""
 
     def _state(self, conn: sqlite3.Connection, site: str, visitor: str) -> VisitorState:
         key = (site, visitor)
@@ -268,13 +295,15 @@ class SqliteSpool:
         cookie_visitor: str | None,
         context: dict[str, Any],
         received_at: float,
+        hints: list[str | None] | None = None,
     ) -> IngestResult:
         result = IngestResult(visitor_id=cookie_visitor or "")
         touched: dict[str, VisitorState] = {}
         work = False
-        for message in messages:
-            visitor = self._resolve_visitor(conn, site, message.get("anonymousId"),
-                                            cookie_visitor)
+        consents = context.get("consent") or {}
+        for index, message in enumerate(messages):
+            hint = hints[index] if hints else None
+            visitor = self._resolve_visitor(conn, site, message, cookie_visitor, hint)
             if not visitor:
                 visitor = result.visitor_id or self._new_id()
             if not result.visitor_id:
@@ -282,7 +311,7 @@ class SqliteSpool:
             message_id = message["messageId"]
             seen = conn.execute("SELECT 1 FROM messages WHERE site=? AND message_id=?",
                                 (site, message_id)).fetchone()
-            if seen:
+            if seen or self._order_seen(conn, site, message):
                 result.duplicates += 1
                 continue
             state = self._state(conn, site, visitor)
@@ -290,6 +319,12 @@ class SqliteSpool:
                                session_timeout=self._session_timeout, new_id=self._new_id)
             enrichment.ip = context.get("ip")
             enrichment.user_agent = context.get("user_agent")
+            enrichment.bot = bool(context.get("bot"))
+            enrichment.source = context.get("source", "browser")
+            enrichment.consent = consents.get(index)
+            if enrichment.new_binding and enrichment.user_id:
+                conn.execute("INSERT OR REPLACE INTO users VALUES (?, ?, ?)",
+                             (site, enrichment.user_id, visitor))
             touched[visitor] = state
             event = StoredEvent(site, message, enrichment)
             cursor = conn.execute(
@@ -311,6 +346,20 @@ class SqliteSpool:
         if work:
             self.on_new_work()
         return result
+
+    @staticmethod
+    def _order_seen(conn: sqlite3.Connection, site: str, message: dict[str, Any]) -> bool:
+        """An order reaches vendors once, whether the browser, the shop's backend or both
+        reported it (same `order_id`, different messageIds)."""
+        if message.get("type") != "track" or message.get("event") != ORDER_COMPLETED:
+            return False
+        props = message.get("properties")
+        order_id = props.get("order_id") if isinstance(props, dict) else None
+        if order_id in (None, ""):
+            return False
+        inserted = conn.execute("INSERT OR IGNORE INTO orders VALUES (?, ?, ?)",
+                                (site, str(order_id), message["messageId"])).rowcount
+        return inserted == 0
 
     # ---- delivery --------------------------------------------------------------------------
 

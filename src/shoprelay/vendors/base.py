@@ -9,6 +9,7 @@ and reads the answers through `Vendor.read_response`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import urlencode
@@ -83,6 +84,11 @@ class VendorConfig:
     base_url: str = ""
     #: Allow-list of canonical event names; empty means every event the adapter maps.
     events: list[str] = field(default_factory=list)
+    #: The consent category a visitor must grant for this vendor (recommendation vendors
+    #: personalise marketing, hence the default).
+    consent: str = "marketing"
+    #: Send email and phone as SHA-256 hex of the normalised value instead of as given.
+    hash_pii: bool = False
 
     secret_fields: ClassVar[tuple[str, ...]] = ()
 
@@ -175,6 +181,22 @@ def _retry_after(headers: dict[str, str]) -> float | None:
             return max(0.0, parsedate_to_datetime(value).timestamp() - time())
         except (TypeError, ValueError):
             return None
+
+
+def contact_value(value: str, config: VendorConfig, kind: str = "email") -> str:
+    """An email or phone as the vendor should get it: as given, or hashed (`hash_pii`).
+
+    Hashes are of the normalised value (trimmed, lower-case email; digits and a leading + for
+    phones) so the same person hashes the same everywhere.
+    """
+    if not config.hash_pii:
+        return value
+    if kind == "phone":
+        normal = ("+" if value.strip().startswith("+") else "") + "".join(
+            ch for ch in value if ch.isdigit())
+    else:
+        normal = value.strip().lower()
+    return hashlib.sha256(normal.encode("utf-8")).hexdigest()
 
 
 def with_query(url: str, params: dict[str, str]) -> str:

@@ -21,6 +21,7 @@ from shoprelay.vendors.base import (
     Vendor,
     VendorConfig,
     VendorRequest,
+    contact_value,
     with_query,
 )
 
@@ -101,10 +102,11 @@ class RetailRocket(Vendor):
 
     def requests_for(self, event: StoredEvent, config: VendorConfig) -> list[VendorRequest]:
         assert isinstance(config, RetailRocketConfig)
-        calls = self.calls_for(event)
+        calls = self.calls_for(event, config)
         return [self._request(method, body, event, config) for method, body in calls]
 
-    def calls_for(self, event: StoredEvent) -> list[tuple[str, dict[str, Any]]]:
+    def calls_for(self, event: StoredEvent,
+                  config: RetailRocketConfig) -> list[tuple[str, dict[str, Any]]]:
         """The (method, body) pairs for one event, before URLs and batching."""
         props = event.properties
         base = {"sessionExternalId": event.enrichment.visitor_id}
@@ -153,7 +155,7 @@ class RetailRocket(Vendor):
         if name == ev.ORDER_COMPLETED:
             return self._order(event, base, stamp)
         if name == ev.IDENTIFY:
-            return self._set_contact(event, base, stamp)
+            return self._set_contact(event, base, stamp, config)
         return []
 
     @staticmethod
@@ -182,7 +184,8 @@ class RetailRocket(Vendor):
         return calls
 
     @staticmethod
-    def _set_contact(event: StoredEvent, base: dict, stamp: dict) -> list[tuple[str, dict]]:
+    def _set_contact(event: StoredEvent, base: dict, stamp: dict,
+                     config: RetailRocketConfig) -> list[tuple[str, dict]]:
         user_id = event.enrichment.user_id or event.message.get("userId")
         if not user_id or not event.enrichment.new_binding:
             return []
@@ -190,9 +193,9 @@ class RetailRocket(Vendor):
         traits = event.traits
         if traits.get("email"):
             # The document types `email` as integer; it is an address, so it is sent as a string.
-            body["email"] = str(traits["email"])
+            body["email"] = contact_value(str(traits["email"]), config, "email")
         if traits.get("phone"):
-            body["phone"] = str(traits["phone"])
+            body["phone"] = contact_value(str(traits["phone"]), config, "phone")
         return [("setContact", {**body, **stamp})]
 
     def _request(

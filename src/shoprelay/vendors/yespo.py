@@ -30,6 +30,7 @@ from shoprelay.vendors.base import (
     Vendor,
     VendorConfig,
     VendorRequest,
+    contact_value,
 )
 
 
@@ -183,6 +184,9 @@ class Yespo(Vendor):
             "user_name": enrichment.name or traits.get("name"),
         }
         info.update({k: str(v) for k, v in known.items() if v not in (None, "")})
+        for key, kind in (("user_email", "email"), ("user_phone", "phone")):
+            if key in info:
+                info[key] = contact_value(info[key], config, kind)
         info["cookies"] = {"sc": enrichment.visitor_id}
         return info
 
