@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,12 +13,13 @@ from servers import serve, wait_for
 
 from shoprelay.app import create_app
 from shoprelay.delivery.forwarder import DeliveryOptions
-from shoprelay.demo import demo_settings
+from shoprelay.demo import demo_table
 from shoprelay.sandbox import create_app as create_sandbox_app
-from shoprelay.settings import Settings
+from shoprelay.settings import Settings, parse
 
 WRITE_KEY = "pk_demo_shop"
 ORIGIN = "https://shop.example"
+SECRET = "test-secret-of-enough-length"
 
 
 @dataclass
@@ -44,16 +45,21 @@ class Stack:
 @contextmanager
 def relay_stack(tmp_path: Path, *, vendors: list[str] | None = None,
                 delivery: DeliveryOptions | None = None, forward: bool = True,
-                sandbox_port: int | None = None) -> Iterator[Stack]:
+                sandbox_port: int | None = None,
+                adjust: Callable[[dict[str, Any]], None] | None = None) -> Iterator[Stack]:
+    """Sandboxes + relay on 127.0.0.1; `adjust` may change the settings table first."""
     with ExitStack() as stack:
         sandbox_app = create_sandbox_app()
         sandbox_url = stack.enter_context(serve(sandbox_app, port=sandbox_port, lifespan="off"))
-        settings = demo_settings(shop_origin=ORIGIN, sandbox_url=sandbox_url,
-                                 spool_file=str(tmp_path / "spool.db"), vendors=vendors,
-                                 secret="test-secret-of-enough-length",
-                                 # httpx and headless Chromium are bots by their user agent;
-                                 # these tests forward them on purpose (test_privacy does not).
-                                 forward_bots=True)
+        table = demo_table(shop_origin=ORIGIN, sandbox_url=sandbox_url,
+                           spool_file=str(tmp_path / "spool.db"), vendors=vendors,
+                           secret=SECRET,
+                           # httpx is a bot by its user agent; these tests forward it on
+                           # purpose (the bot tests adjust this back).
+                           forward_bots=True)
+        if adjust is not None:
+            adjust(table)
+        settings = parse(table, env={})
         app = create_app(settings, delivery=delivery or DeliveryOptions(idle_poll=0.2),
                          forward=forward)
         relay_url = stack.enter_context(serve(app))

@@ -733,3 +733,16 @@ def test_sandbox_answers_are_read_as_the_adapter_expects() -> None:
     assert VENDOR.read_response(200, {}, b"").ok
     refused = VENDOR.read_response(400, {}, b'{"error": "x"}')
     assert not refused.ok and not refused.retry
+
+
+def test_order_without_a_known_cart_sends_only_the_purchase() -> None:
+    """A server-side order for a visitor who never had a cart: nothing to empty."""
+    from shoprelay.events import Enrichment, StoredEvent
+    from shoprelay.vendors.yespo import VENDOR, YespoConfig
+
+    stored = StoredEvent("shop", {
+        "type": "track", "event": "Order Completed", "timestamp": "2026-01-01T00:00:00Z",
+        "properties": {"order_id": "o1", "products": [{"product_id": "7", "price": 2}]},
+    }, Enrichment(visitor_id="v" * 32, cart=[], cart_id=None))
+    [request] = VENDOR.requests_for(stored, YespoConfig(site_id="S"))
+    assert request.json["GeneralInfo"]["eventName"] == "PurchasedItems"

@@ -34,6 +34,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app, host=args.host, port=args.port, log_level=args.log_level,
         # The relay reads X-Forwarded-* itself, only from `trusted_proxies`.
         proxy_headers=False,
+        # Access logs would write every visitor's IP address; the relay logs what it needs.
+        access_log=False,
         timeout_graceful_shutdown=10, server_header=False,
     )
     return 0
@@ -147,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # httpx logs every request URL at INFO, and vendor URLs carry keys (Retail Rocket's apiKey).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

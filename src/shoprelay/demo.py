@@ -23,17 +23,21 @@ from shoprelay.settings import Settings, parse
 DEMO_WRITE_KEY = "pk_demo_shop"
 
 
-def demo_settings(*, shop_origin: str, sandbox_url: str, spool_file: str,
-                  vendors: list[str] | None = None, secret: str | None = None,
-                  forward_bots: bool = False) -> Settings:
-    table: dict[str, Any] = {
+def demo_table(*, shop_origin: str, sandbox_url: str, spool_file: str,
+               vendors: list[str] | None = None, secret: str | None = None,
+               forward_bots: bool = False) -> dict[str, Any]:
+    """The demo's settings as a TOML-shaped table (tests adjust it before parsing)."""
+    return {
         "relay": {"secret": secret or secrets.token_hex(16), "spool": f"sqlite://{spool_file}",
                   "spool_sync": "normal"},
         "sites": {"demo": {"write_key": DEMO_WRITE_KEY, "allowed_origins": [shop_origin],
                            "forward_bots": forward_bots,
                            "vendors": demo_vendor_settings(sandbox_url, vendors)}},
     }
-    return parse(table, source="<demo settings>", env={})
+
+
+def demo_settings(**kwargs: Any) -> Settings:
+    return parse(demo_table(**kwargs), source="<demo settings>", env={})
 
 
 async def run_demo(*, host: str = "127.0.0.1", port: int = 8900, sandbox_port: int = 8901,
@@ -50,9 +54,9 @@ async def run_demo(*, host: str = "127.0.0.1", port: int = 8900, sandbox_port: i
     shop = create_shop_app(relay, write_key=DEMO_WRITE_KEY, sandbox_url=sandbox_url)
     servers = [
         uvicorn.Server(uvicorn.Config(create_sandbox_app(), host=host, port=sandbox_port,
-                                      log_level="warning", lifespan="off")),
+                                      log_level="warning", lifespan="off", access_log=False)),
         uvicorn.Server(uvicorn.Config(shop, host=host, port=port, log_level="warning",
-                                      proxy_headers=False)),
+                                      proxy_headers=False, access_log=False)),
     ]
     print(f"shoprelay demo\n"
           f"  shop (with the relay on the same origin): {shop_url}/\n"

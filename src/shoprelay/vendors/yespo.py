@@ -282,7 +282,9 @@ class Yespo(Vendor):
             })
         bodies = [self._body("PurchasedItems", event, config,
                              {"Products": items, "OrderNumber": _key(order_id, "order_id")})]
-        if event.enrichment.cart is not None:
+        if event.enrichment.cart is not None and (event.enrichment.cart_id
+                                                  or event.properties.get("cart_id")):
+            # Without a cart id the visitor never had a cart Yespo knows of: nothing to empty.
             # "If the cart is empty, then you need to send an empty cart event": the purchase
             # emptied it, and Yespo would otherwise remind the buyer of a cart they paid for.
             bodies.append(self._status_cart(event, config))
