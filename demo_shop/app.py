@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Message
 
 from demo_shop.catalog import CATEGORIES, CURRENCY, PRODUCTS, RECOMMENDED, Product, products_in
 from demo_shop.catalog import search as search_catalog
+from demo_shop.lab import ROUTES as LAB_ROUTES
 
 #: The shop's own session cookie; deliberately not the relay's `sc`, which the shop never reads.
 SESSION_COOKIE = "shop_session"
@@ -656,6 +657,8 @@ def create_app(
         Route("/login", login, methods=["GET", "POST"]),
         Route("/demo/vendors", vendors),
         Route("/demo/vendors/fragment", vendors_fragment),
+        # Pages in the shapes other storefronts describe themselves in (auto-capture).
+        *LAB_ROUTES,
         # Last, so the shop's own routes win and everything else (/s.js, /v1/*) is the relay.
         Mount("/", app=relay_app),
     ]

@@ -8,5 +8,5 @@ ESBUILD_VERSION=0.28.2
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-"$here/tracker.min.js"}
 exec npx --yes "esbuild@$ESBUILD_VERSION" "$here/tracker.js" \
-    --minify --target=es2017 --charset=utf8 --legal-comments=none --log-level=warning \
+    --minify --target=es2020 --charset=utf8 --legal-comments=none --log-level=warning \
     --outfile="$out"
