@@ -8,15 +8,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from shoprelay.delivery.forwarder import DeliveryOptions, Forwarder
 from shoprelay.events import StoredEvent
 from shoprelay.identity.consent import allows
 from shoprelay.identity.cookie import VisitorCookie, new_visitor_id
 from shoprelay.ingest.routes import Ingest
+from shoprelay.operate.debugger import DebugBus
+from shoprelay.operate.logs import RequestIdMiddleware
+from shoprelay.operate.metrics import Metrics
+from shoprelay.operate.routes import Operations
 from shoprelay.settings import Settings
 from shoprelay.spool.base import Router
 from shoprelay.spool.sqlite import SqliteSpool
@@ -75,13 +76,16 @@ def create_app(settings: Settings, *, delivery: DeliveryOptions | None = None,
     delivery = delivery or DeliveryOptions(
         timeout=relay.delivery_timeout_seconds, concurrency=relay.delivery_concurrency,
         max_age=relay.delivery_max_age_hours * 3600.0)
-    ingest = Ingest(settings, spool, cookie)
+    metrics = Metrics()
+    bus = DebugBus()
+    ingest = Ingest(settings, spool, cookie, metrics, bus)
     tracker = TrackerScript()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         spool.start()
         forwarder = Forwarder(spool, targets, delivery)
+        forwarder.bus = bus
         app.state.forwarder = forwarder
         if forward:
             forwarder.start()
@@ -93,11 +97,11 @@ def create_app(settings: Settings, *, delivery: DeliveryOptions | None = None,
             await forwarder.stop(relay.shutdown_grace_seconds)
             spool.close()
 
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    app = Starlette(routes=[*ingest.routes(), tracker.route(),
-                            Route("/healthz", healthz, methods=["GET"])], lifespan=lifespan)
+    app = Starlette(lifespan=lifespan)
+    operations = Operations(settings, spool, metrics, bus,
+                            lambda: getattr(app.state, "forwarder", None))
+    app.router.routes.extend([*ingest.routes(), tracker.route(), *operations.routes()])
+    app.add_middleware(RequestIdMiddleware)
     app.state.settings = settings
     app.state.spool = spool
     app.state.cookie = cookie

@@ -29,7 +29,9 @@ def demo_table(*, shop_origin: str, sandbox_url: str, spool_file: str,
     """The demo's settings as a TOML-shaped table (tests adjust it before parsing)."""
     return {
         "relay": {"secret": secret or secrets.token_hex(16), "spool": f"sqlite://{spool_file}",
-                  "spool_sync": "normal"},
+                  "spool_sync": "normal",
+                  # Everything comes from 127.0.0.1 here (browser, tests, load tools).
+                  "ingest_per_ip_per_minute": 0},
         "sites": {"demo": {"write_key": DEMO_WRITE_KEY, "allowed_origins": [shop_origin],
                            "forward_bots": forward_bots,
                            "vendors": demo_vendor_settings(sandbox_url, vendors)}},

@@ -71,6 +71,16 @@ class RelaySettings:
     retention_hours: float = 168.0
     #: On SIGTERM, seconds to let requests in flight finish before stopping.
     shutdown_grace_seconds: float = 10.0
+    #: Bearer token for /metrics and the live debugger (/debug); empty = those routes are off.
+    admin_token: str = ""
+    #: Ingest requests one client address may make a minute (0 = no limit); 429 beyond.
+    ingest_per_ip_per_minute: int = 1200
+    #: Seconds a request body may take to arrive (slow clients get 408).
+    body_read_timeout_seconds: float = 10.0
+    #: /readyz fails when the oldest queued event is older than this many seconds.
+    ready_max_backlog_seconds: float = 900.0
+    #: "json" (one JSON object a line) or "text".
+    log_format: str = "json"
 
 
 @dataclass(kw_only=True)
@@ -213,6 +223,10 @@ def _check_relay(relay: RelaySettings, problems: list[Problem]) -> None:
         problems.append(Problem("relay.secret", "must be at least 16 characters"))
     if not relay.spool.startswith(("sqlite://", "redis://", "rediss://")):
         problems.append(Problem("relay.spool", "must be sqlite:///PATH or redis://HOST:PORT/DB"))
+    if relay.admin_token and len(relay.admin_token) < 16:
+        problems.append(Problem("relay.admin_token", "must be at least 16 characters"))
+    if relay.log_format not in ("json", "text"):
+        problems.append(Problem("relay.log_format", 'must be "json" or "text"'))
     if relay.spool_sync not in ("full", "normal"):
         problems.append(Problem("relay.spool_sync", 'must be "full" or "normal"'))
     if not re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", relay.cookie_name):

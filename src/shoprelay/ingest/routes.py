@@ -7,6 +7,7 @@ rejected ones with their index and reason.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import ipaddress
@@ -21,6 +22,7 @@ from starlette.routing import Route
 from shoprelay.identity.bots import is_bot
 from shoprelay.identity.consent import consent_of, refuses_everything
 from shoprelay.identity.cookie import VisitorCookie
+from shoprelay.ingest.limits import PerAddressLimit
 from shoprelay.ingest.validation import (
     MAX_BATCH_BYTES,
     MAX_MESSAGE_BYTES,
@@ -29,17 +31,24 @@ from shoprelay.ingest.validation import (
     check_messages,
     parse_body,
 )
+from shoprelay.operate.debugger import DebugBus
+from shoprelay.operate.metrics import Metrics
 from shoprelay.settings import Settings, SiteSettings
 from shoprelay.spool.sqlite import SqliteSpool
 
 _CORS_ALLOW_HEADERS = "Content-Type, Authorization"
+_REQUEST_REASONS = {400: "malformed", 413: "too_large", 401: "unknown_key"}
 
 
 class Ingest:
-    def __init__(self, settings: Settings, spool: SqliteSpool, cookie: VisitorCookie) -> None:
+    def __init__(self, settings: Settings, spool: SqliteSpool, cookie: VisitorCookie,
+                 metrics: Metrics | None = None, bus: DebugBus | None = None) -> None:
         self.settings = settings
         self.spool = spool
         self.cookie = cookie
+        self.metrics = metrics or Metrics()
+        self.bus = bus or DebugBus()
+        self.per_address = PerAddressLimit(settings.relay.ingest_per_ip_per_minute)
         self._all_origins = {o for s in settings.sites.values() for o in s.allowed_origins}
         self._trusted = [ipaddress.ip_network(p, strict=False)
                          for p in settings.relay.trusted_proxies]
@@ -53,35 +62,56 @@ class Ingest:
         return routes
 
     async def batch(self, request: Request) -> Response:
-        return await self._handle(request, "")
+        return await self._timed(request, "")
 
     def _single(self, kind: str) -> Any:
         async def endpoint(request: Request) -> Response:
-            return await self._handle(request, kind)
+            return await self._timed(request, kind)
 
         endpoint.__name__ = f"ingest_{kind}"
         return endpoint
 
     # ---- the request -----------------------------------------------------------------------
 
+    async def _timed(self, request: Request, kind: str) -> Response:
+        started = time.perf_counter()
+        response = await self._handle(request, kind)
+        self.metrics.latency.labels(kind or "batch").observe(time.perf_counter() - started)
+        return response
+
     async def _handle(self, request: Request, kind: str) -> Response:
         origin = request.headers.get("origin")
         if request.method == "OPTIONS":
             return self._preflight(origin)
+        server_key = _basic_user(request)
+        if self.settings.site_for_server_key(server_key) is None:
+            wait = self.per_address.hit(self._client_ip(request))
+            if wait is not None:
+                self.metrics.rejected.labels("rate_limited").inc()
+                response = self._error(429, "too many requests from this address", origin)
+                response.headers["Retry-After"] = str(int(wait + 0.999))
+                return response
         limit = MAX_MESSAGE_BYTES if kind else MAX_BATCH_BYTES
         try:
-            raw = await _read_limited(request, limit)
+            async with asyncio.timeout(self.settings.relay.body_read_timeout_seconds):
+                raw = await _read_limited(request, limit)
             body = parse_body(raw)
         except BadRequest as exc:
+            self.metrics.rejected.labels(_REQUEST_REASONS.get(exc.status, "bad_request")).inc()
             return self._error(exc.status, exc.reason, origin)
+        except TimeoutError:
+            self.metrics.rejected.labels("slow_body").inc()
+            return self._error(408, "the request body did not arrive in time", origin)
 
-        server_site = self.settings.site_for_server_key(_basic_user(request))
+        server_site = self.settings.site_for_server_key(server_key)
         site = server_site or self.settings.site_for_key(_write_key(request, body))
         if site is None:
+            self.metrics.rejected.labels("unknown_key").inc()
             return self._error(401, "unknown or missing write key", origin)
         server = server_site is not None
         if (not server and origin and site.allowed_origins
                 and origin.rstrip("/") not in site.allowed_origins):
+            self.metrics.rejected.labels("origin").inc()
             return self._error(403, f"origin {origin} is not allowed for this write key", None)
 
         received_at = time.time()
@@ -123,6 +153,15 @@ class Ingest:
                          "source": "server" if server else "browser",
                          "consent": consents})
             visitor = result.visitor_id
+        for rejection in checked.rejected:
+            self.metrics.rejected.labels(rejection.code).inc()
+        if accepted:
+            self.metrics.accepted.labels(site.name).inc(len(accepted))
+            if self.bus.active:
+                for message in accepted:
+                    self.bus.publish("message", {"site": site.name, "type": message.get("type"),
+                                                 "event": message.get("event"),
+                                                 "message": message})
         answer = {
             "success": not checked.rejected,
             "accepted": len(accepted),

@@ -7,6 +7,8 @@ or dangerous; unknown fields are kept as sent (analytics.js and RudderStack add 
 
 from __future__ import annotations
 
+import json
+import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,6 +41,8 @@ class Rejection:
     index: int
     message_id: str | None
     error: str
+    #: A short, stable reason for metrics (`shoprelay_messages_rejected_total{reason}`).
+    code: str = "invalid"
 
     def to_dict(self) -> dict[str, Any]:
         return {"index": self.index, "messageId": self.message_id, "error": self.error}
@@ -51,6 +55,8 @@ class Checked:
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
+    """Strict JSON: valid UTF-8, no NaN, integers within 64 bits, nesting under 1024 levels
+    (orjson's rules), and no object with the same key twice."""
     if not raw.strip():
         raise BadRequest(400, "empty body: expected a JSON object")
     try:
@@ -59,7 +65,41 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         raise BadRequest(400, f"malformed JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest(400, "expected a JSON object")
+    # Duplicate keys vanish when parsed (and an overflowing number becomes null), so a body that
+    # re-serialises to its own length has neither: that is what JSON.stringify produces, and
+    # the common case costs one dumps. Anything else — whitespace, escapes, duplicates, huge
+    # numbers — gets the exact, slower check.
+    if len(orjson.dumps(body)) != len(raw):
+        _refuse_duplicate_keys(raw)
     return body
+
+
+def _refuse_duplicate_keys(raw: bytes) -> None:
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise BadRequest(400, f"duplicate key {key[:60]!r} in a JSON object")
+            seen.add(key)
+        return {}
+
+    def finite(text: str) -> float:
+        number = float(text)
+        if math.isinf(number):
+            raise BadRequest(400, f"number out of range: {text[:40]}")
+        return number
+
+    def int64(text: str) -> int:
+        number = int(text)
+        if not -(2**63) <= number < 2**64:
+            raise BadRequest(400, f"number out of range: {text[:40]}")
+        return number
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs_hook, parse_float=finite, parse_int=int64)
+    except (ValueError, RecursionError):
+        # orjson accepted the document; the stdlib's own limits are not the client's fault.
+        return
 
 
 def check_messages(
@@ -70,14 +110,17 @@ def check_messages(
     received_iso = datetime.fromtimestamp(received_at, UTC).isoformat(timespec="milliseconds")
     for index, message in enumerate(messages):
         message_id = message.get("messageId") if isinstance(message, dict) else None
-        error = _problem(message, type_hint)
-        if error is None:
+        problem = _problem(message, type_hint)
+        if problem is None:
             size = len(orjson.dumps(message))
             if size > MAX_MESSAGE_BYTES:
-                error = f"message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}"
-        if error is not None:
+                problem = ("too_large",
+                           f"message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}")
+        if problem is not None:
+            code, error = problem
             checked.rejected.append(
-                Rejection(index, message_id if isinstance(message_id, str) else None, error))
+                Rejection(index, message_id if isinstance(message_id, str) else None, error,
+                          code))
             continue
         assert isinstance(message, dict)
         if type_hint and "type" not in message:
@@ -94,36 +137,41 @@ def check_messages(
     return checked
 
 
-def _problem(message: Any, type_hint: str) -> str | None:
+def _problem(message: Any, type_hint: str) -> tuple[str, str] | None:
+    """(code, reason) of what makes a message unusable, or None."""
     if not isinstance(message, dict):
-        return "a message must be a JSON object"
+        return "not_object", "a message must be a JSON object"
     kind = message.get("type", type_hint)
     if kind not in MESSAGE_TYPES:
-        return f"type must be one of {', '.join(sorted(MESSAGE_TYPES))}; got {kind!r}"
+        return "bad_type", (f"type must be one of {', '.join(sorted(MESSAGE_TYPES))}; "
+                            f"got {str(kind)[:40]!r}")
     if type_hint and kind != type_hint:
-        return f"type {kind!r} sent to the {type_hint} route"
+        return "bad_type", f"type {kind!r} sent to the {type_hint} route"
     message_id = message.get("messageId")
     if message_id is not None and (not isinstance(message_id, str) or len(message_id) > 100):
-        return "messageId must be a string of at most 100 characters"
+        return "bad_message_id", "messageId must be a string of at most 100 characters"
     for key in _OBJECT_FIELDS:
         if key in message and message[key] is not None and not isinstance(message[key], dict):
-            return f"{key} must be an object"
+            return "bad_field", f"{key} must be an object"
     for key in _STRING_FIELDS:
         value = message.get(key)
-        if value is not None and not isinstance(value, str | int) or isinstance(value, bool):
-            return f"{key} must be a string"
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            return "bad_field", f"{key} must be a string"
         if isinstance(value, int):
+            # Numeric ids are common (userId: 42); they are ids, so they are kept as text.
             message[key] = str(value)
     if kind == "track" and not (isinstance(message.get("event"), str) and message["event"]):
-        return "a track message needs an event name"
+        return "no_event", "a track message needs an event name"
     if kind == "identify" and not message.get("userId") and not message.get("traits"):
-        return "an identify message needs a userId or traits"
+        return "no_identity", "an identify message needs a userId or traits"
     timestamp = message.get("timestamp")
     if timestamp is not None:
         if not isinstance(timestamp, str):
-            return "timestamp must be an ISO-8601 string"
+            return "bad_timestamp", "timestamp must be an ISO-8601 string"
         try:
             datetime.fromisoformat(timestamp.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
-            return f"timestamp is not ISO-8601: {timestamp[:40]!r}"
+            return "bad_timestamp", f"timestamp is not ISO-8601: {timestamp[:40]!r}"
     return None

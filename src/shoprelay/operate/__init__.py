@@ -1,0 +1,1 @@
+"""Running the relay: health, metrics, the live debugger, logs, the OpenAPI document."""

@@ -1,0 +1,100 @@
+"""Operator routes: /healthz, /readyz, /metrics, /debug (live debugger), /openapi.json.
+
+/healthz and /readyz are open (load balancers call them); /metrics and /debug need the admin
+token (`relay.admin_token`) as a bearer token, or as `?token=` for the debugger page, whose
+EventSource cannot send headers. Without a configured token those routes answer 404: an
+operator turns them on deliberately.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from shoprelay.operate import openapi
+from shoprelay.operate.debugger import PAGE, DebugBus
+from shoprelay.operate.metrics import CONTENT_TYPE, Metrics
+from shoprelay.settings import Settings
+
+
+class Operations:
+    def __init__(self, settings: Settings, spool: Any, metrics: Metrics, bus: DebugBus,
+                 forwarder: Callable[[], Any]) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.metrics = metrics
+        self.bus = bus
+        self.forwarder = forwarder
+        self._openapi = openapi.document()
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/readyz", self.readyz, methods=["GET"]),
+            Route("/metrics", self.metrics_page, methods=["GET"]),
+            Route("/debug", self.debug_page, methods=["GET"]),
+            Route("/debug/stream", self.debug_stream, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
+        ]
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        """Ready when the spool answers and no vendor's backlog is older than the threshold."""
+        try:
+            stats = await self.spool.stats()
+        except Exception as exc:  # the spool is unreachable: that is the answer
+            return JSONResponse({"status": "unavailable", "spool": type(exc).__name__}, 503)
+        now = time.time()
+        ages = {vendor: round(now - first, 1) for vendor, first in stats.oldest_queued.items()}
+        limit = self.settings.relay.ready_max_backlog_seconds
+        late = {vendor: age for vendor, age in ages.items() if age > limit}
+        body = {"status": "backlogged" if late else "ok", "oldest_queued_seconds": ages,
+                "max_backlog_seconds": limit}
+        return JSONResponse(body, 503 if late else 200)
+
+    def _authorised(self, request: Request) -> bool:
+        token = self.settings.relay.admin_token
+        if not token:
+            return False
+        given = request.headers.get("authorization", "")
+        if given[:7].lower() == "bearer ":
+            given = given[7:].strip()
+        else:
+            given = request.query_params.get("token", "")
+        return hmac.compare_digest(given.encode(), token.encode())
+
+    def _refusal(self) -> Response:
+        if not self.settings.relay.admin_token:
+            return Response("not found", 404, media_type="text/plain")
+        return Response("admin token required", 401, {"WWW-Authenticate": "Bearer"},
+                        media_type="text/plain")
+
+    async def metrics_page(self, request: Request) -> Response:
+        if not self._authorised(request):
+            return self._refusal()
+        stats = await self.spool.stats()
+        return Response(self.metrics.render(self.forwarder(), stats),
+                        media_type=CONTENT_TYPE)
+
+    async def debug_page(self, request: Request) -> Response:
+        if not self._authorised(request):
+            return self._refusal()
+        return HTMLResponse(PAGE, headers={"Cache-Control": "no-store"})
+
+    async def debug_stream(self, request: Request) -> Response:
+        if not self._authorised(request):
+            return self._refusal()
+        return StreamingResponse(self.bus.stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store",
+                                          "X-Accel-Buffering": "no"})
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(self._openapi)
