@@ -67,6 +67,7 @@
   // Control forces marketing off and says so (gpc: true).
   var required = attr('consent') == 'required';
   var consent = { analytics: !required, marketing: !required };
+  var answered;
   var applyGpc = () => {
     if (nav.globalPrivacyControl === true) consent.marketing = !(consent.gpc = true);
   };
@@ -96,6 +97,8 @@
   });
 
   var enqueue = (msg) => {
+    // Held while consent is pending; dropped once the visitor has said no.
+    if (answered && !allowed()) return;
     msg.messageId = uuid();
     msg.timestamp = now();
     if (userId) msg.userId = userId;
@@ -104,7 +107,7 @@
       locale: nav.language,
     };
     seen[msg.event] = 1;
-    // Held while consent is pending: keep the newest, never grow without bound.
+    // never grow without bound while consent is pending: keep the newest
     if (queue.push(msg) > STORE_MAX) queue.shift();
     if (queue.length >= MAX_BATCH) flush();
     else timer = timer || setTimeout(safe(flush), 1e3);
@@ -217,6 +220,7 @@
     reset: () => (userId = null),
     // consent({analytics: true, marketing: false}): categories not named keep their state
     consent: (c) => {
+      answered = 1;
       for (var k in c) consent[k] = !!c[k];
       applyGpc();
       if (allowed()) {
