@@ -187,7 +187,7 @@ class Ingest:
 
     def _preflight(self, origin: str | None) -> Response:
         if not origin or origin.rstrip("/") not in self._all_origins:
-            return Response("origin not allowed", 403, media_type="text/plain")
+            return self._error(403, f"origin {origin!r} is not allowed to send here", None)
         response = Response(status_code=204)
         response.headers.update({
             "Access-Control-Allow-Origin": origin,

@@ -142,7 +142,7 @@ def _problem(message: Any, type_hint: str) -> tuple[str, str] | None:
     if not isinstance(message, dict):
         return "not_object", "a message must be a JSON object"
     kind = message.get("type", type_hint)
-    if kind not in MESSAGE_TYPES:
+    if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
         return "bad_type", (f"type must be one of {', '.join(sorted(MESSAGE_TYPES))}; "
                             f"got {str(kind)[:40]!r}")
     if type_hint and kind != type_hint:
