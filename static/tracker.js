@@ -10,7 +10,7 @@
  * data-sr-* attributes, and single-page-app route changes. Each source can be switched off on the
  * tag: data-auto="datalayer,jsonld,attrs,spa" lists those on (absent: all; "none": none).
  *
- * ES2017, no dependencies, minified by static/build.sh and kept under 3,000 bytes gzipped
+ * ES2020 (every current browser), no dependencies, minified by static/build.sh and kept under 3,000 bytes gzipped
  * (tests/test_tracker_build.py), which is why it is terse. The only global is `shoprelay`.
  * Every entry point (API, listeners, the dataLayer.push wrapper) swallows its own errors: a
  * tracker bug never breaks the shop.
