@@ -216,8 +216,12 @@
     page: page,
     track: track,
     identify: identify,
-    // Logout: later messages carry no userId until the next identify.
-    reset: () => (userId = null),
+    // Logout: the relay ends the user binding on "Signed Out" (the cookie is HttpOnly, so only
+    // it can); later messages carry no userId until the next identify.
+    reset: () => {
+      track('Signed Out');
+      userId = null;
+    },
     // consent({analytics: true, marketing: false}): categories not named keep their state
     consent: (c) => {
       answered = 1;

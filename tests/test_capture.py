@@ -291,3 +291,24 @@ def test_strict_csp(stack: Any, browser: Browser) -> None:
     assert goshops_items(stack, "view") == ["106"]
     assert problems == []
     context.close()
+
+
+def test_reset_logs_out_at_the_relay_without_changing_the_visitor(stack: Any,
+                                                                   browser: Browser) -> None:
+    context, page = new_page(browser)
+    page.goto(f"{stack.shop_url}/lab/api")
+    loaded(page)
+    page.evaluate("""() => {
+        shoprelay.identify('u-reset', {email: 'reset@example.com'});
+        shoprelay.track('Product Viewed', {product_id: '101', price: 89, currency: 'USD'});
+        shoprelay.reset();
+        shoprelay.track('Product Viewed', {product_id: '102', price: 49.5, currency: 'USD'});
+        shoprelay.flush();
+    }""")
+    expect_calls(stack, {"goshops": Counter({"view": 2})})
+    customers = {r["body"]["data"]["item"]: r["body"]["data"]["customer"]
+                 for r in stack.received("goshops")}
+    visitor = {r["body"]["sessionExternalId"] for r in stack.received("retailrocket")}
+    assert len(visitor) == 1                   # one visitor before and after logout
+    assert customers == {"101": "u-reset", "102": visitor.pop()}
+    context.close()

@@ -123,3 +123,14 @@ def test_session_rolls_over_after_inactivity_and_on_a_new_campaign() -> None:
     utm = apply(state, {"type": "page", "context": {"campaign": {"source": "news"}}},
                 visitor_id="v", received_at=10000, session_timeout=1800, new_id=lambda: "utm")
     assert utm.session_id == "utm"
+
+
+def test_utm_from_the_page_url_starts_a_session_and_is_kept() -> None:
+    state, out = _fold([track("Product Viewed", product_id="1")])
+    message = {"type": "page", "context": {"page": {
+        "url": "https://shop.example/?utm_source=news&utm_medium=email&utm_campaign=black-friday",
+        "search": "?utm_source=news&utm_medium=email&utm_campaign=black-friday"}}}
+    enrichment = apply(state, message, visitor_id="v", received_at=1001, session_timeout=1800,
+                       new_id=lambda: "campaign-session")
+    assert enrichment.session_id == "campaign-session" != out[0].session_id
+    assert enrichment.campaign == {"source": "news", "medium": "email", "name": "black-friday"}

@@ -121,7 +121,8 @@ def settle_alana(stack, events: int) -> list[dict]:
 def test_sessions_are_on_every_event_and_roll_over_on_a_new_campaign(tmp_path: Path) -> None:
     with relay_stack(tmp_path, forward=False) as stack:
         device = Device(stack.relay_url)
-        device.send(track("Product Viewed", product_id=1, price=10.0), track("Product Viewed", product_id=2, price=10.0))
+        device.send(track("Product Viewed", product_id=1, price=10.0),
+                    track("Product Viewed", product_id=2, price=10.0))
         device.send({**track("Product Viewed", product_id=3, price=10.0),
                      "context": {"campaign": {"source": "newsletter", "medium": "email"}}})
         events = [row["enrichment"] for row in stored(tmp_path)]
@@ -148,7 +149,8 @@ def test_consent_gates_each_vendor_by_its_category(tmp_path: Path) -> None:
     with relay_stack(tmp_path, vendors=["retailrocket", "goshops"],
                      adjust=consent_settings) as stack:
         device = Device(stack.relay_url)
-        nothing = device.send(track("Product Viewed", product_id=1, price=10.0))        # consent unknown
+        # Consent unknown:
+        nothing = device.send(track("Product Viewed", product_id=1, price=10.0))
         assert "set-cookie" not in nothing.headers
         refused = device.send(with_consent(track("Product Viewed", product_id=2, price=10.0),
                                            marketing=False, analytics=False))
@@ -168,7 +170,8 @@ def test_consent_gates_each_vendor_by_its_category(tmp_path: Path) -> None:
 def test_an_explicit_refusal_holds_even_without_consent_required(tmp_path: Path) -> None:
     with relay_stack(tmp_path, vendors=["goshops"]) as stack:
         device = Device(stack.relay_url)
-        device.send(with_consent(track("Product Viewed", product_id=1, price=10.0), marketing=False))
+        device.send(with_consent(track("Product Viewed", product_id=1, price=10.0),
+                                 marketing=False))
         device.send(track("Product Viewed", product_id=2, price=10.0))     # unstated: allowed here
         assert [r["body"]["data"]["item"] for r in settle(stack, "goshops", 1)] == ["2"]
 

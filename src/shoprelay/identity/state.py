@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import parse_qs
 
 from shoprelay import events as ev
 from shoprelay.events import CartLine, Enrichment
 
 #: How many product → recommendation-block links a visitor keeps (oldest dropped first).
 MAX_BLOCK_LINKS = 200
+_UTM = ("source", "medium", "campaign", "term", "content")
 #: The track event that ends a visitor's user binding (logout; the tracker's `reset()`).
 SIGNED_OUT = "Signed Out"
 _LIST_ID_EVENTS = frozenset(
@@ -79,9 +81,29 @@ def _line(props: dict[str, Any]) -> CartLine | None:
                     _text(props.get("currency")))
 
 
-def _campaign(message: dict[str, Any]) -> str | None:
+def campaign_of(message: dict[str, Any]) -> dict[str, Any] | None:
+    """`context.campaign`, or the utm_* parameters of the page URL when the client sent none
+    (our tracker leaves them to the relay to stay small)."""
     context = message.get("context")
-    campaign = context.get("campaign") if isinstance(context, dict) else None
+    if not isinstance(context, dict):
+        return None
+    campaign = context.get("campaign")
+    if isinstance(campaign, dict):
+        return campaign
+    page = context.get("page")
+    if not isinstance(page, dict):
+        return None
+    url = page.get("search") or page.get("url")
+    if not isinstance(url, str) or "utm_" not in url:
+        return None
+    query = url.split("?", 1)[1] if "?" in url else url
+    found = {key[4:]: values[0] for key, values in parse_qs(query).items()
+             if key.startswith("utm_") and key[4:] in _UTM and values}
+    return {("name" if k == "campaign" else k): v for k, v in found.items()} or None
+
+
+def _campaign(message: dict[str, Any]) -> str | None:
+    campaign = campaign_of(message)
     if not isinstance(campaign, dict):
         return None
     parts = [str(campaign.get(k, "")) for k in ("source", "medium", "name")]
@@ -180,7 +202,7 @@ def _context(enrichment: Enrichment, message: dict[str, Any]) -> None:
         enrichment.referrer = _text(page.get("referrer"))
         enrichment.page_url = _text(page.get("url"))
     enrichment.locale = _text(context.get("locale"))
-    campaign = context.get("campaign")
+    campaign = campaign_of(message)
     if isinstance(campaign, dict):
         kept = {k: str(v) for k, v in campaign.items()
                 if k in ("source", "medium", "name", "term", "content") and _text(v)}

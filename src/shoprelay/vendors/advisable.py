@@ -218,10 +218,11 @@ class Advisable(Vendor):
         user = event.enrichment.user_id or event.message.get("userId")
         if not user or str(user) == visitor:
             return []
-        if "/" in str(user):
-            # Servers decode %2F before routing, so such an id would reach another path.
-            raise MappingError(f"user id {user!r} contains '/': Advisable's transfer path "
-                               "cannot carry it")
+        if "/" in str(user) or str(user) in (".", ".."):
+            # Servers decode %2F before routing, and URL clients resolve dot segments, so such
+            # an id would reach another path.
+            raise MappingError(f"user id {user!r} cannot be a path segment of Advisable's "
+                               "transfer call")
         path = (f"/v1/users/{quote(visitor, safe='')}/interactions/transfer/"
                 f"{quote(str(user), safe='')}")
         flag = {"delete_user": "true" if config.transfer_delete_user else "false"}
