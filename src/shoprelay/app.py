@@ -75,7 +75,8 @@ def create_app(settings: Settings, *, delivery: DeliveryOptions | None = None,
     relay = settings.relay
     delivery = delivery or DeliveryOptions(
         timeout=relay.delivery_timeout_seconds, concurrency=relay.delivery_concurrency,
-        max_age=relay.delivery_max_age_hours * 3600.0)
+        max_age=relay.delivery_max_age_hours * 3600.0,
+        retention=relay.retention_hours * 3600.0)
     metrics = Metrics()
     bus = DebugBus()
     ingest = Ingest(settings, spool, cookie, metrics, bus)

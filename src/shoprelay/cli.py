@@ -30,14 +30,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _load(args.config)
     app = create_app(settings)
-    uvicorn.run(
+    grace = settings.relay.shutdown_grace_seconds
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # SIGTERM/SIGINT: the forwarder starts no new vendor request from now on, while
+            # uvicorn stops accepting and lets ingest requests finish (both within the grace).
+            forwarder = getattr(app.state, "forwarder", None)
+            if forwarder is not None:
+                forwarder.begin_stop_threadsafe()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level=args.log_level,
         # The relay reads X-Forwarded-* itself, only from `trusted_proxies`.
         proxy_headers=False,
         # Access logs would write every visitor's IP address; the relay logs what it needs.
         access_log=False,
-        timeout_graceful_shutdown=10, server_header=False,
+        timeout_graceful_shutdown=max(1, round(grace)), server_header=False,
     )
+    Server(config).run()
     return 0
 
 
@@ -113,6 +125,31 @@ def cmd_deadletter(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_spool(args: argparse.Namespace) -> int:
+    import time
+
+    settings = _load(args.config)
+    if args.action == "prune":
+        hours = settings.relay.retention_hours if args.hours is None else args.hours
+        removed = asyncio.run(_with_spool(settings,
+                                          lambda s: s.prune(time.time() - hours * 3600)))
+        print(f"{removed} finished deliveries older than {hours:g} h pruned")
+        return 0
+    stats = asyncio.run(_with_spool(settings, lambda s: s.stats()))
+    now = time.time()
+    if args.json:
+        sys.stdout.write(orjson.dumps(stats.to_dict(now)).decode() + "\n")
+        return 0
+    print(f"file: {stats.file_bytes} bytes; messages: {stats.messages}; "
+          f"queued: {stats.queued()}")
+    for vendor, counts in sorted(stats.counts.items()):
+        oldest = stats.oldest_queued.get(vendor)
+        age = f"\toldest queued {now - oldest:.0f} s" if oldest is not None else ""
+        states = "\t".join(f"{name}={count}" for name, count in sorted(counts.items()))
+        print(f"{vendor}\t{states}{age}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shoprelay", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -144,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--since", help="ISO-8601; list only dead letters since then")
     dead.add_argument("--json", action="store_true", help="list as JSON")
     dead.set_defaults(func=cmd_deadletter)
+
+    spool = sub.add_parser("spool", help="spool size and retention")
+    spool.add_argument("action", choices=["stats", "prune"])
+    spool.add_argument("--config", required=True)
+    spool.add_argument("--json", action="store_true", help="stats as JSON")
+    spool.add_argument("--hours", type=float, help="prune: finished work older than this "
+                       "(default: retention_hours)")
+    spool.set_defaults(func=cmd_spool)
     return parser
 
 

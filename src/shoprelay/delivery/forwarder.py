@@ -1,11 +1,13 @@
 """The background forwarder: reads due work from the spool and delivers it to each vendor.
 
 Each (site, vendor) pair has its own worker, so a vendor that is down or slow only ever delays
-its own queue. Within a worker, work is split into lanes — one per visitor, or one per batch
-key for vendors that take batches — that run concurrently; inside a lane requests go one after
-another, so each visitor's events reach a vendor in the order they happened. A retryable failure
-parks the rest of its lane until the retry is due (the spool's `due` query enforces that across
-rounds too).
+its own queue. A worker takes due work in rounds and splits each round into lanes that run
+concurrently (up to `concurrency` at once). Inside a lane requests go one after another, in the
+order the events arrived, so a lane holds everything that must stay in order: all of one
+visitor's work, joined with any other work it may be batched with (Alana batches every visitor
+together, so its lane is the whole round; Retail Rocket's `visitorEvents` batches per visitor).
+A retryable failure parks the rest of its lane; the spool's `due` query keeps a visitor's later
+work back until the retry, so order also holds across rounds.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
+import orjson
 
 from shoprelay.delivery.limits import SlidingWindowLimiter
-from shoprelay.delivery.retry import backoff
-from shoprelay.spool.base import OutboxRow
-from shoprelay.spool.sqlite import SqliteSpool
+from shoprelay.delivery.retry import FIRST_DELAY, MAX_DELAY, backoff
+from shoprelay.spool.base import OutboxRow, Spool
 from shoprelay.vendors.base import MappingError, Outcome, Vendor, VendorConfig, VendorRequest
 
 log = logging.getLogger("shoprelay.delivery")
@@ -33,21 +36,36 @@ ROUND_SIZE = 500
 
 @dataclass(slots=True)
 class DeliveryOptions:
+    #: Seconds a vendor request may take (connect to last byte) before it counts as failed.
     timeout: float = 10.0
+    #: Lanes (visitors, batches) in flight at once per (site, vendor).
     concurrency: int = 16
+    #: Work older than this goes to the dead letter instead of being sent.
     max_age: float = 24 * 3600.0
+    #: Longest idle sleep between looks at the spool is 5× this (new work wakes workers early).
     idle_poll: float = 1.0
+    #: Backoff: first retry ceiling and cap (seconds).
+    first_retry: float = FIRST_DELAY
+    max_retry: float = MAX_DELAY
+    #: Finished work is pruned after this many seconds (0 = never).
+    retention: float = 168 * 3600.0
+    #: How often retention runs and the spool's size is logged.
+    maintenance_interval: float = 300.0
 
 
 @dataclass(slots=True)
 class _Job:
-    """One HTTP request and the outbox rows it completes."""
+    """One HTTP request and the (row, request index) pairs it carries."""
 
-    rows: list[OutboxRow]
+    items: list[tuple[OutboxRow, int]]
     request: VendorRequest
-    #: For a single row with several requests: index of this request, and how many there are.
-    index: int = 0
-    total: int = 1
+
+    @property
+    def rows(self) -> list[OutboxRow]:
+        seen: dict[int, OutboxRow] = {}
+        for row, _ in self.items:
+            seen.setdefault(row.id, row)
+        return list(seen.values())
 
 
 @dataclass(slots=True)
@@ -66,7 +84,7 @@ class DeliveryCounters:
 class VendorWorker:
     def __init__(
         self,
-        spool: SqliteSpool,
+        spool: Spool,
         site: str,
         vendor: Vendor,
         config: VendorConfig,
@@ -85,6 +103,10 @@ class VendorWorker:
         self.stopping = False
         self.counters = DeliveryCounters()
         self._semaphore = asyncio.Semaphore(options.concurrency)
+        #: Request count per row id, from the latest render (rows render the same every time).
+        self._totals: dict[int, int] = {}
+        #: The live debugger (shoprelay.operate.debugger.DebugBus), if the app has one.
+        self.bus: Any = None
 
     async def run(self) -> None:
         while not self.stopping:
@@ -114,75 +136,137 @@ class VendorWorker:
         await asyncio.gather(*(self._run_lane(lane) for lane in lanes))
         return len(rows)
 
+    # ---- planning ---------------------------------------------------------------------------
+
+    def _batch_size(self) -> int:
+        configured = getattr(self.config, "batch_size", self.vendor.max_batch)
+        return max(1, min(self.vendor.max_batch, int(configured)))
+
     async def _plan(self, rows: list[OutboxRow], now: float) -> list[_Lane]:
-        lanes: dict[str, _Lane] = {}
-        batches: dict[str, list[tuple[OutboxRow, VendorRequest]]] = {}
+        rendered: list[tuple[OutboxRow, list[tuple[int, VendorRequest]]]] = []
         skipped: list[int] = []
+        self._totals = {}
         for row in rows:
             if now - row.created_at > self.options.max_age:
+                hours = self.options.max_age / 3600
+                last = f"; last failure: {row.error}" if row.error else ""
                 await self.spool.mark_dead([row.id], status=None,
-                                           error="older than the delivery max age; not sent")
+                                           error=f"not delivered within the max age of "
+                                                 f"{hours:g} h{last}")
                 self.counters.dead += 1
                 continue
             try:
                 requests = self.vendor.requests_for(row.event, self.config)
-            except MappingError as exc:
-                await self.spool.mark_dead([row.id], status=None, error=f"mapping: {exc}")
+            except Exception as exc:  # retrying cannot fix a mapping; a bug must not loop
+                reason = "mapping" if isinstance(exc, MappingError) else "adapter error"
+                await self.spool.mark_dead([row.id], status=None, error=f"{reason}: {exc}")
                 self.counters.dead += 1
                 continue
-            remaining = requests[row.sent:]
+            remaining = list(enumerate(requests))[row.sent:]
             if not remaining:
                 skipped.append(row.id)
                 continue
-            key = remaining[0].batch_key
-            if self.vendor.max_batch > 1 and len(remaining) == 1 and key is not None:
-                batches.setdefault(key, []).append((row, remaining[0]))
-                continue
-            lane = lanes.setdefault(f"visitor:{row.visitor_id}", _Lane())
-            for offset, request in enumerate(remaining):
-                lane.jobs.append(_Job([row], request, row.sent + offset, len(requests)))
+            self._totals[row.id] = len(requests)
+            rendered.append((row, remaining))
         if skipped:
             await self.spool.mark_done(skipped, skipped=True)
-        size = max(1, min(self.vendor.max_batch,
-                          int(getattr(self.config, "batch_size", self.vendor.max_batch))))
-        for key, items in batches.items():
-            lane = lanes.setdefault(f"batch:{key}", _Lane())
-            for start in range(0, len(items), size):
-                chunk = items[start:start + size]
-                if len(chunk) == 1:
-                    lane.jobs.append(_Job([chunk[0][0]], chunk[0][1]))
+
+        # Lanes: a visitor's rows always share a lane; a batch key joins every lane it touches.
+        batching = self.vendor.max_batch > 1
+        parent: dict[str, str] = {}
+
+        def find(key: str) -> str:
+            parent.setdefault(key, key)
+            while parent[key] != key:
+                parent[key] = parent[parent[key]]
+                key = parent[key]
+            return key
+
+        for row, remaining in rendered:
+            root = find(f"v:{row.visitor_id}")
+            for _, request in remaining:
+                if batching and request.batch_key is not None:
+                    other = find(f"b:{request.batch_key}")
+                    if other != root:
+                        parent[other] = root
+        grouped: dict[str, list[tuple[OutboxRow, list[tuple[int, VendorRequest]]]]] = {}
+        for row, remaining in rendered:  # rows come oldest first, so lanes keep event order
+            grouped.setdefault(find(f"v:{row.visitor_id}"), []).append((row, remaining))
+        return [self._lane(items, batching) for items in grouped.values()]
+
+    def _lane(self, items: list[tuple[OutboxRow, list[tuple[int, VendorRequest]]]],
+              batching: bool) -> _Lane:
+        """Jobs in event order; consecutive requests with one batch key become one request."""
+        lane = _Lane()
+        size = self._batch_size()
+        open_key: str | None = None
+        pending: list[tuple[OutboxRow, int, VendorRequest]] = []
+
+        def flush() -> None:
+            if len(pending) == 1:
+                row, index, request = pending[0]
+                lane.jobs.append(_Job([(row, index)], request))
+            elif pending:
+                try:
+                    merged = self.vendor.merge([r for _, _, r in pending], self.config)
+                except Exception:
+                    log.exception("%s: merging a batch failed; sending one by one",
+                                  self.vendor.name)
+                    lane.jobs.extend(_Job([(row, i)], r) for row, i, r in pending)
                 else:
-                    merged = self.vendor.merge([req for _, req in chunk], self.config)
-                    lane.jobs.append(_Job([row for row, _ in chunk], merged))
-        return list(lanes.values())
+                    lane.jobs.append(_Job([(row, i) for row, i, _ in pending], merged))
+            pending.clear()
+
+        for row, remaining in items:
+            for index, request in remaining:
+                key = request.batch_key if batching else None
+                if key is None:
+                    flush()
+                    open_key = None
+                    lane.jobs.append(_Job([(row, index)], request))
+                    continue
+                if key != open_key or len(pending) >= size:
+                    flush()
+                    open_key = key
+                pending.append((row, index, request))
+        flush()
+        return lane
+
+    # ---- sending ----------------------------------------------------------------------------
 
     async def _run_lane(self, lane: _Lane) -> None:
         async with self._semaphore:
             parked: set[int] = set()
-            for job in lane.jobs:
+            jobs = list(lane.jobs)
+            while jobs:
+                job = jobs.pop(0)
                 if self.stopping:
                     return
-                if any(row.id in parked for row in job.rows):
+                if any(row.id in parked for row, _ in job.items):
                     continue
                 outcome, status, answer = await self._send(job.request)
-                ids = [row.id for row in job.rows]
+                rows = job.rows
+                ids = [row.id for row in rows]
                 if outcome.ok:
-                    if job.index + 1 < job.total:
-                        await self.spool.mark_progress(ids[0], job.index + 1)
-                        continue
-                    await self.spool.mark_done(ids, status=status)
-                    self.counters.delivered += len(ids)
+                    await self._finish(job)
                     if outcome.failed_events:
                         log.warning("%s accepted the request but refused %d event(s): %s",
                                     self.vendor.name, outcome.failed_events, outcome.detail)
                 elif outcome.retry:
-                    attempts = max(row.attempts for row in job.rows) + 1
-                    delay = backoff(attempts, outcome.retry_after)
+                    attempts = max(row.attempts for row in rows) + 1
+                    delay = backoff(attempts, outcome.retry_after,
+                                    first=self.options.first_retry, cap=self.options.max_retry)
                     await self.spool.mark_retry(ids, next_at=time.time() + delay, status=status,
                                                 error=outcome.detail)
                     self.counters.retried += len(ids)
                     # The rest of this lane waits: order per visitor matters more than speed.
                     return
+                elif len(rows) > 1:
+                    # The vendor refused the whole batch: send its events one by one, in the
+                    # same order, so only the event at fault goes to the dead letter.
+                    log.info("%s refused a batch of %d (%s); retrying them one by one",
+                             self.vendor.name, len(rows), outcome.detail)
+                    jobs[:0] = [_Job([item], r) for item, r in self._split(job)]
                 else:
                     request_text = self.vendor.mask(
                         f"{job.request.method} {job.request.url}\n"
@@ -192,22 +276,71 @@ class VendorWorker:
                     self.counters.dead += len(ids)
                     parked.update(ids)
 
+    def _split(self, job: _Job) -> list[tuple[tuple[OutboxRow, int], VendorRequest]]:
+        out = []
+        for row, index in job.items:
+            requests = self.vendor.requests_for(row.event, self.config)
+            out.append(((row, index), requests[index]))
+        return out
+
+    async def _finish(self, job: _Job) -> None:
+        """Record a delivered request: rows whose last request it was are done, others move
+        their resume point past it (so a restart does not send it again)."""
+        last: dict[int, int] = {}
+        for row, index in job.items:
+            last[row.id] = max(index, last.get(row.id, -1))
+        done = [rid for rid, index in last.items() if index + 1 >= self._totals.get(rid, 1)]
+        for rid, index in last.items():
+            if rid not in done:
+                await self.spool.mark_progress(rid, index + 1)
+        if done:
+            await self.spool.mark_done(done)
+            self.counters.delivered += len(done)
+
     async def _send(self, request: VendorRequest) -> tuple[Outcome, int | None, str]:
-        for limiter in self.limiters:
-            await limiter.acquire()
-        self.counters.requests += 1
+        outcome, status, answer = await self._exchange(request)
+        if self.bus is not None and self.bus.active:
+            self._publish(request, outcome, status, answer)
+        return outcome, status, answer
+
+    def _publish(self, request: VendorRequest, outcome: Outcome, status: int | None,
+                 answer: str) -> None:
+        """Show the exchange in the live debugger, with the vendor's secrets masked."""
+        body = self.vendor.mask(request.body_bytes().decode("utf-8", "replace"), self.config)
         try:
-            response = await self.client.request(
-                request.method, request.url, headers=request.headers,
-                content=request.body_bytes(), timeout=self.options.timeout)
-        except httpx.TimeoutException:
-            return Outcome(ok=False, retry=True, detail="timed out"), None, ""
-        except httpx.HTTPError as exc:
-            detail = self.vendor.mask(f"{type(exc).__name__}: {exc}", self.config)
-            return Outcome(ok=False, retry=True, detail=detail), None, ""
+            shown: Any = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            shown = body
+        self.bus.publish("vendor", {
+            "site": self.site, "vendor": self.vendor.name, "method": request.method,
+            "url": self.vendor.mask(request.url, self.config), "body": shown,
+            "status": status, "ok": outcome.ok, "retry": outcome.retry,
+            "detail": outcome.detail,
+            "answer": self.vendor.mask(answer[:2000], self.config)})
+
+    async def _exchange(self, request: VendorRequest) -> tuple[Outcome, int | None, str]:
+        taken: list[SlidingWindowLimiter] = []
+        try:
+            for limiter in self.limiters:
+                await limiter.acquire()
+                taken.append(limiter)
+            self.counters.requests += 1
+            try:
+                response = await self.client.request(
+                    request.method, request.url, headers=request.headers,
+                    content=request.body_bytes(), timeout=self.options.timeout)
+            except httpx.TimeoutException:
+                return Outcome(ok=False, retry=True, detail="timed out"), None, ""
+            except httpx.HTTPError as exc:  # refused, reset, closed without an answer
+                detail = self.vendor.mask(f"{type(exc).__name__}: {exc}", self.config)
+                return Outcome(ok=False, retry=True, detail=detail), None, ""
+        finally:
+            for limiter in taken:
+                limiter.release()
         headers = dict(response.headers)
         outcome = self.vendor.read_response(response.status_code, headers, response.content)
-        if response.status_code == 429 and outcome.retry_after:
+        if outcome.retry and outcome.retry_after:
+            # A 429 or 503 with Retry-After speaks for the credential, not just this request.
             for limiter in self.limiters:
                 limiter.block_for(outcome.retry_after)
         if not outcome.ok:
@@ -219,14 +352,14 @@ class VendorWorker:
 class Forwarder:
     """Starts one worker per configured (site, vendor) and wakes them when work arrives."""
 
-    def __init__(self, spool: SqliteSpool, targets: Iterable[tuple[str, Vendor, VendorConfig]],
+    def __init__(self, spool: Spool, targets: Iterable[tuple[str, Vendor, VendorConfig]],
                  options: DeliveryOptions | None = None) -> None:
         self.spool = spool
         self.options = options or DeliveryOptions()
         self.client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
             follow_redirects=False)
-        limiters: dict[tuple[str, str, str], SlidingWindowLimiter] = {}
+        self.limiters: dict[tuple[str, str, str], SlidingWindowLimiter] = {}
         self.workers: list[VendorWorker] = []
         for site, vendor, config in targets:
             mine = []
@@ -235,35 +368,89 @@ class Forwarder:
                 scope_value = "+".join(str(getattr(config, part, "")) for part in
                                        limit.scope.split("+"))
                 key = (vendor.name, limit.scope, f"{scope_value}/{limit.per_seconds}")
-                if key not in limiters:
-                    limiters[key] = SlidingWindowLimiter(limit.requests, limit.per_seconds)
-                mine.append(limiters[key])
+                if key not in self.limiters:
+                    self.limiters[key] = SlidingWindowLimiter(limit.requests, limit.per_seconds)
+                mine.append(self.limiters[key])
             self.workers.append(VendorWorker(spool, site, vendor, config, self.client, mine,
                                              self.options))
+        self._bus: Any = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._maintenance: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_began: float | None = None
 
-    def start(self) -> None:
+    @property
+    def bus(self) -> Any:
+        return self._bus
+
+    @bus.setter
+    def bus(self, bus: Any) -> None:
+        """The live debugger's bus: every vendor exchange is published on it."""
+        self._bus = bus
+        for worker in self.workers:
+            worker.bus = bus
+
+    def start(self, *, maintenance: bool = True) -> None:
         self._loop = asyncio.get_running_loop()
         self.spool.on_new_work = self._wake_threadsafe
         self._tasks = [asyncio.create_task(w.run(), name=f"deliver-{w.site}-{w.vendor.name}")
                        for w in self.workers]
+        if maintenance:
+            self._maintenance = asyncio.create_task(self._maintain(), name="spool-maintenance")
+
+    async def _maintain(self) -> None:
+        """Prune finished work past retention and log the spool's size, periodically."""
+        while True:
+            await self.maintain_once()
+            await asyncio.sleep(self.options.maintenance_interval)
+
+    async def maintain_once(self) -> None:
+        try:
+            if self.options.retention > 0:
+                removed = await self.spool.prune(time.time() - self.options.retention)
+                if removed:
+                    log.info("spool: pruned %d finished deliveries", removed)
+            stats = await self.spool.stats()
+            log.info("spool: %s", stats.summary(time.time()))
+        except Exception:  # maintenance must never take delivery down
+            log.exception("spool maintenance failed")
 
     def _wake_threadsafe(self) -> None:
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self.wake)
+            with contextlib.suppress(RuntimeError):  # the loop closed in between
+                self._loop.call_soon_threadsafe(self.wake)
 
     def wake(self) -> None:
         for worker in self.workers:
             worker.wake.set()
 
-    async def stop(self, deadline: float = 10.0) -> None:
-        """Stop taking new work; let requests in flight finish within `deadline` seconds."""
+    def begin_stop(self) -> None:
+        """Start no new vendor request (requests in flight go on); safe to call twice."""
+        if self._stop_began is None:
+            self._stop_began = time.monotonic()
         for worker in self.workers:
             worker.stopping = True
             worker.wake.set()
+
+    def begin_stop_threadsafe(self) -> None:
+        """`begin_stop` from a signal handler or another thread."""
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self.begin_stop)
+
+    async def stop(self, deadline: float = 10.0) -> None:
+        """Stop taking new work; let requests in flight finish within `deadline` seconds.
+        Requests still running then are abandoned: their work stays queued in the spool and
+        is sent again on the next start (the only source of duplicates). The deadline counts
+        from the first `begin_stop` (the signal), not from this call."""
+        self.begin_stop()
+        assert self._stop_began is not None
+        deadline -= time.monotonic() - self._stop_began
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
         if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=deadline)
+            _, pending = await asyncio.wait(self._tasks, timeout=max(0.0, deadline))
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)

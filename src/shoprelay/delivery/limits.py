@@ -1,41 +1,72 @@
 """Client-side rate limiting that never exceeds a vendor's documented limit.
 
-A token bucket can burst to twice its rate across a window boundary; vendors count requests in
-windows, so the relay keeps the send times of the last N requests and waits until the oldest
-leaves the window. That is exact for any window position and still lets the relay use the whole
-limit.
+A token bucket can burst to twice its rate across a window boundary, and vendors count requests
+in windows, so the relay keeps one slot per request of the last window instead (a sliding log):
+at most N requests may "occupy" a window of W seconds.
+
+The vendor counts a request when it *arrives*, which is somewhere between the moment we started
+sending it and the moment its answer came back. Counting from the start time alone is exact only
+if every request takes the same time on the wire; a slow request followed by a fast one can land
+closer together than they were sent. So a slot is held from the start of a request until W
+seconds after its answer arrived (or it failed). Then any N+1 requests are at least W apart at the
+vendor whatever the latencies were: request N+1 starts no earlier than W after request 1
+finished, and request 1 arrived before it finished. The price is one latency per window (a few
+milliseconds against a 1-second window on a nearby vendor).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import math
 import time
-from collections import deque
 
 
 class SlidingWindowLimiter:
-    def __init__(self, requests: int, per_seconds: float, margin: float = 0.02) -> None:
+    """At most `requests` requests in any `per_seconds` window, as the vendor sees them."""
+
+    def __init__(self, requests: int, per_seconds: float) -> None:
         self.requests = max(1, requests)
-        # A small margin absorbs the clock difference between our send and their receive.
-        self.window = per_seconds * (1 + margin)
-        self._sent: deque[float] = deque()
+        self.window = per_seconds
+        #: Times (monotonic) at which held slots free up; a request in flight is +inf.
+        self._frees: list[float] = []
+        self._in_flight = 0
         self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()
         self._blocked_until = 0.0
 
     def block_for(self, seconds: float) -> None:
-        """The vendor said to wait (Retry-After): nothing is sent before then."""
+        """The vendor said to wait (Retry-After, X-RateLimit-Reset): nothing starts before."""
         self._blocked_until = max(self._blocked_until, time.monotonic() + seconds)
 
+    @property
+    def blocked_for(self) -> float:
+        return max(0.0, self._blocked_until - time.monotonic())
+
     async def acquire(self) -> None:
-        async with self._lock:
+        """Wait for a free slot and take it; call `release()` when the request is over."""
+        async with self._lock:  # first come, first served
             while True:
                 now = time.monotonic()
                 if now < self._blocked_until:
                     await asyncio.sleep(self._blocked_until - now)
                     continue
-                while self._sent and self._sent[0] <= now - self.window:
-                    self._sent.popleft()
-                if len(self._sent) < self.requests:
-                    self._sent.append(now)
+                while self._frees and self._frees[0] <= now:
+                    heapq.heappop(self._frees)
+                if len(self._frees) + self._in_flight < self.requests:
+                    self._in_flight += 1
                     return
-                await asyncio.sleep(self._sent[0] + self.window - now)
+                # Full: wait for the earliest slot to free, or for a request in flight to end
+                # (its slot then gets a finite free time we can sleep until).
+                wait = self._frees[0] - now if self._frees else math.inf
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(),
+                                           None if math.isinf(wait) else wait)
+
+    def release(self) -> None:
+        """The request taken by `acquire()` is over: its slot frees one window from now."""
+        self._in_flight -= 1
+        heapq.heappush(self._frees, time.monotonic() + self.window)
+        self._changed.set()

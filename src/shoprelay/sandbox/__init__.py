@@ -4,12 +4,14 @@
 
 - `GET /_sandbox/<name>/requests` — what the sandbox received (`?accepted=1` / `?refused=1`)
 - `DELETE /_sandbox/requests` — forget everything (tests start clean)
-- `POST /_sandbox/<name>/faults` — queue a fault: `{"kind": "status"|"hang", "status": 503,
-  "retry_after": 2, "count": 5}`; `DELETE` clears them
+- `POST /_sandbox/<name>/faults` — queue a fault: `{"kind": "status"|"hang"|"close"|"delay",
+  "status": 503, "retry_after": 2, "count": 5, "hang_seconds": 30, "headers": {...}}`;
+  `DELETE` clears them; `GET` lists them and how many requests are in flight
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 from typing import Any
@@ -71,6 +73,9 @@ def create_app(vendors: list[str] | None = None) -> Starlette:
         if request.method == "DELETE":
             state.faults.clear()
             return Response(status_code=204)
+        if request.method == "GET":
+            return json_response({"faults": [dataclasses.asdict(f) for f in state.faults],
+                                  "in_flight": state.in_flight})
         spec: dict[str, Any] = orjson.loads(await request.body() or b"{}")
         state.faults.append(Fault(**spec))
         return Response(status_code=204)
@@ -79,7 +84,7 @@ def create_app(vendors: list[str] | None = None) -> Starlette:
         Route("/_sandbox/requests", list_all, methods=["GET"]),
         Route("/_sandbox/requests", clear, methods=["DELETE"]),
         Route("/_sandbox/{vendor}/requests", list_requests, methods=["GET"]),
-        Route("/_sandbox/{vendor}/faults", faults, methods=["POST", "DELETE"]),
+        Route("/_sandbox/{vendor}/faults", faults, methods=["GET", "POST", "DELETE"]),
     ]
     for name in names:
         routes.append(Mount(f"/{name}", app=Router(SANDBOXES[name].routes(states[name]))))

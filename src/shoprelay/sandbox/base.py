@@ -51,6 +51,19 @@ class Record:
         }
 
 
+class _DroppedResponse(Response):
+    """Starts a 200 with a body it never sends, then fails: the server drops the connection,
+    and the client sees it closed without a complete answer."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=200)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"100")]})
+        raise ConnectionAbortedError("sandbox fault: connection dropped")
+
+
 class Refusal(Exception):
     """Raised by a sandbox handler: answer `status` with `error` and record the refusal."""
 
@@ -66,13 +79,16 @@ class Fault:
     """A failure the sandbox plays instead of answering (for fault tests and the demo)."""
 
     #: "status" answers `status` (with Retry-After if set); "hang" never answers in time;
-    #: "close" drops the connection without an answer.
+    #: "close" starts an answer and drops the connection mid-way; "delay" waits
+    #: `hang_seconds`, then answers normally (a slow vendor).
     kind: str = "status"
     status: int = 503
     retry_after: float | None = None
     #: How many requests the fault applies to; None means until cleared.
     count: int | None = None
     hang_seconds: float = 30.0
+    #: Extra answer headers (e.g. Alana's X-RateLimit-Reset).
+    headers: dict[str, str] | None = None
 
 
 class SlidingWindow:
@@ -131,6 +147,8 @@ class SandboxState:
         self.records: list[Record] = []
         self.faults: deque[Fault] = deque()
         self.changed = asyncio.Event()
+        #: Requests being answered right now (a test can wait until one is in flight).
+        self.in_flight = 0
 
     def add(self, record: Record) -> None:
         self.records.append(record)
@@ -170,10 +188,25 @@ class SandboxState:
             status=200,
         )
         fault = self.next_fault()
+        if fault is not None and fault.kind == "delay":
+            self.in_flight += 1
+            try:
+                await asyncio.sleep(fault.hang_seconds)
+            finally:
+                self.in_flight -= 1
+            fault = None
+        if fault is not None and fault.kind == "close":
+            record.status, record.error = 0, "injected fault: connection closed mid-answer"
+            self.add(record)
+            return _DroppedResponse()
         if fault is not None:
             if fault.kind == "hang":
-                await asyncio.sleep(fault.hang_seconds)
-            headers = {}
+                self.in_flight += 1
+                try:
+                    await asyncio.sleep(fault.hang_seconds)
+                finally:
+                    self.in_flight -= 1
+            headers = dict(fault.headers or {})
             if fault.retry_after is not None:
                 headers["Retry-After"] = str(int(fault.retry_after))
             record.status, record.error = fault.status, f"injected fault: HTTP {fault.status}"

@@ -14,6 +14,8 @@ attempts and its dead letters), `visitors` (per-visitor state), `aliases` (clien
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import queue
 import sqlite3
 import threading
@@ -97,6 +99,8 @@ CREATE TABLE IF NOT EXISTS aliases (
 ) WITHOUT ROWID;
 """
 
+log = logging.getLogger("shoprelay.spool")
+
 #: Visitor states kept in memory by the writer (the rest are read back from the file).
 _STATE_CACHE = 50_000
 #: Most queued operations committed in one transaction.
@@ -115,6 +119,14 @@ def _connect(path: str, sync: str) -> sqlite3.Connection:
     conn.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a spool file written by an older release up to the current columns."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
+    if "request" not in columns:
+        # The failed request of a dead letter, apart from the vendor's answer.
+        conn.execute("ALTER TABLE outbox ADD COLUMN request TEXT")
 
 
 class SqliteSpool:
@@ -149,6 +161,7 @@ class SqliteSpool:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = _connect(self.path, self._sync)
         conn.executescript(_SCHEMA)
+        _migrate(conn)
         self._reader = _connect(self.path, self._sync)
         self._writer = threading.Thread(target=self._write_loop, args=(conn,),
                                         name="shoprelay-spool-writer", daemon=True)
@@ -185,15 +198,7 @@ class SqliteSpool:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 for op in ops:
-                    conn.execute("SAVEPOINT op")
-                    try:
-                        results.append((op, op.run(conn), None))
-                        conn.execute("RELEASE op")
-                    except Exception as exc:  # one bad operation must not sink its neighbours
-                        conn.execute("ROLLBACK TO op")
-                        conn.execute("RELEASE op")
-                        self._states.clear()  # the op may have changed cached states
-                        results.append((op, None, exc))
+                    results.append((op, *self._run_op(conn, op)))
                 conn.execute("COMMIT")
             except Exception as exc:
                 if conn.in_transaction:
@@ -210,6 +215,28 @@ class SqliteSpool:
                 else:
                     op.future.set_result(result)
         conn.close()
+
+    def _run_op(self, conn: sqlite3.Connection, op: _Op) -> tuple[Any, BaseException | None]:
+        """Run one operation in its own savepoint: a failing one must not sink its neighbours.
+
+        An `InterfaceError` ("bad parameter or other API misuse") is the sqlite3 module's, not
+        the data's: it was seen, rarely, on a delivery mark under load. The operation is run
+        once more, since losing a "delivered" mark would send that event again."""
+        for attempt in (1, 2):
+            conn.execute("SAVEPOINT op")
+            try:
+                result = op.run(conn)
+                conn.execute("RELEASE op")
+                return result, None
+            except Exception as exc:
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                self._states.clear()  # the op may have changed cached states
+                if attempt == 1 and isinstance(exc, sqlite3.InterfaceError):
+                    log.warning("spool write failed (%s); trying it once more", exc)
+                    continue
+                return None, exc
+        raise AssertionError("unreachable")
 
     async def _write(self, run: Callable[[sqlite3.Connection], Any]) -> Any:
         future: Future[Any] = Future()
@@ -369,7 +396,7 @@ class SqliteSpool:
         def run(conn: sqlite3.Connection) -> list[OutboxRow]:
             rows = conn.execute(
                 """
-                SELECT o.id, o.visitor_id, o.attempts, o.sent, o.created_at, m.data
+                SELECT o.id, o.visitor_id, o.attempts, o.sent, o.created_at, m.data, o.error
                 FROM outbox o JOIN messages m ON m.id = o.message
                 WHERE o.site = ? AND o.vendor = ? AND o.state = 0 AND o.next_at <= ?
                   AND NOT EXISTS (
@@ -383,7 +410,7 @@ class SqliteSpool:
             return [
                 OutboxRow(id=r[0], site=site, vendor=vendor, visitor_id=r[1], attempts=r[2],
                           sent=r[3], created_at=r[4],
-                          event=StoredEvent.from_dict(orjson.loads(r[5])))
+                          event=StoredEvent.from_dict(orjson.loads(r[5])), error=r[6] or "")
                 for r in rows
             ]
 
@@ -421,8 +448,8 @@ class SqliteSpool:
         now = time.time()
         await self._write(lambda conn: conn.executemany(
             "UPDATE outbox SET state=?, attempts=attempts+1, status=?, error=?, response=?, "
-            "updated_at=? WHERE id=?",
-            [(DEAD, status, error, (request + "\n" + response).strip(), now, i) for i in ids]))
+            "request=?, updated_at=? WHERE id=?",
+            [(DEAD, status, error, response, request, now, i) for i in ids]))
 
     # ---- dead letters, statistics, retention ------------------------------------------------
 
@@ -430,7 +457,7 @@ class SqliteSpool:
                            dead_id: int | None = None) -> list[DeadLetter]:
         def run(conn: sqlite3.Connection) -> list[DeadLetter]:
             sql = ("SELECT o.id, o.site, o.vendor, o.visitor_id, o.attempts, o.status, o.error, "
-                   "o.response, o.updated_at, m.data FROM outbox o JOIN messages m "
+                   "o.response, o.updated_at, m.data, o.request FROM outbox o JOIN messages m "
                    "ON m.id = o.message WHERE o.state = ?")
             args: list[Any] = [DEAD]
             if vendor:
@@ -445,7 +472,7 @@ class SqliteSpool:
             return [
                 DeadLetter(id=r[0], site=r[1], vendor=r[2], visitor_id=r[3], attempts=r[4],
                            status=r[5], error=r[6] or "", response=r[7] or "", failed_at=r[8],
-                           event=StoredEvent.from_dict(orjson.loads(r[9])))
+                           event=StoredEvent.from_dict(orjson.loads(r[9])), request=r[10] or "")
                 for r in conn.execute(sql + " ORDER BY o.id", args).fetchall()
             ]
 
@@ -479,19 +506,45 @@ class SqliteSpool:
             ):
                 stats.add(vendor, state, count, oldest)
             stats.messages = conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+            stats.file_bytes = self.file_bytes()
             return stats
 
         return await self._read(run)
 
-    async def prune(self, older_than: float) -> int:
-        """Forget delivered work (and its messages) finished before `older_than`."""
-        def run(conn: sqlite3.Connection) -> int:
-            removed = conn.execute(
-                "DELETE FROM outbox WHERE state IN (?, ?) AND updated_at < ?",
-                (DELIVERED, SKIPPED, older_than)).rowcount
-            conn.execute(
-                "DELETE FROM messages WHERE received_at < ? AND NOT EXISTS "
-                "(SELECT 1 FROM outbox o WHERE o.message = messages.id)", (older_than,))
-            return removed
+    def file_bytes(self) -> int:
+        """The spool's size on disk: the database file and its write-ahead log."""
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):  # no WAL yet, or no file (":memory:")
+                total += Path(self.path + suffix).stat().st_size
+        return total
 
-        return await self._write(run)
+    async def prune(self, older_than: float, *, chunk: int = 2000) -> int:
+        """Forget work finished (delivered, skipped or dead) before `older_than`, and the
+        messages no work refers to any more; returns the outbox rows removed.
+
+        Deletes go in chunks, each its own write, so a large backlog never holds the single
+        writer (and with it every ingest answer) for long. Dedup remembers a messageId as long
+        as its message is kept.
+        """
+        def outbox(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state IN (?, ?, ?) "
+                "AND updated_at < ? LIMIT ?)",
+                (DELIVERED, SKIPPED, DEAD, older_than, chunk)).rowcount
+
+        def messages(conn: sqlite3.Connection) -> int:
+            # Outbox rows are inserted right after their message, so outbox ids and message ids
+            # grow together: every message older than the oldest remaining outbox row has no
+            # work left. That is a range on the primary key, not a scan per message.
+            return conn.execute(
+                "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id < "
+                "COALESCE((SELECT message FROM outbox ORDER BY id LIMIT 1), 9e18) "
+                "AND received_at < ? LIMIT ?)", (older_than, chunk)).rowcount
+
+        removed = 0
+        while (count := await self._write(outbox)) > 0:
+            removed += count
+        while await self._write(messages) > 0:
+            pass
+        return removed
