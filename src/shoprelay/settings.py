@@ -81,6 +81,13 @@ class RelaySettings:
     ready_max_backlog_seconds: float = 900.0
     #: "json" (one JSON object a line) or "text".
     log_format: str = "json"
+    #: Redis spool only: every key starts with this (several relays may share one Redis).
+    redis_prefix: str = "shoprelay:"
+    #: Redis spool only: streams per site and vendor (the unit of work a process holds).
+    #: Visitors hash onto them, so changing it with work queued may reorder a visitor's events.
+    redis_partitions: int = 8
+    #: Redis spool only: a crashed process's partitions are taken over after this long.
+    redis_lease_seconds: float = 10.0
 
 
 @dataclass(kw_only=True)
@@ -223,6 +230,22 @@ def _check_relay(relay: RelaySettings, problems: list[Problem]) -> None:
         problems.append(Problem("relay.secret", "must be at least 16 characters"))
     if not relay.spool.startswith(("sqlite://", "redis://", "rediss://")):
         problems.append(Problem("relay.spool", "must be sqlite:///PATH or redis://HOST:PORT/DB"))
+    elif relay.spool.startswith(("redis://", "rediss://")):
+        parts = urlsplit(relay.spool)
+        db = parts.path.strip("/")
+        try:
+            port_ok = parts.port is None or 0 < parts.port < 65536
+        except ValueError:
+            port_ok = False
+        if not parts.hostname or not port_ok or (db and not db.isdigit()):
+            problems.append(Problem("relay.spool", "must be redis://HOST:PORT/DB (DB a number)"
+                                    f", got {relay.spool!r}"))
+    if not 1 <= relay.redis_partitions <= 1024:
+        problems.append(Problem("relay.redis_partitions", "must be between 1 and 1024"))
+    if not relay.redis_prefix:
+        problems.append(Problem("relay.redis_prefix", "must not be empty"))
+    if relay.redis_lease_seconds < 0.5:
+        problems.append(Problem("relay.redis_lease_seconds", "must be at least 0.5"))
     if relay.admin_token and len(relay.admin_token) < 16:
         problems.append(Problem("relay.admin_token", "must be at least 16 characters"))
     if relay.log_format not in ("json", "text"):
