@@ -207,3 +207,49 @@ def test_the_relay_only_calls_urls_from_its_settings(stack) -> None:
     spool = stack.app.state.spool
     dead = asyncio.run(spool.dead_letters())
     assert {d.event.name for d in dead} >= {"Product Added", "Product Viewed"}
+
+
+def test_serve_writes_json_log_lines_with_request_ids(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from servers import free_port
+
+    port = free_port()
+    config = tmp_path / "relay.toml"
+    config.write_text(f"""
+[relay]
+secret = "{'s' * 32}"
+spool = "sqlite://{tmp_path / 'spool.db'}"
+[sites.demo]
+write_key = "{WRITE_KEY}"
+""")
+    log = (tmp_path / "relay.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "shoprelay", "serve", "--config", str(config),
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            env=dict(os.environ))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(url), timeout=30)
+        answer = httpx.post(f"{url}/v1/batch", headers={"X-Request-ID": "rid-42"},
+                            json={"batch": [track("Fine"), {"type": "track"}],
+                                  "writeKey": WRITE_KEY})
+        assert answer.headers["x-request-id"] == "rid-42"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+    lines = [orjson.loads(line) for line in (tmp_path / "relay.log").read_text().splitlines()
+             if line.strip()]
+    assert all({"ts", "level", "logger", "msg"} <= set(line) for line in lines)
+    [rejected] = [line for line in lines if line["msg"].startswith("rejected")]
+    assert rejected["request_id"] == "rid-42"
+    assert rejected["reasons"] == ["no_event"] and rejected["site"] == "demo"
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz").status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import orjson
 
 from shoprelay import settings as settings_module
+from shoprelay.operate.logs import configure as configure_logs
 from shoprelay.settings import Settings, SettingsError
 
 
@@ -29,6 +29,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from shoprelay.app import create_app
 
     settings = _load(args.config)
+    configure_logs(args.log_level, settings.relay.log_format)
     app = create_app(settings)
     grace = settings.relay.shutdown_grace_seconds
 
@@ -48,6 +49,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Access logs would write every visitor's IP address; the relay logs what it needs.
         access_log=False,
         timeout_graceful_shutdown=max(1, round(grace)), server_header=False,
+        # Our own handlers (JSON lines with request ids) for uvicorn's loggers too.
+        log_config=None,
     )
     Server(config).run()
     return 0
@@ -193,10 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # httpx logs every request URL at INFO, and vendor URLs carry keys (Retail Rocket's apiKey).
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    configure_logs("info", "text")
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

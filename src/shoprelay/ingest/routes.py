@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import ipaddress
+import logging
 import time
 from typing import Any
 
@@ -36,6 +37,7 @@ from shoprelay.operate.metrics import Metrics
 from shoprelay.settings import Settings, SiteSettings
 from shoprelay.spool.sqlite import SqliteSpool
 
+log = logging.getLogger("shoprelay.ingest")
 _CORS_ALLOW_HEADERS = "Content-Type, Authorization"
 _REQUEST_REASONS = {400: "malformed", 413: "too_large", 401: "unknown_key"}
 
@@ -155,6 +157,12 @@ class Ingest:
             visitor = result.visitor_id
         for rejection in checked.rejected:
             self.metrics.rejected.labels(rejection.code).inc()
+        if checked.rejected:
+            # Codes and indexes only: a message's content may hold personal data.
+            log.info("rejected %d of %d message(s)", len(checked.rejected),
+                     len(checked.rejected) + len(accepted),
+                     extra={"site": site.name,
+                            "reasons": sorted({r.code for r in checked.rejected})})
         if accepted:
             self.metrics.accepted.labels(site.name).inc(len(accepted))
             if self.bus.active:
