@@ -149,20 +149,15 @@ class AlanaSandbox(Sandbox):
                 raise Refusal(400, f"at most {MAX_EVENTS} events a request, got {len(events)}")
             problems = [(i, event_problem(e)) for i, e in enumerate(events)]
             refused = [f"events[{i}]: {p}" for i, p in problems if p is not None]
-            request.state.alana_refused = refused
+            if refused:
+                # The answer only counts; the record says which events and why.
+                request.state.sandbox_note = (f"{len(refused)} of {len(events)} events "
+                                              "refused: " + "; ".join(refused))
             return json_response({"status": "ok", "stored": len(events) - len(refused),
                                   "errors": len(refused)})
 
         async def endpoint(request: Request) -> Response:
-            response = await sandbox.handle(request, call)
-            refused: list[str] = getattr(request.state, "alana_refused", [])
-            if refused:
-                # handle() records before returning with no await in between, so the last
-                # record is this request's; the answer only counts, the record says which.
-                record = sandbox.records[-1]
-                record.error = (f"{len(refused)} of {len(record.body['events'])} events "
-                                f"refused: " + "; ".join(refused))
-            return response
+            return await sandbox.handle(request, call)
 
         return [Route("/api/v1/events", endpoint, methods=["POST"])]
 

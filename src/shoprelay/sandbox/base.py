@@ -219,5 +219,8 @@ class SandboxState:
             self.add(record)
             return json_response({"error": refusal.error}, refusal.status, refusal.headers)
         record.status = response.status_code
+        # A handler that accepted the request but refused part of it (Alana's per-event
+        # errors) says which in `request.state.sandbox_note`.
+        record.error = getattr(request.state, "sandbox_note", "")
         self.add(record)
         return response
