@@ -318,3 +318,21 @@ def test_shared_limiter_holds_across_two_clients(prefix: str) -> None:
                 await client.aclose()
 
     run(scenario)
+
+
+def test_settings_check_the_redis_keys() -> None:
+    from shoprelay.settings import SettingsError, parse
+
+    def relay(**extra: Any) -> dict[str, Any]:
+        return {"relay": {"secret": "x" * 20, **extra},
+                "sites": {"s": {"write_key": "pk_s"}}}
+
+    ok = parse(relay(spool="redis://10.0.0.5:6379/2", redis_prefix="a:", redis_partitions=16),
+               env={})
+    assert (ok.relay.redis_prefix, ok.relay.redis_partitions) == ("a:", 16)
+    with pytest.raises(SettingsError) as caught:
+        parse(relay(spool="redis://:6379/zero", redis_partitions=0, redis_prefix="",
+                    redis_lease_seconds=0.1), env={})
+    keys = sorted(p.key for p in caught.value.problems)
+    assert keys == ["relay.redis_lease_seconds", "relay.redis_partitions", "relay.redis_prefix",
+                    "relay.spool"]

@@ -35,6 +35,7 @@ Redis must keep what it acknowledged: see docs/deploy.md (appendonly).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -536,8 +537,9 @@ class RedisSpool:
         # taken back) are ours to send too, idle or not.
         mine = await self._redis.xpending_range(part.stream, queue.vendor, min="-", max="+",
                                                 count=100_000, consumername=self.proc_id)
+        taken = {entry_id for entry_id, _ in claimed}
         lost = [p["message_id"] for p in mine if p["message_id"] not in part.entries
-                and p["message_id"] not in {e[0] for e in claimed}]
+                and p["message_id"] not in taken]
         for start in range(0, len(lost), 1000):
             claimed.extend(await self._redis.xclaim(part.stream, queue.vendor, self.proc_id, 0,
                                                     lost[start:start + 1000]))
@@ -893,6 +895,7 @@ class RedisSpool:
                 summary = await self._redis.xpending(stream, vendor)
                 if summary.get("min"):
                     bound = min(bound, _id_key(summary["min"]))
+            await self._forget_consumers(stream, vendor)
             if bound <= (0, 0):
                 continue
             # Exact trimming: "~" would keep whole macro nodes, i.e. an unknown amount.
@@ -911,6 +914,16 @@ class RedisSpool:
                 await pipe.execute()
             removed += len(chunk)
         return removed
+
+    async def _forget_consumers(self, stream: str, vendor: str) -> None:
+        """Every process start is a new consumer name; drop the names of processes gone for
+        a day that hold nothing (a consumer with pending entries is kept until they are
+        claimed)."""
+        with contextlib.suppress(ResponseError):
+            for consumer in await self._redis.xinfo_consumers(stream, vendor):
+                if (consumer["name"] != self.proc_id and int(consumer["pending"]) == 0
+                        and int(consumer["idle"]) > 86_400_000):
+                    await self._redis.xgroup_delconsumer(stream, vendor, consumer["name"])
 
     async def delete_all(self) -> int:
         """Remove every key under this spool's prefix (tests and tools; never the relay)."""
