@@ -1,0 +1,326 @@
+"""Ingest and forwarding benchmark (issue 4). Not a test: run by hand, prints figures.
+
+    .venv/bin/python bench/ingest.py [--seconds 8] [--connections 32] [--skip-alana]
+
+All traffic stays on 127.0.0.1. Each server runs in its own process (uvicorn, one worker, as
+`shoprelay serve` runs); the load generator is this process: a minimal asyncio HTTP/1.1 client
+with keep-alive connections (far cheaper per request than httpx, so the generator takes as
+little of the 2 cores as possible). The same generator, connections and duration measure:
+
+1. the bare endpoint: Starlette under uvicorn, parses the JSON body with orjson, answers 204;
+2. the relay (`shoprelay serve`, durable SQLite spool, five vendors configured so every event
+   gets its outbox rows), with spool_sync = "full" and = "normal";
+
+for 1-event `POST /v1/t` requests (req/s, p50, p99) and 20-event `POST /v1/batch` requests
+(events/s). Then forwarding: a backlog is delivered to the vendor sandboxes and each vendor's
+request rate is compared with its limit (busiest window, whole-run average, 429 answers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0"
+WRITE_KEY = "pk_bench"
+#: vendor → (requests, window seconds) as configured by default
+LIMITS = {"retailrocket": (50, 1.0), "yespo": (50, 1.0), "goshops": (20, 1.0),
+          "advisable": (20, 1.0), "alana": (100, 60.0)}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {proc.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise SystemExit(f"{url} did not come up")
+
+
+def start(args: list[str], url: str, log: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT)
+    wait_up(url, proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def settings_file(directory: Path, sandbox_url: str, *, sync: str, vendors: list[str]) -> Path:
+    sys.path.insert(0, str(ROOT / "src"))
+    from shoprelay.sandbox import demo_vendor_settings
+
+    lines = ["[relay]", 'secret = "bench-secret-0123456789abcdef"',
+             f'spool = "sqlite://{directory / "spool.db"}"', f'spool_sync = "{sync}"',
+             # One load generator on one address: the per-address ingest limit would refuse it.
+             "ingest_per_ip_per_minute = 1000000000",
+             "", "[sites.bench]", f'write_key = "{WRITE_KEY}"']
+    for name, table in demo_vendor_settings(sandbox_url, vendors).items():
+        lines += ["", f"[sites.bench.vendors.{name}]"]
+        for key, value in table.items():
+            lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
+    path = directory / "settings.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ---- the load generator -----------------------------------------------------------------------
+
+def one_event(n: int, visitor: int) -> bytes:
+    return (b'{"writeKey":"' + WRITE_KEY.encode() + b'","type":"track","event":"Product Viewed",'
+            b'"messageId":"b' + str(n).encode() + b'","anonymousId":"visitor-'
+            + str(visitor).encode() + b'","properties":{"product_id":' + str(n % 5000).encode()
+            + b',"price":19.5,"currency":"USD","name":"Walking boots"},'
+            b'"context":{"page":{"url":"https://shop.example/p/1","path":"/p/1"}}}')
+
+
+def twenty_events(n: int, visitor: int) -> bytes:
+    events = []
+    for i in range(20):
+        events.append(b'{"type":"track","event":"Product Viewed","messageId":"b'
+                      + str(n).encode() + b"-" + str(i).encode()
+                      + b'","anonymousId":"visitor-' + str(visitor).encode()
+                      + b'","properties":{"product_id":' + str((n * 20 + i) % 5000).encode()
+                      + b',"price":19.5,"currency":"USD","name":"Walking boots"},'
+                        b'"context":{"page":{"url":"https://shop.example/p/1"}}}')
+    return b'{"writeKey":"' + WRITE_KEY.encode() + b'","batch":[' + b",".join(events) + b"]}"
+
+
+async def load(port: int, path: str, body_for: Any, *, seconds: float, connections: int,
+               warmup: float = 1.0) -> tuple[int, list[float], int]:
+    """Closed-loop load: each connection sends its next request when the last is answered.
+    Returns (requests answered in the measured period, their latencies, non-2xx answers)."""
+    counter = itertools.count()
+    latencies: list[float] = []
+    errors = 0
+    begin = time.perf_counter() + warmup
+    end = begin + seconds
+
+    async def worker(visitor: int) -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: {UA}\r\n"
+                f"Content-Type: application/json\r\n").encode()
+        try:
+            while True:
+                now = time.perf_counter()
+                if now >= end:
+                    return
+                body = body_for(next(counter), visitor)
+                writer.write(head + b"Content-Length: " + str(len(body)).encode()
+                             + b"\r\n\r\n" + body)
+                t0 = time.perf_counter()
+                status_line = await reader.readline()
+                length = 0
+                while True:
+                    line = await reader.readline()
+                    if line in (b"\r\n", b""):
+                        break
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                if length:
+                    await reader.readexactly(length)
+                t1 = time.perf_counter()
+                if t0 >= begin and t1 <= end:
+                    latencies.append(t1 - t0)
+                    if status_line[9:10] != b"2":
+                        errors += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker(v) for v in range(connections)))
+    return len(latencies), latencies, errors
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
+
+
+def measure(name: str, port: int, args: argparse.Namespace) -> dict[str, float]:
+    count, lat, errors = asyncio.run(load(port, "/v1/t", one_event, seconds=args.seconds,
+                                          connections=args.connections))
+    single = {"rps": count / args.seconds, "p50": pct(lat, 0.5), "p99": pct(lat, 0.99),
+              "errors": errors}
+    count, _, errors2 = asyncio.run(load(port, "/v1/batch", twenty_events,
+                                         seconds=args.seconds, connections=args.connections))
+    single["batch_rps"] = count / args.seconds
+    single["events"] = count * 20 / args.seconds
+    single["batch_errors"] = errors2
+    print(f"  {name:<28} 1-event: {single['rps']:8.0f} req/s  p50 {single['p50']:6.2f} ms  "
+          f"p99 {single['p99']:6.2f} ms  non-2xx {errors}   20-event: {single['events']:8.0f} "
+          f"events/s ({single['batch_rps']:.0f} req/s, non-2xx {errors2})", flush=True)
+    return single
+
+
+# ---- forwarding ----------------------------------------------------------------------------
+
+def busiest(times: list[float], window: float) -> int:
+    times = sorted(times)
+    best, j = 0, 0
+    for i in range(len(times)):
+        while times[i] - times[j] >= window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+def post_backlog(url: str, total: int, offset: int = 0) -> None:
+    with httpx.Client(headers={"User-Agent": UA}, timeout=30) as client:
+        for start in range(0, total, 100):
+            batch = [{"type": "track", "event": "Product Viewed",
+                      "messageId": f"f{offset + i}", "anonymousId": f"fv{(offset + i) % 97}",
+                      "properties": {"product_id": offset + i, "price": 3, "currency": "USD"}}
+                     for i in range(start, min(total, start + 100))]
+            answer = client.post(f"{url}/v1/batch", json={"writeKey": WRITE_KEY,
+                                                          "batch": batch})
+            answer.raise_for_status()
+
+
+def forwarding(work: Path, vendors: list[str], events: int, wait_for: float) -> None:
+    sandbox_port = free_port()
+    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+    sandbox = start([PY, "-m", "uvicorn", "--factory", "shoprelay.sandbox:create_app",
+                     "--port", str(sandbox_port), "--log-level", "warning", "--lifespan", "off"],
+                    f"{sandbox_url}/_sandbox/requests", work / "sandbox.log")
+    directory = Path(tempfile.mkdtemp(dir=work))
+    cfg = settings_file(directory, sandbox_url, sync="normal", vendors=vendors)
+    port = free_port()
+    relay = start([PY, "-m", "shoprelay", "serve", "--config", str(cfg), "--port", str(port),
+                   "--log-level", "warning"], f"http://127.0.0.1:{port}/healthz",
+                  work / "relay-forward.log")
+    try:
+        post_backlog(f"http://127.0.0.1:{port}", events)
+        deadline = time.monotonic() + wait_for
+        done: set[str] = set()
+        while time.monotonic() < deadline and len(done) < len(vendors):
+            time.sleep(0.5)
+            got = httpx.get(f"{sandbox_url}/_sandbox/requests", timeout=30).json()
+            for vendor in vendors:
+                accepted = sum(len(r["body"]["events"]) if vendor == "alana" else 1
+                               for r in got[vendor] if r["accepted"])
+                if accepted >= events:
+                    done.add(vendor)
+        got = httpx.get(f"{sandbox_url}/_sandbox/requests", timeout=30).json()
+        for vendor in vendors:
+            limit, window = LIMITS[vendor]
+            accepted = [r["at"] for r in got[vendor] if r["accepted"]]
+            refused = [r for r in got[vendor] if r["status"] == 429]
+            peak = busiest(accepted + [r["at"] for r in refused], window)
+            if vendor == "alana":
+                first = min(accepted)
+                in_first = sum(1 for t in accepted if t < first + window)
+                after = sorted(t for t in accepted if t >= first + window)
+                nxt = f"next at +{after[0] - first:.2f} s" if after else "no request after it"
+                print(f"  {vendor:<13} {len(accepted)} requests ({events} events); first "
+                      f"{window:.0f} s window: {in_first} of {limit} ({100 * in_first / limit:.1f} "
+                      f"%), {nxt}; busiest window {peak}/{limit}; 429s: {len(refused)}")
+                continue
+            span = max(accepted) - min(accepted)
+            # Use of the limit: requests in each full window that starts at a request, averaged
+            # (the last window of the run is not full, so it is left out).
+            ordered = sorted(accepted)
+            full = [sum(1 for u in ordered[i:] if u < t + window)
+                    for i, t in enumerate(ordered) if t + window <= ordered[-1]]
+            used = sum(full) / len(full) / limit if full else 0.0
+            print(f"  {vendor:<13} {len(accepted)} requests in {span:.2f} s; mean per {window:g} s "
+                  f"window {used * limit:.1f}/{limit} ({100 * used:.1f} % of the limit); busiest "
+                  f"window {peak}/{limit}; 429s: {len(refused)}", flush=True)
+    finally:
+        stop(relay)
+        stop(sandbox)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured time per run")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--forward-events", type=int, default=300)
+    parser.add_argument("--skip-alana", action="store_true",
+                        help="skip the 61 s Alana run (its window is one minute)")
+    parser.add_argument("--skip-ingest", action="store_true")
+    args = parser.parse_args()
+    print(f"machine: {os.cpu_count()} CPU(s), {platform.platform()}, "
+          f"Python {platform.python_version()}; {args.connections} connections, "
+          f"{args.seconds:g} s per run after 1 s warm-up", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="shoprelay-bench-"))
+    try:
+        if not args.skip_ingest:
+            print("ingest", flush=True)
+            port = free_port()
+            bare = start([PY, "-m", "uvicorn", "bench.bare:app", "--port", str(port),
+                          "--log-level", "warning", "--no-access-log"],
+                         f"http://127.0.0.1:{port}/", work / "bare.log")
+            try:
+                baseline = measure("bare Starlette + orjson", port, args)
+            finally:
+                stop(bare)
+            # The vendors are up (sandboxes), so the relay forwards while it ingests, as it
+            # would in production; forwarding is rate-limited and takes little CPU.
+            sandbox_port = free_port()
+            sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+            sandbox = start([PY, "-m", "uvicorn", "--factory", "shoprelay.sandbox:create_app",
+                             "--port", str(sandbox_port), "--log-level", "warning",
+                             "--lifespan", "off"], f"{sandbox_url}/_sandbox/requests",
+                            work / "sandbox-ingest.log")
+            results = {}
+            for sync in ("full", "normal"):
+                directory = Path(tempfile.mkdtemp(dir=work))
+                cfg = settings_file(directory, sandbox_url, sync=sync,
+                                    vendors=list(LIMITS))
+                port = free_port()
+                relay = start([PY, "-m", "shoprelay", "serve", "--config", str(cfg), "--port",
+                               str(port), "--log-level", "warning"],
+                              f"http://127.0.0.1:{port}/healthz", work / f"relay-{sync}.log")
+                try:
+                    results[sync] = measure(f"relay, spool_sync={sync}", port, args)
+                finally:
+                    stop(relay)
+            stop(sandbox)
+            for sync, r in results.items():
+                print(f"  relay/bare (spool_sync={sync}): 1-event {r['rps'] / baseline['rps']:.2f}"
+                      f"x (target >= 0.6x); 20-event {r['events']:.0f} events/s "
+                      f"(target >= 50,000)")
+        print("forwarding (limits as documented; the sandboxes answer 429 past them)",
+              flush=True)
+        forwarding(work, ["retailrocket", "yespo", "goshops", "advisable"],
+                   args.forward_events, wait_for=60)
+        if not args.skip_alana:
+            forwarding(work, ["alana"], 101 * 100, wait_for=75)
+    finally:
+        print(f"logs: {work}")
+
+
+if __name__ == "__main__":
+    main()
