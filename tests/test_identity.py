@@ -134,3 +134,16 @@ def test_utm_from_the_page_url_starts_a_session_and_is_kept() -> None:
                        new_id=lambda: "campaign-session")
     assert enrichment.session_id == "campaign-session" != out[0].session_id
     assert enrichment.campaign == {"source": "news", "medium": "email", "name": "black-friday"}
+
+
+def test_visitor_state_round_trips_every_field() -> None:
+    from dataclasses import fields
+
+    from shoprelay.events import CartLine
+
+    state = VisitorState(user_id="u", email="e", phone="p", name="n",
+                         cart=[CartLine("1", 2, 3.5, "EUR")], cart_id="c", blocks={"1": "b"},
+                         session_id="s", session_started=1.0, last_seen=2.0, campaign="x")
+    data = state.to_dict()
+    assert set(data) == {f.name for f in fields(VisitorState)}
+    assert VisitorState.from_dict(data) == state

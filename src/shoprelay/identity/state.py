@@ -10,7 +10,7 @@ in) so it behaves the same under any spool backend.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -44,7 +44,15 @@ class VisitorState:
     campaign: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Written out rather than dataclasses.asdict (a recursive deep copy): it runs for every
+        # visitor touched by every ingest request.
+        return {
+            "user_id": self.user_id, "email": self.email, "phone": self.phone,
+            "name": self.name, "cart": [line.to_dict() for line in self.cart],
+            "cart_id": self.cart_id, "blocks": self.blocks, "session_id": self.session_id,
+            "session_started": self.session_started, "last_seen": self.last_seen,
+            "campaign": self.campaign,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VisitorState:
