@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 
@@ -32,8 +35,61 @@ def spool_path(url: str) -> str:
     `sqlite:///var/lib/shoprelay/spool.db` is the absolute /var/lib/shoprelay/spool.db and
     `sqlite://spool.db` is spool.db in the working directory."""
     if not url.startswith("sqlite://"):
-        raise ValueError(f"unsupported spool URL {url!r} (this build has sqlite:// only)")
+        raise ValueError(f"not a sqlite:// spool URL: {url!r}")
     return url[len("sqlite://"):]
+
+
+def is_redis(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://"))
+
+
+def make_spool(settings: Settings, router: Router, cookie: VisitorCookie) -> Any:
+    """The spool the settings name: `sqlite://FILE` (one process) or `redis://HOST:PORT/DB`
+    (any number of processes and hosts sharing one Redis)."""
+    relay = settings.relay
+    if is_redis(relay.spool):
+        from shoprelay.spool.redis import RedisSpool  # redis-py only when it is used
+
+        return RedisSpool(
+            relay.spool, router=router,
+            session_timeout=relay.session_timeout_minutes * 60.0,
+            alias_for=cookie.visitor_for_anonymous_id, new_id=new_visitor_id,
+            prefix=relay.redis_prefix, partitions=relay.redis_partitions,
+            retention=relay.retention_hours * 3600.0,
+            max_age=relay.delivery_max_age_hours * 3600.0,
+            lease_seconds=relay.redis_lease_seconds,
+            state_ttl=relay.cookie_max_age_days * 86400.0)
+    return SqliteSpool(
+        spool_path(relay.spool), router=router, sync=relay.spool_sync,
+        session_timeout=relay.session_timeout_minutes * 60.0,
+        alias_for=cookie.visitor_for_anonymous_id, new_id=new_visitor_id)
+
+
+async def close_spool(spool: Any) -> None:
+    """Redis hands its partitions on and closes its connections on the loop; SQLite joins
+    its writer thread."""
+    aclose = getattr(spool, "aclose", None)
+    if aclose is not None:
+        await aclose()
+    else:
+        spool.close()
+
+
+def limiter_factory(settings: Settings, spool: Any) -> Any:
+    """With the Redis spool, vendor limits are kept in Redis so they hold for the cluster;
+    otherwise (None) the forwarder's in-process limiter."""
+    if not is_redis(settings.relay.spool):
+        return None
+    from shoprelay.delivery.shared_limits import RedisWindowLimiter
+
+    def make(requests: int, per_seconds: float, key: str) -> Any:
+        # The key names a credential (it may hold an API key): only its hash goes to Redis.
+        digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+        return RedisWindowLimiter(spool.redis, f"{spool.prefix}rl:{digest}", requests,
+                                  per_seconds,
+                                  in_flight_ttl=settings.relay.delivery_timeout_seconds + 5)
+
+    return make
 
 
 def make_router(settings: Settings) -> Router:
@@ -61,14 +117,7 @@ def create_app(settings: Settings, *, delivery: DeliveryOptions | None = None,
     """The relay as an ASGI app. `forward=False` stores without delivering (for tests/tools)."""
     cookie = VisitorCookie(settings.relay.secret, settings.relay.cookie_name,
                            settings.relay.cookie_max_age_days)
-    spool = SqliteSpool(
-        spool_path(settings.relay.spool),
-        router=make_router(settings),
-        sync=settings.relay.spool_sync,
-        session_timeout=settings.relay.session_timeout_minutes * 60.0,
-        alias_for=cookie.visitor_for_anonymous_id,
-        new_id=new_visitor_id,
-    )
+    spool = make_spool(settings, make_router(settings), cookie)
     targets = [(site.name, VENDORS[name], config)
                for site in settings.sites.values()
                for name, config in site.vendors.items() if config.enabled]
@@ -85,18 +134,20 @@ def create_app(settings: Settings, *, delivery: DeliveryOptions | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         spool.start()
-        forwarder = Forwarder(spool, targets, delivery)
+        forwarder = Forwarder(spool, targets, delivery,
+                              limiter_factory=limiter_factory(settings, spool))
         forwarder.bus = bus
         app.state.forwarder = forwarder
         if forward:
             forwarder.start()
+        where = (spool.path if is_redis(relay.spool) else Path(spool.path).resolve())
         log.info("relay ready: %d site(s), %d vendor queue(s), spool %s",
-                 len(settings.sites), len(targets), Path(spool.path).resolve())
+                 len(settings.sites), len(targets), where)
         try:
             yield
         finally:
             await forwarder.stop(relay.shutdown_grace_seconds)
-            spool.close()
+            await close_spool(spool)
 
     app = Starlette(lifespan=lifespan)
     operations = Operations(settings, spool, metrics, bus,
@@ -108,3 +159,18 @@ def create_app(settings: Settings, *, delivery: DeliveryOptions | None = None,
     app.state.cookie = cookie
     return app
 
+
+
+def from_environment() -> Starlette:
+    """The app for `uvicorn --factory shoprelay.app:from_environment [--workers N]`: the
+    settings file is named by SHOPRELAY_CONFIG (each worker process loads it). Logging is set
+    up as `shoprelay serve` does (JSON lines, no access log, no vendor URLs from httpx)."""
+    from shoprelay import settings as settings_module
+    from shoprelay.operate.logs import configure
+
+    path = os.environ.get("SHOPRELAY_CONFIG")
+    if not path:
+        raise RuntimeError("set SHOPRELAY_CONFIG to the settings file")
+    settings = settings_module.load(path)
+    configure(os.environ.get("SHOPRELAY_LOG_LEVEL", "info"), settings.relay.log_format)
+    return create_app(settings)

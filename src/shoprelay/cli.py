@@ -85,19 +85,16 @@ def _parse_since(text: str | None) -> float | None:
 
 
 async def _with_spool(settings: Settings, work: Any) -> Any:
-    from shoprelay.app import make_router, spool_path
-    from shoprelay.identity.cookie import VisitorCookie, new_visitor_id
-    from shoprelay.spool.sqlite import SqliteSpool
+    from shoprelay.app import close_spool, make_router, make_spool
+    from shoprelay.identity.cookie import VisitorCookie
 
     cookie = VisitorCookie(settings.relay.secret, settings.relay.cookie_name)
-    spool = SqliteSpool(spool_path(settings.relay.spool), router=make_router(settings),
-                        sync=settings.relay.spool_sync, alias_for=cookie.visitor_for_anonymous_id,
-                        new_id=new_visitor_id)
+    spool = make_spool(settings, make_router(settings), cookie)  # SQLite or Redis
     spool.start()
     try:
         return await work(spool)
     finally:
-        spool.close()
+        await close_spool(spool)
 
 
 def cmd_deadletter(args: argparse.Namespace) -> int:
@@ -143,6 +140,7 @@ def cmd_spool(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(orjson.dumps(stats.to_dict(now)).decode() + "\n")
         return 0
+    # file_bytes is the database file and its WAL (SQLite) or Redis's used_memory.
     print(f"file: {stats.file_bytes} bytes; messages: {stats.messages}; "
           f"queued: {stats.queued()}")
     for vendor, counts in sorted(stats.counts.items()):

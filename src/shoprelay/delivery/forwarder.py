@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -353,7 +353,8 @@ class Forwarder:
     """Starts one worker per configured (site, vendor) and wakes them when work arrives."""
 
     def __init__(self, spool: Spool, targets: Iterable[tuple[str, Vendor, VendorConfig]],
-                 options: DeliveryOptions | None = None) -> None:
+                 options: DeliveryOptions | None = None, *,
+                 limiter_factory: Callable[[int, float, str], Any] | None = None) -> None:
         self.spool = spool
         self.options = options or DeliveryOptions()
         self.client = httpx.AsyncClient(
@@ -369,7 +370,12 @@ class Forwarder:
                                        limit.scope.split("+"))
                 key = (vendor.name, limit.scope, f"{scope_value}/{limit.per_seconds}")
                 if key not in self.limiters:
-                    self.limiters[key] = SlidingWindowLimiter(limit.requests, limit.per_seconds)
+                    # A factory (the Redis spool's) makes limiters shared by every process;
+                    # same interface: acquire(), release(), block_for().
+                    self.limiters[key] = (
+                        limiter_factory(limit.requests, limit.per_seconds, "/".join(key))
+                        if limiter_factory is not None
+                        else SlidingWindowLimiter(limit.requests, limit.per_seconds))
                 mine.append(self.limiters[key])
             self.workers.append(VendorWorker(spool, site, vendor, config, self.client, mine,
                                              self.options))
