@@ -336,3 +336,11 @@ def test_settings_check_the_redis_keys() -> None:
     keys = sorted(p.key for p in caught.value.problems)
     assert keys == ["relay.redis_lease_seconds", "relay.redis_partitions", "relay.redis_prefix",
                     "relay.spool"]
+
+
+def test_a_redis_password_never_reaches_the_log() -> None:
+    from shoprelay.app import redacted
+
+    assert redacted("redis://:s3cret@10.0.0.5:6379/0") == "redis://:***@10.0.0.5:6379/0"
+    assert redacted("rediss://user:pw@host/1") == "rediss://user:***@host/1"
+    assert redacted("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"

@@ -9,6 +9,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from starlette.applications import Starlette
 
@@ -41,6 +42,17 @@ def spool_path(url: str) -> str:
 
 def is_redis(url: str) -> bool:
     return url.startswith(("redis://", "rediss://"))
+
+
+def redacted(url: str) -> str:
+    """A Redis URL fit for logs: a password in it (redis://:secret@host) is masked."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
 
 
 def make_spool(settings: Settings, router: Router, cookie: VisitorCookie) -> Any:
@@ -140,7 +152,8 @@ def create_app(settings: Settings, *, delivery: DeliveryOptions | None = None,
         app.state.forwarder = forwarder
         if forward:
             forwarder.start()
-        where = (spool.path if is_redis(relay.spool) else Path(spool.path).resolve())
+        where = (redacted(relay.spool) if is_redis(relay.spool)
+                 else Path(spool.path).resolve())
         log.info("relay ready: %d site(s), %d vendor queue(s), spool %s",
                  len(settings.sites), len(targets), where)
         try:
