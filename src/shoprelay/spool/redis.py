@@ -297,7 +297,7 @@ class RedisSpool:
         for (queue, number), ok in zip(held, results, strict=True):
             if not ok and number in queue.held:
                 log.warning("redis spool: lost the lease of %s", queue.held[number].stream)
-                self._drop(queue, number)
+                self._drop(queue, number, in_flight=True)
 
     async def _listen(self) -> None:
         """Wake this process's workers when any process committed new work."""
@@ -515,9 +515,12 @@ class RedisSpool:
             queue = self._queues[(site, vendor)] = _Queue(site, vendor)
         return queue
 
-    def _drop(self, queue: _Queue, number: int) -> None:
+    def _drop(self, queue: _Queue, number: int, *, in_flight: bool = False) -> None:
+        """Stop delivering from a partition. After a lost lease (`in_flight`) its rows stay
+        known, so a request still running can be acknowledged when it ends: if that comes
+        before the new holder claims the entry, the entry is not sent twice."""
         part = queue.held.pop(number, None)
-        if part is not None:
+        if part is not None and not in_flight:
             for entry in part.entries.values():
                 self._rows.pop(entry.work_id, None)
 
