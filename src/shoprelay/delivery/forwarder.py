@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import orjson
 
-from shoprelay.delivery.limits import SlidingWindowLimiter
+from shoprelay.delivery.limits import Limiter, SlidingWindowLimiter
 from shoprelay.delivery.retry import FIRST_DELAY, MAX_DELAY, backoff
 from shoprelay.spool.base import OutboxRow, Spool
 from shoprelay.vendors.base import MappingError, Outcome, Vendor, VendorConfig, VendorRequest
@@ -89,7 +89,7 @@ class VendorWorker:
         vendor: Vendor,
         config: VendorConfig,
         client: httpx.AsyncClient,
-        limiters: list[SlidingWindowLimiter],
+        limiters: list[Limiter],
         options: DeliveryOptions,
     ) -> None:
         self.spool = spool
@@ -319,7 +319,7 @@ class VendorWorker:
             "answer": self.vendor.mask(answer[:2000], self.config)})
 
     async def _exchange(self, request: VendorRequest) -> tuple[Outcome, int | None, str]:
-        taken: list[SlidingWindowLimiter] = []
+        taken: list[Limiter] = []
         try:
             for limiter in self.limiters:
                 await limiter.acquire()
@@ -360,7 +360,7 @@ class Forwarder:
         self.client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
             follow_redirects=False)
-        self.limiters: dict[tuple[str, str, str], SlidingWindowLimiter] = {}
+        self.limiters: dict[tuple[str, str, str], Limiter] = {}
         self.workers: list[VendorWorker] = []
         for site, vendor, config in targets:
             mine = []

@@ -21,6 +21,20 @@ import contextlib
 import heapq
 import math
 import time
+from typing import Protocol
+
+
+class Limiter(Protocol):
+    """What the forwarder needs of a rate limiter (in-process here, Redis-side when shared)."""
+
+    async def acquire(self) -> None: ...
+
+    def release(self) -> None: ...
+
+    def block_for(self, seconds: float) -> None: ...
+
+    @property
+    def blocked_for(self) -> float: ...
 
 
 class SlidingWindowLimiter:

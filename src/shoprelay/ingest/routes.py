@@ -35,7 +35,7 @@ from shoprelay.ingest.validation import (
 from shoprelay.operate.debugger import DebugBus
 from shoprelay.operate.metrics import Metrics
 from shoprelay.settings import Settings, SiteSettings
-from shoprelay.spool.sqlite import SqliteSpool
+from shoprelay.spool.base import Spool
 
 log = logging.getLogger("shoprelay.ingest")
 _CORS_ALLOW_HEADERS = "Content-Type, Authorization"
@@ -43,7 +43,7 @@ _REQUEST_REASONS = {400: "malformed", 413: "too_large", 401: "unknown_key"}
 
 
 class Ingest:
-    def __init__(self, settings: Settings, spool: SqliteSpool, cookie: VisitorCookie,
+    def __init__(self, settings: Settings, spool: Spool, cookie: VisitorCookie,
                  metrics: Metrics | None = None, bus: DebugBus | None = None) -> None:
         self.settings = settings
         self.spool = spool
@@ -136,7 +136,8 @@ class Ingest:
         cookie_visitor = None
         if not server and not no_consent:
             cookie_visitor = self.cookie.read(request.cookies.get(self.cookie.name))
-        hints = [self._server_visitor(m) for m in accepted] if server else None
+        hints: list[str | None] | None = (
+            [self._server_visitor(m) for m in accepted] if server else None)
         visitor = cookie_visitor
         if accepted:
             user_agent = request.headers.get("user-agent")

@@ -119,6 +119,10 @@ class Spool(Protocol):
     #: Called (from any thread) after new work was committed, so workers can wake up.
     on_new_work: Callable[[], None]
 
+    async def ingest(self, site: str, messages: list[dict[str, Any]], *,
+                     cookie_visitor: str | None, context: dict[str, Any],
+                     hints: list[str | None] | None = None) -> IngestResult: ...
+
     def start(self) -> None: ...
 
     def close(self) -> None: ...
