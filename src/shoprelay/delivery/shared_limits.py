@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import logging
 import time
 import uuid
 from typing import Any
@@ -63,6 +64,8 @@ return 1
 #: which this one cannot be told about, so it looks again at least this often.
 _MAX_SLEEP = 0.05
 
+
+log = logging.getLogger("shoprelay.delivery")
 
 class RedisWindowLimiter:
     """At most `requests` requests in any `per_seconds` window across every process."""
@@ -118,4 +121,11 @@ class RedisWindowLimiter:
         # runs as a task (kept referenced until done so it is not collected mid-way).
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # A lost release keeps its slot only until the in-flight TTL runs out: the limit
+            # still holds. Said once here instead of "exception never retrieved" noise.
+            log.warning("shared limiter update failed: %s", task.exception())
