@@ -85,8 +85,8 @@ class Ingest:
         origin = request.headers.get("origin")
         if request.method == "OPTIONS":
             return self._preflight(origin)
-        server_key = _basic_user(request)
-        if self.settings.site_for_server_key(server_key) is None:
+        server_site = self.settings.site_for_server_key(_basic_user(request))
+        if server_site is None:
             wait = self.per_address.hit(self._client_ip(request))
             if wait is not None:
                 self.metrics.rejected.labels("rate_limited").inc()
@@ -105,7 +105,6 @@ class Ingest:
             self.metrics.rejected.labels("slow_body").inc()
             return self._error(408, "the request body did not arrive in time", origin)
 
-        server_site = self.settings.site_for_server_key(server_key)
         site = server_site or self.settings.site_for_key(_write_key(request, body))
         if site is None:
             self.metrics.rejected.labels("unknown_key").inc()
