@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser import chromium, shop_stack
+from browser import shop_stack
 from playwright.sync_api import Browser, BrowserContext, Page
 from servers import wait_for
 
@@ -95,12 +95,6 @@ def new_page(browser: Browser, **options: Any) -> tuple[BrowserContext, Page]:
 def loaded(page: Page) -> None:
     """The tracker has replaced the queue stub (it runs async, after the page's own scripts)."""
     page.wait_for_function("window.shoprelay && !Array.isArray(window.shoprelay)")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as (_, b):
-        yield b
 
 
 @pytest.fixture

@@ -9,12 +9,10 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import redis
 
 from shoprelay.delivery.shared_limits import RedisWindowLimiter
 from shoprelay.identity.cookie import VisitorCookie, new_visitor_id
@@ -34,17 +32,6 @@ def make(prefix: str, **options: Any) -> RedisSpool:
     options.setdefault("lease_seconds", 1.0)
     return RedisSpool(URL, prefix=prefix, alias_for=COOKIE.visitor_for_anonymous_id,
                       new_id=new_visitor_id, **options)
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    name = f"shoprelay-test:{uuid.uuid4().hex}:"
-    yield name
-    client = redis.Redis.from_url(URL)
-    keys = list(client.scan_iter(match=name + "*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def run(make_coro: Callable[[], Awaitable[Any]]) -> Any:

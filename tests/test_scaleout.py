@@ -13,15 +13,12 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
-import pytest
 import redis
 from servers import free_port, wait_for
 from test_delivery_support import (
@@ -42,17 +39,6 @@ from test_delivery_support import (
 
 URL = "redis://127.0.0.1:6379/0"
 TOKEN = "scaleout-admin-token-0123456789"
-
-
-@pytest.fixture
-def prefix() -> Iterator[str]:
-    name = f"shoprelay-test:{uuid.uuid4().hex}:"
-    yield name
-    client = redis.Redis.from_url(URL)
-    keys = list(client.scan_iter(match=name + "*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def redis_settings(tmp_path: Path, sandbox_url: str, prefix: str, **relay: Any) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser import chromium, shop_stack
+from browser import shop_stack
 from playwright.sync_api import Browser
 from servers import wait_for
 from test_capture import VENDORS, Sent, expect_calls, goshops_items, loaded, new_page
@@ -18,12 +18,6 @@ pytestmark = pytest.mark.browser
 
 STORED = "JSON.parse(localStorage.getItem('shoprelay:q') || '[]').length"
 VIEW = "shoprelay.track('Product Viewed', {product_id: '%s', price: 10, currency: 'USD'})"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as (_, b):
-        yield b
 
 
 @pytest.fixture
