@@ -16,6 +16,7 @@ import pytest
 
 from shoprelay.delivery.shared_limits import RedisWindowLimiter
 from shoprelay.identity.cookie import VisitorCookie, new_visitor_id
+from shoprelay.ingest.rules import RequestContext
 from shoprelay.spool.redis import RedisSpool
 
 URL = "redis://127.0.0.1:6379/0"
@@ -49,28 +50,26 @@ def added(i: int, visitor: str) -> dict[str, Any]:
             "properties": {"product_id": str(i), "price": 1, "quantity": 1}}
 
 
-CTX: dict[str, Any] = {"ip": "10.0.0.1", "user_agent": "UA", "source": "browser"}
+CTX = RequestContext(ip="10.0.0.1", user_agent="UA", source="browser")
 
 
 def test_dedup_on_message_id_and_order_id(prefix: str) -> None:
     async def scenario() -> None:
         spool = make(prefix)
         try:
-            first = await spool.ingest("s", [view(1), view(2), view(1)], cookie_visitor=None,
-                                       context=CTX)
+            first = await spool.ingest("s", [view(1), view(2), view(1)], CTX)
             assert (first.stored, first.duplicates) == (2, 1)
-            again = await spool.ingest("s", [view(2), view(3)], cookie_visitor=None,
-                                       context=CTX)
+            again = await spool.ingest("s", [view(2), view(3)], CTX)
             assert (again.stored, again.duplicates) == (1, 1)
             assert again.visitor_id == first.visitor_id  # the anonymousId's alias
             order = {"type": "track", "event": "Order Completed", "messageId": "o-browser",
                      "anonymousId": "a", "properties": {"order_id": "42", "total": 5}}
             server = dict(order, messageId="o-server")
-            one = await spool.ingest("s", [order], cookie_visitor=None, context=CTX)
-            two = await spool.ingest("s", [server], cookie_visitor=None, context=CTX)
+            one = await spool.ingest("s", [order], CTX)
+            two = await spool.ingest("s", [server], CTX)
             assert (one.stored, two.stored, two.duplicates) == (1, 0, 1)
             # Another site has its own dedup.
-            other = await spool.ingest("t", [view(1)], cookie_visitor=None, context=CTX)
+            other = await spool.ingest("t", [view(1)], CTX)
             assert other.stored == 1
             rows = await spool.due("s", "goshops", time.time(), 100)
             assert [r.event.message_id for r in rows] == ["m1", "m2", "m3", "o-browser"]
@@ -91,8 +90,7 @@ def test_state_fold_under_concurrent_ingest_from_two_tasks(prefix: str) -> None:
         try:
             async def feed(spool: RedisSpool, numbers: range) -> None:
                 for i in numbers:
-                    await spool.ingest("s", [added(i, "shopper")], cookie_visitor=None,
-                                       context=CTX)
+                    await spool.ingest("s", [added(i, "shopper")], CTX)
 
             await asyncio.gather(feed(a, range(0, 40, 2)), feed(b, range(1, 40, 2)),
                                  feed(a, range(40, 60)))
@@ -114,7 +112,7 @@ def _ingest_in_process(prefix: str, numbers: list[int]) -> None:
     async def go() -> None:
         spool = make(prefix)
         for i in numbers:
-            await spool.ingest("s", [added(i, "shopper")], cookie_visitor=None, context=CTX)
+            await spool.ingest("s", [added(i, "shopper")], CTX)
         await spool.aclose()
 
     asyncio.run(go())
@@ -146,8 +144,7 @@ def test_due_parks_a_visitor_behind_its_retry_then_dead_letter_and_replay(prefix
     async def scenario() -> None:
         spool = make(prefix, router=lambda e: ["goshops"])
         try:
-            await spool.ingest("s", [view(1, "a"), view(2, "a"), view(3, "b")],
-                               cookie_visitor=None, context=CTX)
+            await spool.ingest("s", [view(1, "a"), view(2, "a"), view(3, "b")], CTX)
             now = time.time()
             rows = await spool.due("s", "goshops", now, 10)
             assert [r.event.message_id for r in rows] == ["m1", "m2", "m3"]
@@ -187,8 +184,7 @@ def test_a_dead_processes_entries_are_taken_over_after_its_lease(prefix: str) ->
         a = make(prefix, router=lambda e: ["goshops"], partitions=2)
         b = make(prefix, router=lambda e: ["goshops"], partitions=2)
         try:
-            await a.ingest("s", [view(i, f"v{i % 3}") for i in range(6)], cookie_visitor=None,
-                           context=CTX)
+            await a.ingest("s", [view(i, f"v{i % 3}") for i in range(6)], CTX)
             rows = await a.due("s", "goshops", time.time(), 100)
             assert len(rows) == 6
             done = [r for r in rows if r.event.message_id in ("m0", "m1")]
@@ -197,7 +193,7 @@ def test_a_dead_processes_entries_are_taken_over_after_its_lease(prefix: str) ->
             await a.mark_retry([retry.id], next_at=0, status=503, error="boom")
             for task in a._tasks:  # "SIGKILL": heartbeats and lease renewals stop
                 task.cancel()
-            await b.ingest("s", [view(9, "v0")], cookie_visitor=None, context=CTX)
+            await b.ingest("s", [view(9, "v0")], CTX)
             assert await b.due("s", "goshops", time.time(), 100) == []  # A's leases hold
             deadline = time.monotonic() + 15
             got: list[Any] = []
@@ -220,8 +216,7 @@ def test_two_live_processes_share_the_partitions(prefix: str) -> None:
         a = make(prefix, partitions=8)
         b = make(prefix, partitions=8)
         try:
-            await a.ingest("s", [view(i, f"v{i}") for i in range(40)], cookie_visitor=None,
-                           context=CTX)
+            await a.ingest("s", [view(i, f"v{i}") for i in range(40)], CTX)
             first = await a.due("s", "goshops", time.time(), 500)
             assert len(first) == 40  # alone, A holds everything
             await b.due("s", "goshops", time.time(), 500)
@@ -250,8 +245,7 @@ def test_retention_trims_only_finished_entries(prefix: str) -> None:
     async def scenario() -> None:
         spool = make(prefix, router=lambda e: ["goshops"], partitions=1)
         try:
-            await spool.ingest("s", [view(i, "a") for i in range(5)], cookie_visitor=None,
-                               context=CTX)
+            await spool.ingest("s", [view(i, "a") for i in range(5)], CTX)
             rows = await spool.due("s", "goshops", time.time(), 100)
             await spool.mark_done([rows[0].id, rows[1].id])
             await spool.mark_retry([rows[2].id], next_at=0, status=500, error="x")

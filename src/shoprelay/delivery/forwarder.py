@@ -110,6 +110,10 @@ class VendorWorker:
 
     async def run(self) -> None:
         while not self.stopping:
+            # Cleared before looking, never after: a wake-up that arrives while this round
+            # looks (or just after it found nothing) stays set, and the wait below returns at
+            # once instead of sleeping through work that is already there.
+            self.wake.clear()
             try:
                 handled = await self.run_once()
             except Exception:  # keep delivering whatever one round hit
@@ -117,7 +121,6 @@ class VendorWorker:
                 handled = 0
             if handled or self.stopping:
                 continue
-            self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), await self._idle_wait())
 

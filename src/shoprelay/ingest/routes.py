@@ -24,6 +24,7 @@ from shoprelay.identity.bots import is_bot
 from shoprelay.identity.consent import consent_of, refuses_everything
 from shoprelay.identity.cookie import VisitorCookie
 from shoprelay.ingest.limits import PerAddressLimit
+from shoprelay.ingest.rules import RequestContext
 from shoprelay.ingest.validation import (
     MAX_BATCH_BYTES,
     MAX_MESSAGE_BYTES,
@@ -147,13 +148,10 @@ class Ingest:
                 ip = first.get("ip") if isinstance(first.get("ip"), str) else None
                 user_agent = first.get("userAgent") if isinstance(first.get("userAgent"),
                                                                     str) else None
-            result = await self.spool.ingest(
-                site.name, accepted, cookie_visitor=cookie_visitor, hints=hints,
-                context={"ip": truncate_ip(ip) if site.ip_truncate else ip,
-                         "user_agent": user_agent,
-                         "bot": False if server else is_bot(user_agent),
-                         "source": "server" if server else "browser",
-                         "consent": consents})
+            result = await self.spool.ingest(site.name, accepted, RequestContext(
+                source="server" if server else "browser", cookie_visitor=cookie_visitor,
+                ip=truncate_ip(ip) if site.ip_truncate else ip, user_agent=user_agent,
+                bot=False if server else is_bot(user_agent), consent=consents, hints=hints))
             visitor = result.visitor_id
         for rejection in checked.rejected:
             self.metrics.rejected.labels(rejection.code).inc()

@@ -8,20 +8,14 @@ from typing import Any, Protocol
 
 from shoprelay.events import StoredEvent
 
+# The rules decide what ingest stores; a spool only stores it.
+from shoprelay.ingest.rules import IngestResult, RequestContext, Router
+
+__all__ = ["IngestResult", "RequestContext", "Router"]
+
 #: Outbox states.
 PENDING, DELIVERED, DEAD, SKIPPED = 0, 1, 2, 3
 STATE_NAMES = {PENDING: "queued", DELIVERED: "delivered", DEAD: "dead", SKIPPED: "skipped"}
-
-#: Given a stored event, the vendor names that should receive it.
-Router = Callable[[StoredEvent], list[str]]
-
-
-@dataclass(slots=True)
-class IngestResult:
-    visitor_id: str
-    stored: int = 0
-    duplicates: int = 0
-
 
 @dataclass(slots=True)
 class OutboxRow:
@@ -119,13 +113,20 @@ class Spool(Protocol):
     #: Called (from any thread) after new work was committed, so workers can wake up.
     on_new_work: Callable[[], None]
 
-    async def ingest(self, site: str, messages: list[dict[str, Any]], *,
-                     cookie_visitor: str | None, context: dict[str, Any],
-                     hints: list[str | None] | None = None) -> IngestResult: ...
+    async def ingest(self, site: str, messages: list[dict[str, Any]],
+                     context: RequestContext) -> IngestResult:
+        """Store the messages as `shoprelay.ingest.rules` decides, atomically."""
+        ...
 
     def start(self) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Close from a caller without an event loop (the command line's last resort)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close on the loop: stop background work, hand shared work on, close connections."""
+        ...
 
     async def due(self, site: str, vendor: str, now: float, limit: int) -> list[OutboxRow]: ...
 

@@ -51,8 +51,9 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError, WatchError
 
-from shoprelay.events import ORDER_COMPLETED, StoredEvent
-from shoprelay.identity.state import VisitorState, apply
+from shoprelay.events import StoredEvent
+from shoprelay.identity.state import VisitorState
+from shoprelay.ingest.rules import IngestPlan, IngestRules, Keys, Missing, RequestContext
 from shoprelay.spool.base import (
     DEAD,
     DELIVERED,
@@ -163,6 +164,40 @@ def _id_key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+class _Snapshot:
+    """The ingest rules' view of Redis: the values read (under WATCH) so far. A key not read
+    yet raises `Missing`, and the spool reads it and folds again."""
+
+    def __init__(self, spool: RedisSpool, site: str, known: dict[str, str | None]) -> None:
+        self._k = spool._k
+        self._site = site
+        self._known = known
+
+    def _get(self, kind: str, key: str) -> str | None:
+        full = self._k(kind, self._site, key)
+        if full not in self._known:
+            raise Missing(kind, full)
+        return self._known[full]
+
+    def alias(self, anonymous_id: str) -> str | None:
+        return self._get("alias", anonymous_id)
+
+    def user(self, user_id: str) -> str | None:
+        return self._get("user", user_id)
+
+    def message_seen(self, message_id: str) -> bool:
+        return self._get("msg", message_id) is not None
+
+    def order_seen(self, order_id: str) -> bool:
+        return self._get("ord", order_id) is not None
+
+    def state(self, visitor_id: str) -> VisitorState:
+        raw = self._get("st", visitor_id)
+        # Parsed afresh on every fold: a fold that ran into `Missing` may have changed the
+        # object it was given.
+        return VisitorState.from_dict(orjson.loads(raw)) if raw else VisitorState()
+
+
 class RedisSpool:
     def __init__(
         self,
@@ -181,10 +216,9 @@ class RedisSpool:
     ) -> None:
         self.url = url
         self.path = url  # what the app logs as "spool"
-        self._router = router
-        self._session_timeout = session_timeout
         self._alias_for = alias_for
-        self._new_id = new_id
+        self.rules = IngestRules(router=router, session_timeout=session_timeout,
+                                 alias_for=alias_for, new_id=new_id)
         self.prefix = prefix
         self.partitions = max(1, partitions)
         # Dedup keys live as long as SQLite keeps a message; events as long as their work may.
@@ -316,184 +350,111 @@ class RedisSpool:
 
     # ---- ingest ----------------------------------------------------------------------------
 
-    async def ingest(
-        self,
-        site: str,
-        messages: list[dict[str, Any]],
-        *,
-        cookie_visitor: str | None,
-        context: dict[str, Any],
-        hints: list[str | None] | None = None,
-    ) -> IngestResult:
-        """Store accepted messages (deduplicated) with their enrichment and delivery work:
-        the same semantics as `SqliteSpool.ingest`, committed in one Redis transaction."""
+    async def ingest(self, site: str, messages: list[dict[str, Any]],
+                     context: RequestContext) -> IngestResult:
+        """Store the messages as the ingest rules decide, in one Redis transaction."""
         received_at = time.time()
         for _ in range(_INGEST_TRIES):
             try:
-                return await self._ingest_once(site, messages, cookie_visitor, context,
-                                               received_at, hints)
+                return await self._ingest_once(site, messages, context, received_at)
             except WatchError:
                 # Another process changed one of these visitors (or stored one of these
                 # messages) since we read it: fold again on what is there now.
                 await asyncio.sleep(random.uniform(0, 0.002))
         raise RuntimeError("ingest: too much contention on the same visitors")
 
-    async def _resolve(
-        self, site: str, messages: list[dict[str, Any]], cookie_visitor: str | None,
-        hints: list[str | None] | None,
-    ) -> tuple[list[str | None], dict[str, str]]:
-        """Each message's visitor (as SqliteSpool._resolve_visitor) and the aliases to write."""
-        r = self._redis
-        anonymous = sorted({m["anonymousId"] for m in messages
-                            if isinstance(m.get("anonymousId"), str) and m["anonymousId"]})
-        aliases: dict[str, str | None] = {}
-        if anonymous:
-            found = await r.mget([self._k("alias", site, a) for a in anonymous])
-            aliases = dict(zip(anonymous, found, strict=True))
-        writes: dict[str, str] = {}
-        visitors: list[str | None] = []
-        for index, message in enumerate(messages):
-            hint = hints[index] if hints else None
-            anonymous_id = message.get("anonymousId")
-            known = cookie_visitor or hint
-            if not known and message.get("userId") and hint is not None:
-                known = await r.get(self._k("user", site, str(message["userId"])))
-            if anonymous_id:
-                current = aliases.get(anonymous_id)
-                if known:
-                    if current != known:
-                        aliases[anonymous_id] = writes[anonymous_id] = known
-                    visitors.append(known)
-                    continue
-                if current is not None:
-                    visitors.append(current)
-                    continue
-                visitor = self._alias_for(site, anonymous_id)
-                aliases[anonymous_id] = writes[anonymous_id] = visitor
-                visitors.append(visitor)
-                continue
-            visitors.append(known or None)
-        return visitors, writes
+    async def _ingest_once(self, site: str, messages: list[dict[str, Any]],
+                           context: RequestContext, received_at: float) -> IngestResult:
+        keys = self.rules.keys(messages, context)
+        k = self._k
+        wanted = [*(k("alias", site, a) for a in keys.anonymous_ids),
+                  *(k("user", site, u) for u in keys.user_ids),
+                  *(k("msg", site, m) for m in keys.message_ids),
+                  *(k("ord", site, o) for o in keys.order_ids),
+                  *(k("st", site, v) for v in keys.visitors)]
+        known: dict[str, str | None] = {}
+        async with self._redis.pipeline(transaction=True) as pipe:
+            await self._read(pipe, wanted, known)
+            # Read ahead the states the aliases and bindings point to, and those new aliases
+            # will make: most requests then fold in one pass.
+            await self._read(pipe, [k("st", site, v)
+                                    for v in self._likely_visitors(site, keys, known)], known)
+            for _ in range(len(messages) * 3 + 1):
+                try:
+                    plan = self.rules.fold(site, messages, context, _Snapshot(self, site, known),
+                                           received_at)
+                    break
+                except Missing as missing:
+                    await self._read(pipe, [missing.key], known)
+            else:  # pragma: no cover - the fold asks for at most a few keys per message
+                raise RuntimeError("ingest: the fold kept asking for more keys")
+            await self._commit(pipe, site, plan, received_at)
+        if plan.work:
+            self.on_new_work()
+        return plan.result
 
     @staticmethod
-    def _order_id(message: dict[str, Any]) -> str | None:
-        if message.get("type") != "track" or message.get("event") != ORDER_COMPLETED:
-            return None
-        props = message.get("properties")
-        order_id = props.get("order_id") if isinstance(props, dict) else None
-        return None if order_id in (None, "") else str(order_id)
+    async def _read(pipe: Any, keys: list[str], known: dict[str, str | None]) -> None:
+        """Read keys not read yet, WATCHing them: EXEC fails if any of them changes."""
+        new = [key for key in dict.fromkeys(keys) if key not in known]
+        if new:
+            await pipe.watch(*new)
+            known.update(zip(new, await pipe.mget(new), strict=True))
 
-    async def _ingest_once(
-        self, site: str, messages: list[dict[str, Any]], cookie_visitor: str | None,
-        context: dict[str, Any], received_at: float, hints: list[str | None] | None,
-    ) -> IngestResult:
-        resolved, alias_writes = await self._resolve(site, messages, cookie_visitor, hints)
-        result = IngestResult(visitor_id=cookie_visitor or "")
-        # A message with no visitor yet takes the request's first one, or a new one (as SQLite).
-        visitors: list[str] = []
-        for visitor in resolved:
-            if not visitor:
-                visitor = result.visitor_id or self._new_id()
-            if not result.visitor_id:
-                result.visitor_id = visitor
-            visitors.append(visitor)
-        state_keys = {v: self._k("st", site, v) for v in dict.fromkeys(visitors)}
-        dedup_keys = [self._k("msg", site, str(m["messageId"])) for m in messages]
-        order_ids = [self._order_id(m) for m in messages]
-        order_keys = {o: self._k("ord", site, o) for o in order_ids if o is not None}
-        watched = [*state_keys.values(), *dict.fromkeys(dedup_keys), *order_keys.values()]
-        consents = context.get("consent") or {}
+    def _likely_visitors(self, site: str, keys: Keys,
+                         known: dict[str, str | None]) -> list[str]:
+        found = [known.get(self._k("alias", site, a)) or self._alias_for(site, a)
+                 for a in keys.anonymous_ids]
+        found += [v for u in keys.user_ids if (v := known.get(self._k("user", site, u)))]
+        return list(dict.fromkeys(found))
 
-        async with self._redis.pipeline(transaction=True) as pipe:
-            await pipe.watch(*watched)
-            values = await pipe.mget(watched)
-            known = dict(zip(watched, values, strict=True))
-            states: dict[str, VisitorState] = {}
-            for visitor, key in state_keys.items():
-                raw = known[key]
-                states[visitor] = (VisitorState.from_dict(orjson.loads(raw)) if raw
-                                   else VisitorState())
-            seen_messages = {k for k in dedup_keys if known[k]}
-            seen_orders = {o for o, k in order_keys.items() if known[k]}
-            stored: list[tuple[str, StoredEvent, list[str], str | None]] = []
-            bindings: dict[str, str] = {}
-            touched: set[str] = set()
-            for index, message in enumerate(messages):
-                visitor = visitors[index]
-                if dedup_keys[index] in seen_messages:
-                    result.duplicates += 1
-                    continue
-                order_id = order_ids[index]
-                if order_id is not None and order_id in seen_orders:
-                    result.duplicates += 1
-                    # As SQLite: the messageId is not remembered for a refused duplicate order.
-                    continue
-                seen_messages.add(dedup_keys[index])
-                if order_id is not None:
-                    seen_orders.add(order_id)
-                state = states[visitor]
-                enrichment = apply(state, message, visitor_id=visitor, received_at=received_at,
-                                   session_timeout=self._session_timeout, new_id=self._new_id)
-                enrichment.ip = context.get("ip")
-                enrichment.user_agent = context.get("user_agent")
-                enrichment.bot = bool(context.get("bot"))
-                enrichment.source = context.get("source", "browser")
-                enrichment.consent = consents.get(index)
-                if enrichment.new_binding and enrichment.user_id:
-                    bindings[enrichment.user_id] = visitor
-                touched.add(visitor)
-                event = StoredEvent(site, message, enrichment)
-                stored.append((visitor, event, self._router(event), order_id))
-            result.stored = len(stored)
-            rows = sum(len(vendors) for _, _, vendors, _ in stored)
-            last_id = 0
-            if stored:
-                # Ids for the events and their work, reserved before MULTI (EXEC may still
-                # fail; a failed try only leaves a gap in the numbering).
-                last_id = int(await pipe.incrby(self._k("seq"), len(stored) + rows))
-            next_id = last_id - len(stored) - rows + 1
-
-            # All writes as one script call inside MULTI: EXEC still runs it only if nothing
-            # WATCHed changed, and one command with one reply costs far less than ~10 a
-            # message (measured: the client's packing and reply parsing dominated).
-            ops: list[Any] = []
-            state_ttl, event_ttl = self._state_ttl, self._event_ttl or 0
-            dedup_ttl = self._dedup_ttl or 0
-            for anonymous_id, visitor in alias_writes.items():
-                ops += ("S", self._k("alias", site, anonymous_id), visitor, state_ttl)
-            for user_id, visitor in bindings.items():
-                ops += ("S", self._k("user", site, user_id), visitor, state_ttl)
-            for visitor in touched:
-                ops += ("S", state_keys[visitor], orjson.dumps(states[visitor].to_dict()),
-                        state_ttl)
-            streams: set[str] = set()
-            stamp = repr(received_at)
-            for visitor, event, vendors, order_id in stored:
-                event_id, next_id = next_id, next_id + 1
-                event_key = self._k("ev", site, str(event_id))
-                ops += ("S", event_key, orjson.dumps(event.to_dict()), event_ttl,
-                        "S", self._k("msg", site, event.message_id), event_key, dedup_ttl)
-                if order_id is not None:
-                    ops += ("S", order_keys[order_id], event.message_id, dedup_ttl)
-                partition = self.partition_of(visitor)
-                for vendor in vendors:
-                    work_id, next_id = next_id, next_id + 1
-                    stream = self.stream_key(site, vendor, partition)
-                    streams.add(stream)
-                    ops += ("X", stream, work_id, event_key, visitor, stamp)
-            if stored:
-                ops += ("H", self._k("counts"), "messages", len(stored))
-            for stream in streams:
-                ops += ("A", self._k("queues"), stream)
-            if streams:
-                ops += ("P", self._k("wake"), site)
-            pipe.multi()
-            if ops:
-                pipe.eval(_COMMIT, 0, *ops)
-            await pipe.execute()
-        if rows:
-            self.on_new_work()
-        return result
+    async def _commit(self, pipe: Any, site: str, plan: IngestPlan, received_at: float) -> None:
+        """Write the plan inside MULTI, as one script call: EXEC still runs it only if nothing
+        WATCHed changed, and one command with one reply costs far less than ~10 a message
+        (measured: the client's packing and reply parsing dominated)."""
+        rows = plan.work
+        last_id = 0
+        if plan.stored:
+            # Ids for the events and their work, reserved before MULTI (EXEC may still fail;
+            # a failed try only leaves a gap in the numbering).
+            last_id = int(await pipe.incrby(self._k("seq"), len(plan.stored) + rows))
+        next_id = last_id - len(plan.stored) - rows + 1
+        ops: list[Any] = []
+        state_ttl, event_ttl = self._state_ttl, self._event_ttl or 0
+        dedup_ttl = self._dedup_ttl or 0
+        for anonymous_id, visitor in plan.aliases.items():
+            ops += ("S", self._k("alias", site, anonymous_id), visitor, state_ttl)
+        for user_id, visitor in plan.users.items():
+            ops += ("S", self._k("user", site, user_id), visitor, state_ttl)
+        for visitor, state in plan.states.items():
+            ops += ("S", self._k("st", site, visitor), orjson.dumps(state.to_dict()), state_ttl)
+        streams: set[str] = set()
+        stamp = repr(received_at)
+        for stored in plan.stored:
+            event = stored.event
+            event_id, next_id = next_id, next_id + 1
+            event_key = self._k("ev", site, str(event_id))
+            ops += ("S", event_key, orjson.dumps(event.to_dict()), event_ttl,
+                    "S", self._k("msg", site, event.message_id), event_key, dedup_ttl)
+            if stored.order_id is not None:
+                ops += ("S", self._k("ord", site, stored.order_id), event.message_id,
+                        dedup_ttl)
+            partition = self.partition_of(stored.visitor_id)
+            for vendor in stored.vendors:
+                work_id, next_id = next_id, next_id + 1
+                stream = self.stream_key(site, vendor, partition)
+                streams.add(stream)
+                ops += ("X", stream, work_id, event_key, stored.visitor_id, stamp)
+        if plan.stored:
+            ops += ("H", self._k("counts"), "messages", len(plan.stored))
+        for stream in streams:
+            ops += ("A", self._k("queues"), stream)
+        if streams:
+            ops += ("P", self._k("wake"), site)
+        pipe.multi()
+        if ops:
+            pipe.eval(_COMMIT, 0, *ops)
+        await pipe.execute()
 
     # ---- partitions: leases, claiming, reading -----------------------------------------------
 

@@ -29,8 +29,9 @@ from typing import Any
 
 import orjson
 
-from shoprelay.events import ORDER_COMPLETED, StoredEvent
-from shoprelay.identity.state import VisitorState, apply
+from shoprelay.events import StoredEvent
+from shoprelay.identity.state import VisitorState
+from shoprelay.ingest.rules import IngestRules, RequestContext
 from shoprelay.spool.base import (
     DEAD,
     DELIVERED,
@@ -135,6 +136,35 @@ def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute("DROP INDEX IF EXISTS outbox_visitor")
 
 
+class _Snapshot:
+    """The ingest rules' view of the file, read inside the writer's open transaction."""
+
+    def __init__(self, spool: SqliteSpool, conn: sqlite3.Connection, site: str) -> None:
+        self._spool, self._conn, self._site = spool, conn, site
+
+    def _one(self, sql: str, key: str) -> Any:
+        row = self._conn.execute(sql, (self._site, key)).fetchone()
+        return row[0] if row else None
+
+    def alias(self, anonymous_id: str) -> str | None:
+        return self._one("SELECT visitor_id FROM aliases WHERE site=? AND anonymous_id=?",
+                         anonymous_id)
+
+    def user(self, user_id: str) -> str | None:
+        return self._one("SELECT visitor_id FROM users WHERE site=? AND user_id=?", user_id)
+
+    def message_seen(self, message_id: str) -> bool:
+        return self._one("SELECT 1 FROM messages WHERE site=? AND message_id=?",
+                         message_id) is not None
+
+    def order_seen(self, order_id: str) -> bool:
+        return self._one("SELECT 1 FROM orders WHERE site=? AND order_id=?",
+                         order_id) is not None
+
+    def state(self, visitor_id: str) -> VisitorState:
+        return self._spool._state(self._conn, self._site, visitor_id)
+
+
 class SqliteSpool:
     def __init__(
         self,
@@ -147,18 +177,19 @@ class SqliteSpool:
         new_id: Callable[[], str],
     ) -> None:
         self.path = path
-        self._router = router
         self._sync = sync
-        self._session_timeout = session_timeout
-        self._alias_for = alias_for
-        self._new_id = new_id
+        self.rules = IngestRules(router=router, session_timeout=session_timeout,
+                                 alias_for=alias_for, new_id=new_id)
         self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._states: OrderedDict[tuple[str, str], VisitorState] = OrderedDict()
         self._writer: threading.Thread | None = None
         self._reader_lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
-        #: Set (from the writer thread) whenever new outbox work was committed.
+        #: Called (from the writer thread) after a commit that made new work visible.
         self.on_new_work: Callable[[], None] = lambda: None
+        #: Set by an operation that creates work; announced only once its commit is done, so
+        #: a woken worker can never look before the work is there (a lost wake-up).
+        self._announce = False
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -207,6 +238,7 @@ class SqliteSpool:
                     results.append((op, *self._run_op(conn, op)))
                 conn.execute("COMMIT")
             except Exception as exc:
+                self._announce = False
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 # Cached visitor states may hold changes that were rolled back.
@@ -215,6 +247,9 @@ class SqliteSpool:
                     if not op.future.done():
                         op.future.set_exception(exc)
                 continue
+            if self._announce:
+                self._announce = False
+                self.on_new_work()
             for op, result, error in results:
                 if error is not None:
                     op.future.set_exception(error)
@@ -223,26 +258,20 @@ class SqliteSpool:
         conn.close()
 
     def _run_op(self, conn: sqlite3.Connection, op: _Op) -> tuple[Any, BaseException | None]:
-        """Run one operation in its own savepoint: a failing one must not sink its neighbours.
-
-        An `InterfaceError` ("bad parameter or other API misuse") is the sqlite3 module's, not
-        the data's: it was seen, rarely, on a delivery mark under load. The operation is run
-        once more, since losing a "delivered" mark would send that event again."""
-        for attempt in (1, 2):
-            conn.execute("SAVEPOINT op")
-            try:
-                result = op.run(conn)
-                conn.execute("RELEASE op")
-                return result, None
-            except Exception as exc:
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-                self._states.clear()  # the op may have changed cached states
-                if attempt == 1 and isinstance(exc, sqlite3.InterfaceError):
-                    log.warning("spool write failed (%s); trying it once more", exc, exc_info=True)
-                    continue
-                return None, exc
-        raise AssertionError("unreachable")
+        """Run one operation in its own savepoint: a failing one must not sink its neighbours."""
+        conn.execute("SAVEPOINT op")
+        try:
+            result = op.run(conn)
+        except Exception as exc:
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            self._states.clear()  # the op may have changed cached states
+            return None, exc
+        conn.execute("RELEASE op")
+        if isinstance(result, sqlite3.Cursor):  # never let one leave the writer's thread
+            result.close()
+            result = None
+        return result, None
 
     async def _write(self, run: Callable[[sqlite3.Connection], Any]) -> Any:
         future: Future[Any] = Future()
@@ -259,52 +288,13 @@ class SqliteSpool:
 
     # ---- ingest ----------------------------------------------------------------------------
 
-    async def ingest(
-        self,
-        site: str,
-        messages: list[dict[str, Any]],
-        *,
-        cookie_visitor: str | None,
-        context: dict[str, Any],
-        hints: list[str | None] | None = None,
-    ) -> IngestResult:
-        """Store accepted messages (deduplicated) with their enrichment and delivery work.
-
-        `context` holds what the request tells about all its messages (ip, user_agent, bot,
-        source, consent by message index); `hints` (server API) names each message's visitor
-        where the shop's backend knew it ("" = look the user id up)."""
+    async def ingest(self, site: str, messages: list[dict[str, Any]],
+                     context: RequestContext) -> IngestResult:
+        """Store accepted messages as the ingest rules decide (deduplicated, enriched, with
+        their delivery work), in one transaction of the writer."""
         received_at = time.time()
         return await self._write(
-            lambda conn: self._ingest(conn, site, messages, cookie_visitor, context, received_at,
-                                      hints))
-
-    def _resolve_visitor(
-        self, conn: sqlite3.Connection, site: str, message: dict[str, Any],
-        cookie_visitor: str | None, hint: str | None,
-    ) -> str:
-        """Which visitor a message belongs to: the signed cookie (or, from the shop's backend,
-        the cookie value it passed on), else the visitor its user id was last bound to (server
-        messages), else its anonymousId's alias, else none yet."""
-        anonymous_id = message.get("anonymousId")
-        known = cookie_visitor or hint
-        if not known and message.get("userId") and hint is not None:
-            row = conn.execute("SELECT visitor_id FROM users WHERE site=? AND user_id=?",
-                               (site, message["userId"])).fetchone()
-            known = str(row[0]) if row else None
-        if anonymous_id:
-            row = conn.execute("SELECT visitor_id FROM aliases WHERE site=? AND anonymous_id=?",
-                               (site, anonymous_id)).fetchone()
-            if known:
-                if row is None or row[0] != known:
-                    conn.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?, ?)",
-                                 (site, anonymous_id, known))
-                return known
-            if row is not None:
-                return str(row[0])
-            visitor = self._alias_for(site, anonymous_id)
-            conn.execute("INSERT INTO aliases VALUES (?, ?, ?)", (site, anonymous_id, visitor))
-            return visitor
-        return known or ""
+            lambda conn: self._ingest(conn, site, messages, context, received_at))
 
     def _state(self, conn: sqlite3.Connection, site: str, visitor: str) -> VisitorState:
         key = (site, visitor)
@@ -320,79 +310,37 @@ class SqliteSpool:
             self._states.popitem(last=False)
         return state
 
-    def _ingest(
-        self,
-        conn: sqlite3.Connection,
-        site: str,
-        messages: list[dict[str, Any]],
-        cookie_visitor: str | None,
-        context: dict[str, Any],
-        received_at: float,
-        hints: list[str | None] | None = None,
-    ) -> IngestResult:
-        result = IngestResult(visitor_id=cookie_visitor or "")
-        touched: dict[str, VisitorState] = {}
-        work = False
-        consents = context.get("consent") or {}
-        for index, message in enumerate(messages):
-            hint = hints[index] if hints else None
-            visitor = self._resolve_visitor(conn, site, message, cookie_visitor, hint)
-            if not visitor:
-                visitor = result.visitor_id or self._new_id()
-            if not result.visitor_id:
-                result.visitor_id = visitor
-            message_id = message["messageId"]
-            seen = conn.execute("SELECT 1 FROM messages WHERE site=? AND message_id=?",
-                                (site, message_id)).fetchone()
-            if seen or self._order_seen(conn, site, message):
-                result.duplicates += 1
-                continue
-            state = self._state(conn, site, visitor)
-            enrichment = apply(state, message, visitor_id=visitor, received_at=received_at,
-                               session_timeout=self._session_timeout, new_id=self._new_id)
-            enrichment.ip = context.get("ip")
-            enrichment.user_agent = context.get("user_agent")
-            enrichment.bot = bool(context.get("bot"))
-            enrichment.source = context.get("source", "browser")
-            enrichment.consent = consents.get(index)
-            if enrichment.new_binding and enrichment.user_id:
-                conn.execute("INSERT OR REPLACE INTO users VALUES (?, ?, ?)",
-                             (site, enrichment.user_id, visitor))
-            touched[visitor] = state
-            event = StoredEvent(site, message, enrichment)
+    def _ingest(self, conn: sqlite3.Connection, site: str, messages: list[dict[str, Any]],
+                context: RequestContext, received_at: float) -> IngestResult:
+        plan = self.rules.fold(site, messages, context, _Snapshot(self, conn, site),
+                               received_at)
+        conn.executemany("INSERT OR REPLACE INTO aliases VALUES (?, ?, ?)",
+                         [(site, a, v) for a, v in plan.aliases.items()])
+        conn.executemany("INSERT OR REPLACE INTO users VALUES (?, ?, ?)",
+                         [(site, u, v) for u, v in plan.users.items()])
+        for stored in plan.stored:
+            event = stored.event
+            if stored.order_id is not None:
+                conn.execute("INSERT OR IGNORE INTO orders VALUES (?, ?, ?)",
+                             (site, stored.order_id, event.message_id))
             cursor = conn.execute(
                 "INSERT INTO messages (site, message_id, visitor_id, received_at, data) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (site, message_id, visitor, received_at, orjson.dumps(event.to_dict())))
-            rowid = cursor.lastrowid
-            vendors = self._router(event)
-            if vendors:
-                work = True
+                (site, event.message_id, stored.visitor_id, received_at,
+                 orjson.dumps(event.to_dict())))
+            if stored.vendors:
+                rowid = cursor.lastrowid
                 conn.executemany(
                     "INSERT INTO outbox (message, site, vendor, visitor_id, created_at, "
                     "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    [(rowid, site, v, visitor, received_at, received_at) for v in vendors])
-            result.stored += 1
-        for visitor, state in touched.items():
-            conn.execute("INSERT OR REPLACE INTO visitors VALUES (?, ?, ?, ?)",
-                         (site, visitor, orjson.dumps(state.to_dict()), received_at))
-        if work:
-            self.on_new_work()
-        return result
-
-    @staticmethod
-    def _order_seen(conn: sqlite3.Connection, site: str, message: dict[str, Any]) -> bool:
-        """An order reaches vendors once, whether the browser, the shop's backend or both
-        reported it (same `order_id`, different messageIds)."""
-        if message.get("type") != "track" or message.get("event") != ORDER_COMPLETED:
-            return False
-        props = message.get("properties")
-        order_id = props.get("order_id") if isinstance(props, dict) else None
-        if order_id in (None, ""):
-            return False
-        inserted = conn.execute("INSERT OR IGNORE INTO orders VALUES (?, ?, ?)",
-                                (site, str(order_id), message["messageId"])).rowcount
-        return inserted == 0
+                    [(rowid, site, v, stored.visitor_id, received_at, received_at)
+                     for v in stored.vendors])
+        conn.executemany("INSERT OR REPLACE INTO visitors VALUES (?, ?, ?, ?)",
+                         [(site, visitor, orjson.dumps(state.to_dict()), received_at)
+                          for visitor, state in plan.states.items()])
+        if plan.work:
+            self._announce = True
+        return plan.result
 
     # ---- delivery --------------------------------------------------------------------------
 
@@ -430,32 +378,41 @@ class SqliteSpool:
 
         return await self._read(run)
 
+    async def _write_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            # Nothing of the writer's connection may leave its thread: a cursor handed back
+            # through the future would be finalised on the event loop's thread, which sqlite3
+            # answers with "bad parameter or other API misuse" on a later statement.
+            conn.executemany(sql, rows).close()
+
+        await self._write(run)
+
     async def mark_done(self, ids: list[int], *, skipped: bool = False,
                         status: int | None = None) -> None:
         now = time.time()
         state = SKIPPED if skipped else DELIVERED
-        await self._write(lambda conn: conn.executemany(
+        await self._write_many(
             "UPDATE outbox SET state=?, status=?, attempts=attempts+1, updated_at=?, error=NULL "
-            "WHERE id=?", [(state, status, now, i) for i in ids]))
+            "WHERE id=?", [(state, status, now, i) for i in ids])
 
     async def mark_progress(self, row_id: int, sent: int) -> None:
-        await self._write(lambda conn: conn.execute(
-            "UPDATE outbox SET sent=?, updated_at=? WHERE id=?", (sent, time.time(), row_id)))
+        await self._write_many("UPDATE outbox SET sent=?, updated_at=? WHERE id=?",
+                               [(sent, time.time(), row_id)])
 
     async def mark_retry(self, ids: list[int], *, next_at: float, status: int | None,
                          error: str) -> None:
         now = time.time()
-        await self._write(lambda conn: conn.executemany(
+        await self._write_many(
             "UPDATE outbox SET attempts=attempts+1, next_at=?, status=?, error=?, updated_at=? "
-            "WHERE id=?", [(next_at, status, error, now, i) for i in ids]))
+            "WHERE id=?", [(next_at, status, error, now, i) for i in ids])
 
     async def mark_dead(self, ids: list[int], *, status: int | None, error: str,
                         response: str = "", request: str = "") -> None:
         now = time.time()
-        await self._write(lambda conn: conn.executemany(
+        await self._write_many(
             "UPDATE outbox SET state=?, attempts=attempts+1, status=?, error=?, response=?, "
             "request=?, updated_at=? WHERE id=?",
-            [(DEAD, status, error, response, request, now, i) for i in ids]))
+            [(DEAD, status, error, response, request, now, i) for i in ids])
 
     # ---- dead letters, statistics, retention ------------------------------------------------
 
@@ -498,7 +455,7 @@ class SqliteSpool:
                 args.append(dead_id)
             count = conn.execute(sql, args).rowcount
             if count:
-                self.on_new_work()
+                self._announce = True
             return count
 
         return await self._write(run)

@@ -1,0 +1,226 @@
+"""The rules of ingest, written once for every spool backend.
+
+Which visitor a message belongs to, whether it was seen before (as a resend or as an order
+already reported), what it changes in the visitor's state, what the relay adds to it and which
+vendors get it: all of that is decided here, by a pure fold over the request's messages. A
+spool backend only does what storage must do: read what the fold asks for (through a
+`Snapshot`), and write the resulting `IngestPlan` atomically. SQLite reads inside its writer's
+transaction; Redis reads under WATCH and, when the fold asks for a key it did not read yet,
+reads it and folds again (the fold has no side effects until the plan is written).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from shoprelay.events import ORDER_COMPLETED, StoredEvent
+from shoprelay.identity.state import VisitorState, apply
+
+#: Given a stored event, the vendor names that should receive it.
+Router = Callable[[StoredEvent], list[str]]
+
+
+@dataclass(slots=True)
+class IngestResult:
+    """What the ingest answer reports: the request's visitor and what was stored."""
+
+    visitor_id: str
+    stored: int = 0
+    duplicates: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What one ingest request tells about all of its messages (replaces a loose dict).
+
+    `consent` is per message index. `hints` is for the server API only: per message, the
+    visitor the shop's backend named by passing on the `sc` cookie value ("" = look the
+    message's user id up), or None for a browser request."""
+
+    source: str = "browser"
+    cookie_visitor: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+    bot: bool = False
+    consent: dict[int, dict[str, bool] | None] = field(default_factory=dict)
+    hints: Sequence[str | None] | None = None
+
+    def hint(self, index: int) -> str | None:
+        return self.hints[index] if self.hints else None
+
+
+class Snapshot(Protocol):
+    """What the fold reads from storage; every value as it was before this request.
+
+    A backend that cannot answer a key yet (Redis reads in rounds) raises `Missing` naming it;
+    the fold is then run again once the key was read."""
+
+    def alias(self, anonymous_id: str) -> str | None: ...
+
+    def user(self, user_id: str) -> str | None: ...
+
+    def message_seen(self, message_id: str) -> bool: ...
+
+    def order_seen(self, order_id: str) -> bool: ...
+
+    def state(self, visitor_id: str) -> VisitorState:
+        """The visitor's state, an object the fold may change in place (a fresh one, or the
+        backend's cached copy that a rolled-back write discards)."""
+        ...
+
+
+class Missing(Exception):  # noqa: N818 - a request for more data, not an error
+    """The snapshot was asked for keys it has not read: read them, then fold again."""
+
+    def __init__(self, kind: str, key: str) -> None:
+        super().__init__(f"{kind} {key!r} not read yet")
+        self.kind = kind
+        self.key = key
+
+
+@dataclass(slots=True)
+class StoredMessage:
+    """One accepted, new message as it is to be stored, with the vendors that get it."""
+
+    visitor_id: str
+    event: StoredEvent
+    vendors: list[str]
+    order_id: str | None = None
+
+
+@dataclass(slots=True)
+class IngestPlan:
+    """Everything one request writes, decided by the fold: the backend writes it atomically."""
+
+    result: IngestResult
+    #: anonymousId → visitor id, new or moved.
+    aliases: dict[str, str] = field(default_factory=dict)
+    #: user id → visitor id, for new bindings.
+    users: dict[str, str] = field(default_factory=dict)
+    #: The states of the visitors this request changed.
+    states: dict[str, VisitorState] = field(default_factory=dict)
+    stored: list[StoredMessage] = field(default_factory=list)
+
+    @property
+    def work(self) -> int:
+        """Delivery rows the plan creates (one per stored message and vendor)."""
+        return sum(len(m.vendors) for m in self.stored)
+
+
+def order_id_of(message: dict[str, Any]) -> str | None:
+    """The `order_id` of an `Order Completed`, the key orders are deduplicated on."""
+    if message.get("type") != "track" or message.get("event") != ORDER_COMPLETED:
+        return None
+    props = message.get("properties")
+    order_id = props.get("order_id") if isinstance(props, dict) else None
+    return None if order_id in (None, "") else str(order_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The keys a request will certainly read (a backend that reads ahead starts with them)."""
+
+    anonymous_ids: list[str]
+    user_ids: list[str]
+    message_ids: list[str]
+    order_ids: list[str]
+    visitors: list[str]
+
+
+class IngestRules:
+    """The fold of a request's messages into stored events, state changes and work."""
+
+    def __init__(self, *, router: Router, session_timeout: float,
+                 alias_for: Callable[[str, str], str], new_id: Callable[[], str]) -> None:
+        self.router = router
+        self.session_timeout = session_timeout
+        self.alias_for = alias_for
+        self.new_id = new_id
+
+    @staticmethod
+    def keys(messages: list[dict[str, Any]], context: RequestContext) -> Keys:
+        anonymous = [m["anonymousId"] for m in messages
+                     if isinstance(m.get("anonymousId"), str) and m["anonymousId"]]
+        users = [str(m["userId"]) for i, m in enumerate(messages)
+                 if m.get("userId") and context.hint(i) == ""]
+        visitors = [v for v in (context.cookie_visitor, *(context.hints or ())) if v]
+        return Keys(list(dict.fromkeys(anonymous)), list(dict.fromkeys(users)),
+                    [str(m["messageId"]) for m in messages],
+                    [o for o in (order_id_of(m) for m in messages) if o is not None],
+                    list(dict.fromkeys(visitors)))
+
+    def fold(self, site: str, messages: list[dict[str, Any]], context: RequestContext,
+             snapshot: Snapshot, received_at: float) -> IngestPlan:
+        """Decide what the request stores. Pure but for `new_id` and the snapshot's reads;
+        may raise `Missing` (nothing is decided then)."""
+        plan = IngestPlan(IngestResult(visitor_id=context.cookie_visitor or ""))
+        seen_messages: set[str] = set()
+        seen_orders: set[str] = set()
+        fresh: set[str] = set()
+        for index, message in enumerate(messages):
+            visitor = self._visitor(site, message, context.hint(index), context, snapshot, plan)
+            if not visitor:
+                # No cookie, alias or binding: the request's first visitor, else a new one
+                # (whose state is empty: nothing to read).
+                visitor = plan.result.visitor_id
+                if not visitor:
+                    visitor = self.new_id()
+                    fresh.add(visitor)
+            if not plan.result.visitor_id:
+                plan.result.visitor_id = visitor
+            message_id = str(message["messageId"])
+            order_id = order_id_of(message)
+            if (message_id in seen_messages or snapshot.message_seen(message_id)
+                    or (order_id is not None
+                        and (order_id in seen_orders or snapshot.order_seen(order_id)))):
+                # A resend, or an order already reported by the browser or the backend (same
+                # order_id, another messageId): it reaches vendors once. The messageId of a
+                # refused duplicate order is not remembered.
+                plan.result.duplicates += 1
+                continue
+            seen_messages.add(message_id)
+            if order_id is not None:
+                seen_orders.add(order_id)
+            state = plan.states.get(visitor)
+            if state is None:
+                state = VisitorState() if visitor in fresh else snapshot.state(visitor)
+            enrichment = apply(state, message, visitor_id=visitor, received_at=received_at,
+                               session_timeout=self.session_timeout, new_id=self.new_id)
+            enrichment.ip = context.ip
+            enrichment.user_agent = context.user_agent
+            enrichment.bot = context.bot
+            enrichment.source = context.source
+            enrichment.consent = context.consent.get(index)
+            if enrichment.new_binding and enrichment.user_id:
+                plan.users[enrichment.user_id] = visitor
+            plan.states[visitor] = state
+            event = StoredEvent(site, message, enrichment)
+            plan.stored.append(StoredMessage(visitor, event, self.router(event), order_id))
+        plan.result.stored = len(plan.stored)
+        return plan
+
+    def _visitor(self, site: str, message: dict[str, Any], hint: str | None,
+                 context: RequestContext, snapshot: Snapshot, plan: IngestPlan) -> str:
+        """Which visitor a message belongs to: the signed cookie (or, from the shop's backend,
+        the cookie value it passed on), else the visitor its user id is bound to (server
+        messages), else its anonymousId's alias, else none yet ("")."""
+        known = context.cookie_visitor or hint
+        user_id = message.get("userId")
+        if not known and user_id and hint == "":
+            known = plan.users.get(str(user_id)) or snapshot.user(str(user_id))
+        anonymous_id = message.get("anonymousId")
+        if not isinstance(anonymous_id, str) or not anonymous_id:
+            return known or ""
+        current = plan.aliases.get(anonymous_id) or snapshot.alias(anonymous_id)
+        if known:
+            if current != known:
+                plan.aliases[anonymous_id] = known
+            return known
+        if current is not None:
+            return current
+        visitor = self.alias_for(site, anonymous_id)
+        plan.aliases[anonymous_id] = visitor
+        return visitor
+
