@@ -213,6 +213,9 @@ class SqliteSpool:
             self._reader.close()
             self._reader = None
 
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
     # ---- the writer ------------------------------------------------------------------------
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
