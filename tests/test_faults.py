@@ -4,6 +4,8 @@ its request was in flight when the relay died."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -264,3 +266,24 @@ def test_sandbox_fault_listing(tmp_path: Path) -> None:
         fault(sb, "alana", kind="status", status=503, count=2)
         listed = httpx.get(f"{sb}/_sandbox/alana/faults").json()
         assert listed["in_flight"] == 0 and listed["faults"][0]["count"] == 2
+
+
+def test_a_second_relay_on_the_same_sqlite_file_is_refused_at_start(tmp_path: Path) -> None:
+    """`--workers N` or a second `serve` on one SQLite file would deliver every event twice:
+    the second process refuses to start and says why; the first keeps delivering."""
+    with sandbox() as sb:
+        cfg = write_settings(tmp_path / "s.toml", spool=tmp_path / "spool.db", sandbox_url=sb,
+                             vendors=["goshops"])
+        first = RelayProcess(cfg, tmp_path / "first.log")
+        try:
+            second = subprocess.run(
+                [sys.executable, "-m", "shoprelay", "serve", "--config", str(cfg),
+                 "--port", str(free_port()), "--log-level", "warning"],
+                capture_output=True, text=True, timeout=60)
+            assert second.returncode != 0
+            output = second.stdout + second.stderr
+            assert "one process per SQLite file" in output, output
+            post(first.url, [view(1)])
+            wait_delivered(sb, "goshops", {1})
+        finally:
+            first.terminate()

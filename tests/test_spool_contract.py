@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -253,5 +255,78 @@ def test_prune_forgets_finished_work_and_keeps_queued(backend: Backend) -> None:
         assert removed >= 1
         assert [r.event.message_id for r in await due(spool)] == ["m2"]
         assert (await spool.stats()).counts["alana"]["queued"] == 2
+
+    run(backend, scenario)
+
+
+def test_prune_forgets_visitors_not_seen_within_retention(backend: Backend) -> None:
+    """A visitor not seen for longer than the retention is forgotten with its alias and user
+    binding (queued work carries its own enrichment), so the store stays bounded."""
+    async def scenario(spool: Spool) -> None:
+        identify = {"type": "identify", "messageId": "id-1", "userId": "u-1",
+                    "anonymousId": "old"}
+        await spool.ingest("s", [identify, view(1, "old")], BROWSER)
+        cutoff = time.time() + 0.01
+        await asyncio.sleep(0.02)
+        await spool.ingest("s", [view(2, "new")], BROWSER)
+        await spool.prune(cutoff)
+        server = RequestContext(source="server", hints=[""])
+        order = track("Order Completed", "o-1", None, order_id="1", total=1)
+        order["userId"] = "u-1"
+        found = await spool.ingest("s", [order], server)
+        old = COOKIE.visitor_for_anonymous_id("s", "old")
+        assert found.visitor_id != old  # the binding went with the visitor
+        again = {r.event.message_id: r.event.enrichment for r in await due(spool)}
+        assert again["o-1"].user_id is None
+        assert "m1" in again  # its queued work is still there
+
+    if backend.kind == "redis":
+        # Redis forgets by TTL: a retention of one second stands for the cut-off.
+        async def expiring(spool: Spool) -> None:
+            identify = {"type": "identify", "messageId": "id-1", "userId": "u-1",
+                        "anonymousId": "old"}
+            await spool.ingest("s", [identify], BROWSER)
+            await asyncio.sleep(2.2)
+            server = RequestContext(source="server", hints=[""])
+            order = track("Order Completed", "o-1", None, order_id="1", total=1)
+            order["userId"] = "u-1"
+            found = await spool.ingest("s", [order], server)
+            assert found.visitor_id != COOKIE.visitor_for_anonymous_id("s", "old")
+
+        run(backend, expiring, state_ttl=1.0)
+        return
+    run(backend, scenario)
+
+
+def test_a_second_delivering_process_is_refused_where_the_backend_cannot_share(
+        backend: Backend) -> None:
+    """SQLite delivers from one process only (`due` hands work out per process); Redis shares
+    delivery between any number of processes."""
+    other_process = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_spool_contract import Backend
+from pathlib import Path
+folder = Path({str(Path(backend.path).parent)!r})
+spool = Backend({backend.kind!r}, folder, {backend.prefix!r}).make()
+try:
+    spool.claim_delivery()
+except RuntimeError as exc:
+    print("refused:", exc)
+else:
+    print("claimed")
+spool.close()
+"""
+
+    async def scenario(spool: Spool) -> None:
+        spool.claim_delivery()
+        spool.claim_delivery()  # the same process may ask again
+        answer = subprocess.run([sys.executable, "-c", other_process], capture_output=True,
+                                text=True, timeout=60)
+        if backend.kind == "sqlite":
+            assert answer.stdout.startswith("refused:"), answer
+            assert "one process per SQLite file" in answer.stdout
+        else:
+            assert answer.stdout.strip() == "claimed", answer
 
     run(backend, scenario)

@@ -70,7 +70,9 @@ def make_spool(settings: Settings, router: Router, cookie: VisitorCookie) -> Any
             retention=relay.retention_hours * 3600.0,
             max_age=relay.delivery_max_age_hours * 3600.0,
             lease_seconds=relay.redis_lease_seconds,
-            state_ttl=relay.cookie_max_age_days * 86400.0)
+            # A visitor not seen within retention is forgotten, as the SQLite spool prunes it.
+            state_ttl=(relay.retention_hours * 3600.0 if relay.retention_hours > 0
+                       else relay.cookie_max_age_days * 86400.0))
     return SqliteSpool(
         spool_path(relay.spool), router=router, sync=relay.spool_sync,
         session_timeout=relay.session_timeout_minutes * 60.0,
@@ -151,6 +153,7 @@ def create_app(settings: Settings, *, delivery: DeliveryOptions | None = None,
         forwarder.bus = bus
         app.state.forwarder = forwarder
         if forward:
+            spool.claim_delivery()  # SQLite: refuse a second delivering process
             forwarder.start()
         where = (redacted(relay.spool) if is_redis(relay.spool)
                  else Path(spool.path).resolve())

@@ -31,6 +31,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     configure_logs(args.log_level, settings.relay.log_format)
     app = create_app(settings)
+    try:
+        # Before uvicorn starts: a second relay on one SQLite file says why in one line.
+        app.state.spool.claim_delivery()
+    except RuntimeError as exc:
+        print(f"shoprelay: {exc}", file=sys.stderr)
+        return 2
     grace = settings.relay.shutdown_grace_seconds
 
     class Server(uvicorn.Server):

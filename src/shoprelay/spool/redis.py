@@ -265,6 +265,9 @@ class RedisSpool:
             task.cancel()
         self._tasks = []
 
+    def claim_delivery(self) -> None:
+        """Any number of processes deliver from one Redis (partition leases keep order)."""
+
     async def aclose(self) -> None:
         """Stop heartbeats, hand every held partition on (its pending entries marked idle so
         the next holder claims them at once) and close the connections."""

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -93,6 +95,7 @@ CREATE TABLE IF NOT EXISTS orders (
     site TEXT NOT NULL,
     order_id TEXT NOT NULL,
     message_id TEXT NOT NULL,
+    received_at REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (site, order_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS aliases (
@@ -101,7 +104,13 @@ CREATE TABLE IF NOT EXISTS aliases (
     visitor_id TEXT NOT NULL,
     PRIMARY KEY (site, anonymous_id)
 ) WITHOUT ROWID;
+-- Retention forgets visitors not seen for a while, with their aliases and user bindings.
+CREATE INDEX IF NOT EXISTS visitors_seen ON visitors (updated_at);
+CREATE INDEX IF NOT EXISTS aliases_visitor ON aliases (site, visitor_id);
+CREATE INDEX IF NOT EXISTS users_visitor ON users (site, visitor_id);
 """
+#: Made after `_migrate` (an older file's orders table gains its column there first).
+_ORDERS_INDEX = "CREATE INDEX IF NOT EXISTS orders_time ON orders (received_at)"
 
 log = logging.getLogger("shoprelay.spool")
 
@@ -131,9 +140,23 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if "request" not in columns:
         # The failed request of a dead letter, apart from the vendor's answer.
         conn.execute("ALTER TABLE outbox ADD COLUMN request TEXT")
+    if "received_at" not in {row[1] for row in conn.execute("PRAGMA table_info(orders)")}:
+        # Orders are forgotten with their messages; those recorded before are dated now.
+        conn.execute("ALTER TABLE orders ADD COLUMN received_at REAL NOT NULL DEFAULT 0")
+        conn.execute("UPDATE orders SET received_at = ?", (time.time(),))
+    conn.execute(_ORDERS_INDEX)
     # Replaced by the partial `outbox_parked`: it cost every insert and made `due` quadratic
     # in a visitor's backlog.
     conn.execute("DROP INDEX IF EXISTS outbox_visitor")
+
+
+#: Delivery claims this process holds, by spool file: one per file, whichever spool object
+#: (the command line's early check, then the app's) asks for it.
+_DELIVERY_LOCKS: dict[str, Any] = {}
+
+
+class SpoolBusy(RuntimeError):
+    """Another process already delivers from this SQLite file."""
 
 
 class _Snapshot:
@@ -190,6 +213,8 @@ class SqliteSpool:
         #: Set by an operation that creates work; announced only once its commit is done, so
         #: a woken worker can never look before the work is there (a lost wake-up).
         self._announce = False
+        #: The delivery claim (see `claim_delivery`), held while this process delivers.
+        self._lock: str | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -212,9 +237,44 @@ class SqliteSpool:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._lock is not None:
+            held = _DELIVERY_LOCKS.pop(self._lock, None)
+            if held is not None:
+                held.close()  # releases the flock
+            self._lock = None
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
+
+    def claim_delivery(self) -> None:
+        """Become the one process that delivers from this file, or refuse to start.
+
+        Two processes delivering from one SQLite file (`uvicorn --workers N`, or a second
+        `serve`) would both send every event: `due` hands work out per process. The claim is
+        an exclusive lock on a file beside the spool, held until the process ends (the kernel
+        drops it even on SIGKILL); the command line's tools (`deadletter`, `spool`) never
+        claim, so they work beside a running relay."""
+        if self.path == ":memory:" or self._lock is not None:
+            return
+        key = str(Path(self.path).resolve())
+        held = _DELIVERY_LOCKS.get(key)
+        if held is None:
+            held = open(self.path + ".deliver.lock", "a+")  # noqa: SIM115 - held while running
+            try:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held.seek(0)
+                holder = held.read().strip() or "another process"
+                held.close()
+                raise SpoolBusy(
+                    f"the SQLite spool {self.path} is already delivered from by {holder}: "
+                    f"one process per SQLite file (use spool = \"redis://...\" for several "
+                    f"processes or uvicorn --workers)") from None
+            held.truncate(0)
+            held.write(f"pid {os.getpid()}\n")
+            held.flush()
+            _DELIVERY_LOCKS[key] = held
+        self._lock = key
 
     # ---- the writer ------------------------------------------------------------------------
 
@@ -324,8 +384,8 @@ class SqliteSpool:
         for stored in plan.stored:
             event = stored.event
             if stored.order_id is not None:
-                conn.execute("INSERT OR IGNORE INTO orders VALUES (?, ?, ?)",
-                             (site, stored.order_id, event.message_id))
+                conn.execute("INSERT OR IGNORE INTO orders VALUES (?, ?, ?, ?)",
+                             (site, stored.order_id, event.message_id, received_at))
             cursor = conn.execute(
                 "INSERT INTO messages (site, message_id, visitor_id, received_at, data) "
                 "VALUES (?, ?, ?, ?, ?)",
@@ -486,8 +546,9 @@ class SqliteSpool:
         return total
 
     async def prune(self, older_than: float, *, chunk: int = 2000) -> int:
-        """Forget work finished (delivered, skipped or dead) before `older_than`, and the
-        messages no work refers to any more; returns the outbox rows removed.
+        """Forget work finished (delivered, skipped or dead) before `older_than`, the messages
+        no work refers to any more, the visitors not seen since (with their aliases and user
+        bindings) and the orders recorded before it; returns the outbox rows removed.
 
         Deletes go in chunks, each its own write, so a large backlog never holds the single
         writer (and with it every ingest answer) for long. Dedup remembers a messageId as long
@@ -508,9 +569,27 @@ class SqliteSpool:
                 "COALESCE((SELECT message FROM outbox ORDER BY id LIMIT 1), 9e18) "
                 "AND received_at < ? LIMIT ?)", (older_than, chunk)).rowcount
 
+        def visitors(conn: sqlite3.Connection) -> int:
+            # A visitor not seen within retention is forgotten with its aliases and user
+            # bindings: queued work never needs it (each event carries its enrichment).
+            gone = conn.execute("SELECT site, visitor_id FROM visitors WHERE updated_at < ? "
+                                "LIMIT ?", (older_than, chunk)).fetchall()
+            for table in ("aliases", "users", "visitors"):
+                conn.executemany(f"DELETE FROM {table} WHERE site = ? AND visitor_id = ?",
+                                 gone).close()
+            for key in gone:
+                self._states.pop((key[0], key[1]), None)
+            return len(gone)
+
+        def orders(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM orders WHERE (site, order_id) IN (SELECT site, order_id FROM orders "
+                "WHERE received_at < ? LIMIT ?)", (older_than, chunk)).rowcount
+
         removed = 0
         while (count := await self._write(outbox)) > 0:
             removed += count
-        while await self._write(messages) > 0:
-            pass
+        for step in (messages, visitors, orders):
+            while await self._write(step) > 0:
+                pass
         return removed
