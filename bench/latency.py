@@ -32,27 +32,19 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import PY, UA, WRITE_KEY, free_port, start, stop  # noqa: E402
+from ingest import PY, UA, WRITE_KEY, free_port, settings_file, start, stop  # noqa: E402
 
 VENDORS = ["goshops", "retailrocket"]
 
 
 def settings(directory: Path, sandbox_url: str, spool: str) -> Path:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-    from shoprelay.sandbox import demo_vendor_settings
-
-    url = (f'sqlite://{directory / "spool.db"}"\nspool_sync = "full' if spool == "sqlite"
-           else "redis://127.0.0.1:6379/0")
-    lines = ["[relay]", 'secret = "bench-secret-0123456789abcdef"', f'spool = "{url}"',
-             f'redis_prefix = "bench-latency-{int(time.time())}:"',
-             "ingest_per_ip_per_minute = 1000000000",
-             "", "[sites.bench]", f'write_key = "{WRITE_KEY}"']
-    for name, table in demo_vendor_settings(sandbox_url, VENDORS).items():
-        lines += ["", f"[sites.bench.vendors.{name}]"]
-        for key, value in table.items():
-            lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
-    path = directory / f"{spool}.toml"
-    path.write_text("\n".join(lines) + "\n")
+    """bench/ingest.py's settings (durable SQLite), or the same on the machine's Redis."""
+    path = settings_file(directory, sandbox_url, sync="full", vendors=VENDORS)
+    if spool == "redis":
+        text = path.read_text().replace(
+            f'spool = "sqlite://{directory / "spool.db"}"',
+            f'spool = "redis://127.0.0.1:6379/0"\nredis_prefix = "bench-latency-{time.time_ns()}:"')
+        path.write_text(text)
     return path
 
 

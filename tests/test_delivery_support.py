@@ -27,12 +27,14 @@ from shoprelay.app import create_app
 from shoprelay.delivery.forwarder import DeliveryOptions
 from shoprelay.sandbox import create_app as create_sandbox_app
 from shoprelay.sandbox import demo_vendor_settings
+from shoprelay.vendors import VENDORS
 
 WRITE_KEY = "pk_faults"
 #: A browser's user agent: bot hold-back (identity) must not keep test events from vendors.
 BROWSER_UA = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
               "Chrome/126.0 Safari/537.36")
-ALL_VENDORS = ["advisable", "alana", "goshops", "retailrocket", "yespo"]
+#: Every vendor adapter the registry found (a sixth vendor is tested with no edit here).
+ALL_VENDORS = sorted(VENDORS)
 #: Keys under which each vendor's body carries the product id.
 _PRODUCT_KEYS = {"productId", "item", "item_id", "productKey"}
 
