@@ -18,7 +18,7 @@ _CONTEXT = {
         "consent": {"type": "object", "additionalProperties": {"type": "boolean"}},
     },
 }
-_MESSAGE = {
+_MESSAGE: dict[str, Any] = {
     "type": "object",
     "properties": {
         "type": {"type": "string", "enum": sorted(MESSAGE_TYPES)},

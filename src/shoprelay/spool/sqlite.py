@@ -27,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -120,6 +120,9 @@ _STATE_CACHE = 50_000
 _GROUP = 512
 
 
+T = TypeVar("T")
+
+
 @dataclass(slots=True)
 class _Op:
     run: Callable[[sqlite3.Connection], Any]
@@ -165,9 +168,9 @@ class _Snapshot:
     def __init__(self, spool: SqliteSpool, conn: sqlite3.Connection, site: str) -> None:
         self._spool, self._conn, self._site = spool, conn, site
 
-    def _one(self, sql: str, key: str) -> Any:
+    def _one(self, sql: str, key: str) -> str | None:
         row = self._conn.execute(sql, (self._site, key)).fetchone()
-        return row[0] if row else None
+        return None if row is None else str(row[0])
 
     def alias(self, anonymous_id: str) -> str | None:
         return self._one("SELECT visitor_id FROM aliases WHERE site=? AND anonymous_id=?",
@@ -336,13 +339,13 @@ class SqliteSpool:
             result = None
         return result, None
 
-    async def _write(self, run: Callable[[sqlite3.Connection], Any]) -> Any:
-        future: Future[Any] = Future()
+    async def _write(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        future: Future[T] = Future()
         self._ops.put(_Op(run, future))
         return await asyncio.wrap_future(future)
 
-    async def _read(self, run: Callable[[sqlite3.Connection], Any]) -> Any:
-        def locked() -> Any:
+    async def _read(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        def locked() -> T:
             assert self._reader is not None
             with self._reader_lock:
                 return run(self._reader)
