@@ -59,6 +59,11 @@ def make_spool(settings: Settings, router: Router, cookie: VisitorCookie) -> Any
     """The spool the settings name: `sqlite://FILE` (one process) or `redis://HOST:PORT/DB`
     (any number of processes and hosts sharing one Redis)."""
     relay = settings.relay
+
+    def order_source(site: str) -> str:
+        found = settings.sites.get(site)
+        return found.order_source if found is not None else "first"
+
     if is_redis(relay.spool):
         from shoprelay.spool.redis import RedisSpool  # redis-py only when it is used
 
@@ -66,6 +71,7 @@ def make_spool(settings: Settings, router: Router, cookie: VisitorCookie) -> Any
             relay.spool, router=router,
             session_timeout=relay.session_timeout_minutes * 60.0,
             alias_for=cookie.visitor_for_anonymous_id, new_id=new_visitor_id,
+            order_source=order_source,
             prefix=relay.redis_prefix, partitions=relay.redis_partitions,
             retention=relay.retention_hours * 3600.0,
             max_age=relay.delivery_max_age_hours * 3600.0,
@@ -76,7 +82,8 @@ def make_spool(settings: Settings, router: Router, cookie: VisitorCookie) -> Any
     return SqliteSpool(
         spool_path(relay.spool), router=router, sync=relay.spool_sync,
         session_timeout=relay.session_timeout_minutes * 60.0,
-        alias_for=cookie.visitor_for_anonymous_id, new_id=new_visitor_id)
+        alias_for=cookie.visitor_for_anonymous_id, new_id=new_visitor_id,
+        order_source=order_source)
 
 
 async def close_spool(spool: Any) -> None:

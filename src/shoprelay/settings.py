@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from shoprelay.ingest.rules import ORDER_SOURCES
 from shoprelay.vendors import VENDORS
 from shoprelay.vendors.base import VendorConfig
 
@@ -103,6 +104,10 @@ class SiteSettings:
     forward_bots: bool = False
     #: Store client IPs with the last octet (IPv4) or last 80 bits (IPv6) zeroed.
     ip_truncate: bool = False
+    #: Who speaks for orders: "first" (whichever copy, browser or backend, reaches a vendor
+    #: first) or "server" (only the backend's, through the server API; browser copies are
+    #: stored and sent nowhere, so the public write key cannot squat an order id).
+    order_source: str = "first"
     vendors: dict[str, VendorConfig] = field(default_factory=dict)
 
 
@@ -183,6 +188,13 @@ def parse(
             problems.append(Problem(f"{where}.server_key",
                                     "must be a secret of at least 16 characters, "
                                     "different from the write key"))
+        if site.order_source not in ORDER_SOURCES:
+            problems.append(Problem(f"{where}.order_source",
+                                    f"must be one of {', '.join(ORDER_SOURCES)}"))
+        elif site.order_source == "server" and not site.server_key:
+            problems.append(Problem(f"{where}.order_source",
+                                    '"server" needs a server_key: no order would reach '
+                                    "a vendor"))
         for i, origin in enumerate(site.allowed_origins):
             if not _is_url(origin) or urlsplit(origin).path not in ("", "/"):
                 problems.append(Problem(f"{where}.allowed_origins[{i}]",

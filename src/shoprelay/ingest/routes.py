@@ -139,6 +139,7 @@ class Ingest:
         hints: list[str | None] | None = (
             [self._server_visitor(m) for m in accepted] if server else None)
         visitor = cookie_visitor
+        dropped: list[tuple[int, str]] = []
         if accepted:
             user_agent = request.headers.get("user-agent")
             ip = self._client_ip(request)
@@ -152,7 +153,8 @@ class Ingest:
                 source="server" if server else "browser", cookie_visitor=cookie_visitor,
                 ip=truncate_ip(ip) if site.ip_truncate else ip, user_agent=user_agent,
                 bot=False if server else is_bot(user_agent), consent=consents, hints=hints))
-            visitor = result.visitor_id
+            visitor = result.visitor_id if result.cookie else None
+            dropped = result.dropped
         for rejection in checked.rejected:
             self.metrics.rejected.labels(rejection.code).inc()
         if checked.rejected:
@@ -168,11 +170,17 @@ class Ingest:
                     self.bus.publish("message", {"site": site.name, "type": message.get("type"),
                                                  "event": message.get("event"),
                                                  "message": message})
-        answer = {
+        # An order copy dropped as already reported is not "accepted": the client hears why.
+        duplicates = sum(1 for _, reason in dropped if reason.startswith("duplicate"))
+        answer: dict[str, Any] = {
             "success": not checked.rejected,
-            "accepted": len(accepted),
+            "accepted": len(accepted) - duplicates,
             "rejected": [r.to_dict() for r in checked.rejected],
         }
+        if dropped:
+            answer["dropped"] = [
+                {"messageId": accepted[index].get("messageId"), "reason": reason}
+                for index, reason in dropped]
         status = 200 if accepted else 400
         response = Response(orjson.dumps(answer), status, media_type="application/json")
         self._cors(response, origin, site)

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from shoprelay.events import ORDER_COMPLETED, StoredEvent
 from shoprelay.identity.state import VisitorState, apply
 
@@ -28,7 +30,14 @@ class IngestResult:
 
     visitor_id: str
     stored: int = 0
+    #: Messages not stored because they were seen before (resends and orders reported).
     duplicates: int = 0
+    #: Accepted messages that reach no vendor for a reason the client should hear:
+    #: (index, reason). Resends of a messageId are not listed (that is plain idempotency).
+    dropped: list[tuple[int, str]] = field(default_factory=list)
+    #: Whether the request's visitor may be handed its cookie. Not when it was found only
+    #: through an existing alias: an anonymousId is no credential.
+    cookie: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +60,35 @@ class RequestContext:
         return self.hints[index] if self.hints else None
 
 
+#: Who speaks for a site's orders (the `order_source` site setting).
+ORDER_SOURCES = ("first", "server")
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRecord:
+    """What the relay remembers of an order id: the vendors its copies were sent to so far
+    (None: every vendor, as recorded by an older release)."""
+
+    message_id: str
+    vendors: frozenset[str] | None
+
+    def to_json(self) -> str:
+        return orjson.dumps({"m": self.message_id,
+                             "v": None if self.vendors is None else sorted(self.vendors)}
+                            ).decode()
+
+    @classmethod
+    def from_json(cls, text: str) -> OrderRecord:
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):  # an older release stored the messageId alone
+            return cls(text, None)
+        vendors = data.get("v")
+        return cls(str(data.get("m", "")), None if vendors is None else frozenset(vendors))
+
+
 class Snapshot(Protocol):
     """What the fold reads from storage; every value as it was before this request.
 
@@ -63,7 +101,7 @@ class Snapshot(Protocol):
 
     def message_seen(self, message_id: str) -> bool: ...
 
-    def order_seen(self, order_id: str) -> bool: ...
+    def order(self, order_id: str) -> OrderRecord | None: ...
 
     def state(self, visitor_id: str) -> VisitorState:
         """The visitor's state, an object the fold may change in place (a fresh one, or the
@@ -87,7 +125,6 @@ class StoredMessage:
     visitor_id: str
     event: StoredEvent
     vendors: list[str]
-    order_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -102,6 +139,8 @@ class IngestPlan:
     #: The states of the visitors this request changed.
     states: dict[str, VisitorState] = field(default_factory=dict)
     stored: list[StoredMessage] = field(default_factory=list)
+    #: order id → what to remember of it after this request.
+    orders: dict[str, OrderRecord] = field(default_factory=dict)
 
     @property
     def work(self) -> int:
@@ -133,11 +172,14 @@ class IngestRules:
     """The fold of a request's messages into stored events, state changes and work."""
 
     def __init__(self, *, router: Router, session_timeout: float,
-                 alias_for: Callable[[str, str], str], new_id: Callable[[], str]) -> None:
+                 alias_for: Callable[[str, str], str], new_id: Callable[[], str],
+                 order_source: Callable[[str], str] | None = None) -> None:
         self.router = router
         self.session_timeout = session_timeout
         self.alias_for = alias_for
         self.new_id = new_id
+        #: site → "first" (default) or "server" (see `_order_vendors`).
+        self.order_source = order_source or (lambda site: "first")
 
     @staticmethod
     def keys(messages: list[dict[str, Any]], context: RequestContext) -> Keys:
@@ -157,8 +199,8 @@ class IngestRules:
         may raise `Missing` (nothing is decided then)."""
         plan = IngestPlan(IngestResult(visitor_id=context.cookie_visitor or ""))
         seen_messages: set[str] = set()
-        seen_orders: set[str] = set()
         fresh: set[str] = set()
+        trusted: set[str] = {context.cookie_visitor} if context.cookie_visitor else set()
         for index, message in enumerate(messages):
             visitor = self._visitor(site, message, context.hint(index), context, snapshot, plan)
             if not visitor:
@@ -170,22 +212,22 @@ class IngestRules:
                     fresh.add(visitor)
             if not plan.result.visitor_id:
                 plan.result.visitor_id = visitor
+                # Hand out a visitor's cookie only to the client that holds it already, or
+                # for a visitor this request created; never for one found by its alias.
+                plan.result.cookie = (visitor in trusted or visitor in fresh
+                                      or visitor in plan.aliases.values())
             message_id = str(message["messageId"])
-            order_id = order_id_of(message)
-            if (message_id in seen_messages or snapshot.message_seen(message_id)
-                    or (order_id is not None
-                        and (order_id in seen_orders or snapshot.order_seen(order_id)))):
-                # A resend, or an order already reported by the browser or the backend (same
-                # order_id, another messageId): it reaches vendors once. The messageId of a
-                # refused duplicate order is not remembered.
-                plan.result.duplicates += 1
+            if message_id in seen_messages or snapshot.message_seen(message_id):
+                plan.result.duplicates += 1  # a resend: stored once, answered as accepted
                 continue
-            seen_messages.add(message_id)
-            if order_id is not None:
-                seen_orders.add(order_id)
             state = plan.states.get(visitor)
             if state is None:
                 state = VisitorState() if visitor in fresh else snapshot.state(visitor)
+            order_id = order_id_of(message)
+            if order_id is not None:
+                # An order copy may still be refused after the fold (its vendors depend on
+                # the event): fold a copy, kept only if the order is stored.
+                state = VisitorState.from_dict(state.to_dict())
             enrichment = apply(state, message, visitor_id=visitor, received_at=received_at,
                                session_timeout=self.session_timeout, new_id=self.new_id)
             enrichment.ip = context.ip
@@ -193,13 +235,50 @@ class IngestRules:
             enrichment.bot = context.bot
             enrichment.source = context.source
             enrichment.consent = context.consent.get(index)
+            event = StoredEvent(site, message, enrichment)
+            vendors = self.router(event)
+            if order_id is not None:
+                vendors, refusal = self._order_vendors(site, order_id, vendors, context,
+                                                       snapshot, plan, message_id)
+                if refusal is not None:
+                    plan.result.dropped.append((index, refusal))
+                    if refusal.startswith("duplicate"):
+                        plan.result.duplicates += 1
+                        continue
+            seen_messages.add(message_id)
             if enrichment.new_binding and enrichment.user_id:
                 plan.users[enrichment.user_id] = visitor
             plan.states[visitor] = state
-            event = StoredEvent(site, message, enrichment)
-            plan.stored.append(StoredMessage(visitor, event, self.router(event), order_id))
+            plan.stored.append(StoredMessage(visitor, event, vendors))
         plan.result.stored = len(plan.stored)
         return plan
+
+    def _order_vendors(self, site: str, order_id: str, vendors: list[str],
+                       context: RequestContext, snapshot: Snapshot, plan: IngestPlan,
+                       message_id: str) -> tuple[list[str], str | None]:
+        """Which vendors an `Order Completed` copy goes to, and why not to the others.
+
+        An order reaches each vendor once, whichever copy (browser, backend) came first — but
+        only a copy that was sent to a vendor counts for that vendor: one held back (a bot,
+        consent refused, not routed) suppresses nothing. With `order_source = "server"` the
+        shop's backend alone speaks for orders: browser copies are stored and sent nowhere,
+        so a browser holding the public write key cannot squat an order id."""
+        record = plan.orders.get(order_id) or snapshot.order(order_id)
+        already = frozenset() if record is None else record.vendors
+        if context.source == "browser" and self.order_source(site) == "server":
+            vendors, refusal = [], ('held back: this site takes orders from its backend only '
+                                    '(order_source = "server")')
+        elif already is None:  # an older release's record: every vendor had it
+            return [], f"duplicate: order {order_id} was already reported"
+        else:
+            fresh = [v for v in vendors if v not in already]
+            if record is not None and vendors and not fresh:
+                return [], f"duplicate: order {order_id} was already reported"
+            vendors, refusal = fresh, None
+        plan.orders[order_id] = OrderRecord(
+            record.message_id if record is not None else message_id,
+            (already or frozenset()) | frozenset(vendors))
+        return vendors, refusal
 
     def _visitor(self, site: str, message: dict[str, Any], hint: str | None,
                  context: RequestContext, snapshot: Snapshot, plan: IngestPlan) -> str:
@@ -215,8 +294,10 @@ class IngestRules:
             return known or ""
         current = plan.aliases.get(anonymous_id) or snapshot.alias(anonymous_id)
         if known:
-            if current != known:
+            if current is None:
                 plan.aliases[anonymous_id] = known
+            # An existing alias is never moved: a client holding its own cookie could
+            # otherwise take over any visitor whose anonymousId it learnt.
             return known
         if current is not None:
             return current

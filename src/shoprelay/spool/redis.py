@@ -53,7 +53,14 @@ from redis.exceptions import ResponseError, WatchError
 
 from shoprelay.events import StoredEvent
 from shoprelay.identity.state import VisitorState
-from shoprelay.ingest.rules import IngestPlan, IngestRules, Keys, Missing, RequestContext
+from shoprelay.ingest.rules import (
+    IngestPlan,
+    IngestRules,
+    Keys,
+    Missing,
+    OrderRecord,
+    RequestContext,
+)
 from shoprelay.spool.base import (
     DEAD,
     DELIVERED,
@@ -188,8 +195,9 @@ class _Snapshot:
     def message_seen(self, message_id: str) -> bool:
         return self._get("msg", message_id) is not None
 
-    def order_seen(self, order_id: str) -> bool:
-        return self._get("ord", order_id) is not None
+    def order(self, order_id: str) -> OrderRecord | None:
+        raw = self._get("ord", order_id)
+        return None if raw is None else OrderRecord.from_json(raw)
 
     def state(self, visitor_id: str) -> VisitorState:
         raw = self._get("st", visitor_id)
@@ -213,12 +221,13 @@ class RedisSpool:
         max_age: float = 24 * 3600.0,
         lease_seconds: float = 10.0,
         state_ttl: float = 730 * 86400.0,
+        order_source: Callable[[str], str] | None = None,
     ) -> None:
         self.url = url
         self.path = url  # what the app logs as "spool"
         self._alias_for = alias_for
         self.rules = IngestRules(router=router, session_timeout=session_timeout,
-                                 alias_for=alias_for, new_id=new_id)
+                                 alias_for=alias_for, new_id=new_id, order_source=order_source)
         self.prefix = prefix
         self.partitions = max(1, partitions)
         # Dedup keys live as long as SQLite keeps a message; events as long as their work may.
@@ -431,6 +440,8 @@ class RedisSpool:
             ops += ("S", self._k("user", site, user_id), visitor, state_ttl)
         for visitor, state in plan.states.items():
             ops += ("S", self._k("st", site, visitor), orjson.dumps(state.to_dict()), state_ttl)
+        for order_id, record in plan.orders.items():
+            ops += ("S", self._k("ord", site, order_id), record.to_json(), dedup_ttl)
         streams: set[str] = set()
         stamp = repr(received_at)
         for stored in plan.stored:
@@ -439,9 +450,6 @@ class RedisSpool:
             event_key = self._k("ev", site, str(event_id))
             ops += ("S", event_key, orjson.dumps(event.to_dict()), event_ttl,
                     "S", self._k("msg", site, event.message_id), event_key, dedup_ttl)
-            if stored.order_id is not None:
-                ops += ("S", self._k("ord", site, stored.order_id), event.message_id,
-                        dedup_ttl)
             partition = self.partition_of(stored.visitor_id)
             for vendor in stored.vendors:
                 work_id, next_id = next_id, next_id + 1

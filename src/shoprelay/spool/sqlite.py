@@ -33,7 +33,7 @@ import orjson
 
 from shoprelay.events import StoredEvent
 from shoprelay.identity.state import VisitorState
-from shoprelay.ingest.rules import IngestRules, RequestContext
+from shoprelay.ingest.rules import IngestRules, OrderRecord, RequestContext
 from shoprelay.spool.base import (
     DEAD,
     DELIVERED,
@@ -96,6 +96,8 @@ CREATE TABLE IF NOT EXISTS orders (
     order_id TEXT NOT NULL,
     message_id TEXT NOT NULL,
     received_at REAL NOT NULL DEFAULT 0,
+    -- JSON list of the vendors its copies were sent to; NULL (older files): every vendor.
+    vendors TEXT,
     PRIMARY KEY (site, order_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS aliases (
@@ -147,6 +149,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
         # Orders are forgotten with their messages; those recorded before are dated now.
         conn.execute("ALTER TABLE orders ADD COLUMN received_at REAL NOT NULL DEFAULT 0")
         conn.execute("UPDATE orders SET received_at = ?", (time.time(),))
+    if "vendors" not in {row[1] for row in conn.execute("PRAGMA table_info(orders)")}:
+        conn.execute("ALTER TABLE orders ADD COLUMN vendors TEXT")
     conn.execute(_ORDERS_INDEX)
     # Replaced by the partial `outbox_parked`: it cost every insert and made `due` quadratic
     # in a visitor's backlog.
@@ -183,9 +187,13 @@ class _Snapshot:
         return self._one("SELECT 1 FROM messages WHERE site=? AND message_id=?",
                          message_id) is not None
 
-    def order_seen(self, order_id: str) -> bool:
-        return self._one("SELECT 1 FROM orders WHERE site=? AND order_id=?",
-                         order_id) is not None
+    def order(self, order_id: str) -> OrderRecord | None:
+        row = self._conn.execute("SELECT message_id, vendors FROM orders WHERE site=? AND "
+                                 "order_id=?", (self._site, order_id)).fetchone()
+        if row is None:
+            return None
+        vendors = None if row[1] is None else frozenset(orjson.loads(row[1]))
+        return OrderRecord(str(row[0]), vendors)
 
     def state(self, visitor_id: str) -> VisitorState:
         return self._spool._state(self._conn, self._site, visitor_id)
@@ -201,11 +209,12 @@ class SqliteSpool:
         session_timeout: float = 1800.0,
         alias_for: Callable[[str, str], str],
         new_id: Callable[[], str],
+        order_source: Callable[[str], str] | None = None,
     ) -> None:
         self.path = path
         self._sync = sync
         self.rules = IngestRules(router=router, session_timeout=session_timeout,
-                                 alias_for=alias_for, new_id=new_id)
+                                 alias_for=alias_for, new_id=new_id, order_source=order_source)
         self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._states: OrderedDict[tuple[str, str], VisitorState] = OrderedDict()
         self._writer: threading.Thread | None = None
@@ -384,11 +393,14 @@ class SqliteSpool:
                          [(site, a, v) for a, v in plan.aliases.items()])
         conn.executemany("INSERT OR REPLACE INTO users VALUES (?, ?, ?)",
                          [(site, u, v) for u, v in plan.users.items()])
+        conn.executemany(
+            "INSERT OR REPLACE INTO orders (site, order_id, message_id, received_at, vendors) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(site, order_id, record.message_id, received_at,
+              None if record.vendors is None else orjson.dumps(sorted(record.vendors)))
+             for order_id, record in plan.orders.items()])
         for stored in plan.stored:
             event = stored.event
-            if stored.order_id is not None:
-                conn.execute("INSERT OR IGNORE INTO orders VALUES (?, ?, ?, ?)",
-                             (site, stored.order_id, event.message_id, received_at))
             cursor = conn.execute(
                 "INSERT INTO messages (site, message_id, visitor_id, received_at, data) "
                 "VALUES (?, ?, ?, ?, ?)",
@@ -404,6 +416,8 @@ class SqliteSpool:
         conn.executemany("INSERT OR REPLACE INTO visitors VALUES (?, ?, ?, ?)",
                          [(site, visitor, orjson.dumps(state.to_dict()), received_at)
                           for visitor, state in plan.states.items()])
+        for visitor, state in plan.states.items():
+            self._states[(site, visitor)] = state  # the fold may have replaced the object
         if plan.work:
             self._announce = True
         return plan.result

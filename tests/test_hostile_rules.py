@@ -1,0 +1,117 @@
+"""Attacks with only the public write key on the rules of ingest (issue 12), over real HTTP
+against a real relay and the vendor sandboxes: order squatting and visitor takeover through a
+known anonymousId."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import httpx
+from relay_fixtures import WRITE_KEY, relay_stack
+from test_identity_privacy import (
+    CHROME,
+    Device,
+    order,
+    server_post,
+    settle,
+    with_server_key,
+)
+
+#: Retail Rocket takes one request per order; Go Shops one per order line (one line here).
+VENDORS = ["retailrocket", "goshops"]
+
+
+def orders_at(stack: Any, vendor: str, count: int) -> list[dict[str, Any]]:
+    records = settle(stack, vendor, count)
+    return [r for r in records if vendor != "retailrocket" or r["path"].endswith("/order")]
+
+
+def no_bots(table: dict[str, Any]) -> None:
+    with_server_key(table)
+    table["sites"]["demo"]["forward_bots"] = False
+
+
+def test_a_bot_flagged_browser_copy_does_not_squat_the_backends_order(tmp_path: Path) -> None:
+    """The attacker's copy reaches no vendor (a bot); the backend's real order with the same
+    id must still reach every vendor once, and be answered as accepted."""
+    with relay_stack(tmp_path, vendors=VENDORS, adjust=no_bots) as stack:
+        attacker = httpx.post(f"{stack.relay_url}/v1/batch", headers={"User-Agent": "curl/8"},
+                              json={"writeKey": WRITE_KEY,
+                                    "batch": [order("o-1001", "attack-1", anonymousId="x")]})
+        assert attacker.status_code == 200
+        real = server_post(stack.relay_url, order("o-1001", "real-1", userId="u1"))
+        assert real.json()["accepted"] == 1 and "dropped" not in real.json()
+        assert len(orders_at(stack, "retailrocket", 1)) == 1
+        assert len(orders_at(stack, "goshops", 1)) == 1
+
+
+def test_a_consent_refused_copy_suppresses_nothing(tmp_path: Path) -> None:
+    with relay_stack(tmp_path, vendors=VENDORS, adjust=with_server_key) as stack:
+        Device(stack.relay_url).send(
+            order("o-7", "refused-7", context={"consent": {"marketing": False,
+                                                            "analytics": True}}))
+        real = server_post(stack.relay_url, order("o-7", "real-7", userId="u7"))
+        assert real.json()["accepted"] == 1
+        assert len(orders_at(stack, "retailrocket", 1)) == 1
+
+
+def test_an_order_already_sent_is_reported_as_a_duplicate_not_as_accepted(
+        tmp_path: Path) -> None:
+    """The honest case: browser and backend both report the order; each vendor gets it once
+    and the second copy's answer says it was dropped, and why."""
+    with relay_stack(tmp_path, vendors=VENDORS, adjust=with_server_key) as stack:
+        Device(stack.relay_url).send(order("o-2", "browser-2"))
+        second = server_post(stack.relay_url, order("o-2", "server-2", userId="u2")).json()
+        assert second["accepted"] == 0
+        assert second["dropped"] == [{"messageId": "server-2",
+                                      "reason": "duplicate: order o-2 was already reported"}]
+        assert len(orders_at(stack, "retailrocket", 1)) == 1
+        assert len(orders_at(stack, "goshops", 1)) == 1
+
+
+def test_order_source_server_makes_the_backend_the_only_voice_for_orders(
+        tmp_path: Path) -> None:
+    def server_orders(table: dict[str, Any]) -> None:
+        with_server_key(table)
+        table["sites"]["demo"]["order_source"] = "server"
+
+    with relay_stack(tmp_path, vendors=VENDORS, adjust=server_orders) as stack:
+        # Looks like a real shopper (browser UA, consent given): still held back.
+        squat = Device(stack.relay_url).send(order("o-3", "squat-3")).json()
+        assert squat["accepted"] == 1
+        assert squat["dropped"][0]["reason"].startswith("held back")
+        real = server_post(stack.relay_url, order("o-3", "real-3", userId="u3")).json()
+        assert real["accepted"] == 1 and "dropped" not in real
+        [sent] = orders_at(stack, "retailrocket", 1)
+        assert sent["body"]["transaction"] == "o-3"
+        assert len(orders_at(stack, "goshops", 1)) == 1
+
+
+def test_a_known_anonymous_id_never_hands_out_or_moves_its_visitor(tmp_path: Path) -> None:
+    with relay_stack(tmp_path, vendors=["goshops"]) as stack:
+        url = f"{stack.relay_url}/v1/batch"
+
+        def send(anonymous_id: str, message_id: str, cookies: dict[str, str] | None = None
+                 ) -> httpx.Response:
+            return httpx.post(url, cookies=cookies, headers={"User-Agent": CHROME}, json={
+                "writeKey": WRITE_KEY, "batch": [{"type": "track", "event": "Product Viewed",
+                                                  "messageId": message_id,
+                                                  "anonymousId": anonymous_id,
+                                                  "properties": {"product_id": "1"}}]})
+
+        victim = send("victim-anon", "v-1")
+        assert "sc" in victim.cookies  # the visitor this request created
+        stolen = send("victim-anon", "a-1")
+        assert stolen.status_code == 200
+        assert "set-cookie" not in stolen.headers  # no cookie for a mere anonymousId
+        own = send("attacker-anon", "a-2")
+        attacker_cookie = {"sc": own.cookies["sc"]}
+        send("victim-anon", "a-3", cookies=attacker_cookie)  # try to re-point the alias
+        send("victim-anon", "v-2")  # the victim, cookie-less (a cross-origin client)
+        with sqlite3.connect(tmp_path / "spool.db") as conn:
+            owner = dict(conn.execute("SELECT message_id, visitor_id FROM messages"))
+        assert owner["v-2"] == owner["v-1"]  # still the victim's visitor
+        assert owner["a-3"] == owner["a-2"] != owner["v-1"]  # the attacker's own
+
