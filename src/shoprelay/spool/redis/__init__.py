@@ -1,0 +1,196 @@
+"""The scale-out spool: Redis Streams shared by any number of relay processes and hosts.
+
+Selected by `spool = "redis://host:port/db"`. Every process ingests and delivers; Redis holds
+everything that must be shared. One module per job, each with its part of the design:
+
+- `keys`: where everything is kept (the work: partition streams, their groups and entries,
+  the retry hashes), key naming and the Lua scripts;
+- `ingest`: one optimistic transaction per request (WATCH, fold, MULTI/EXEC);
+- `partitions`: order across processes (heartbeat, leases, fair share, claiming a crashed
+  process's work first, handing partitions on), the read-ahead buffer, the wake-up channel;
+- `outbox`: due work and each row's fate (XACK, retry state, dead letter);
+- `deadletters`: listing and replaying dead letters;
+- `maintenance`: statistics, retention (prune), forgetting old consumers, wiping a prefix.
+
+They share one `RedisContext` (connection, key names, this process's id, lease time, TTLs,
+the new-work callback); `RedisSpool` composes them behind the `Spool` interface.
+
+Redis must keep what it acknowledged: see docs/deploy.md (appendonly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from shoprelay.ingest.rules import IngestRules, RequestContext
+from shoprelay.spool.base import DeadLetter, IngestResult, OutboxRow, Router, SpoolStats
+from shoprelay.spool.redis.context import RedisContext
+from shoprelay.spool.redis.deadletters import DeadLetters
+from shoprelay.spool.redis.ingest import Ingest
+from shoprelay.spool.redis.keys import KeySpace
+from shoprelay.spool.redis.maintenance import Maintenance
+from shoprelay.spool.redis.outbox import Outbox
+from shoprelay.spool.redis.partitions import Partitions, Queue
+
+__all__ = ["RedisSpool"]
+
+
+class RedisSpool:
+    """The `Spool` on Redis: each call handed to the part that does that job."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        router: Router,
+        session_timeout: float = 1800.0,
+        alias_for: Callable[[str, str], str],
+        new_id: Callable[[], str],
+        prefix: str = "shoprelay:",
+        partitions: int = 8,
+        retention: float = 168 * 3600.0,
+        max_age: float = 24 * 3600.0,
+        lease_seconds: float = 10.0,
+        state_ttl: float = 730 * 86400.0,
+        order_source: Callable[[str], str] | None = None,
+    ) -> None:
+        self.url = url
+        self.path = url  # what the app logs as "spool"
+        self.rules = IngestRules(router=router, session_timeout=session_timeout,
+                                 alias_for=alias_for, new_id=new_id, order_source=order_source)
+        self._keys = KeySpace(prefix, partitions)
+        self._ctx = RedisContext(
+            redis=aioredis.Redis.from_url(url, decode_responses=True),
+            keys=self._keys,
+            proc_id=f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+            lease_ms=max(300, int(lease_seconds * 1000)),
+            dedup_ttl=max(1, int(retention)) if retention > 0 else None,
+            event_ttl=max(1, int(retention + max_age)) if retention > 0 else None,
+            state_ttl=max(1, int(state_ttl)),
+        )
+        self._ingest = Ingest(self._ctx, self.rules, alias_for)
+        self._partitions = Partitions(self._ctx)
+        self._outbox = Outbox(self._ctx, self._partitions)
+        self._dead = DeadLetters(self._ctx)
+        self._maintenance = Maintenance(self._ctx)
+
+    # ---- what the app, the command line and the tests read -----------------------------------
+
+    @property
+    def on_new_work(self) -> Callable[[], None]:
+        """Called after new work was committed (here or, via pub/sub, in another process)."""
+        return self._ctx.on_new_work
+
+    @on_new_work.setter
+    def on_new_work(self, callback: Callable[[], None]) -> None:
+        self._ctx.on_new_work = callback
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self._ctx.redis
+
+    @property
+    def prefix(self) -> str:
+        return self._keys.prefix
+
+    @property
+    def partitions(self) -> int:
+        return self._keys.partitions
+
+    @property
+    def proc_id(self) -> str:
+        """This process's consumer name and lease value (new every start)."""
+        return self._ctx.proc_id
+
+    def _k(self, *parts: str) -> str:
+        return self._keys.k(*parts)
+
+    def stream_key(self, site: str, vendor: str, partition: int) -> str:
+        return self._keys.stream_key(site, vendor, partition)
+
+    def partition_of(self, visitor: str) -> int:
+        return self._keys.partition_of(visitor)
+
+    # The tests stop a process's background tasks to play a crash, and count the partitions
+    # each process holds.
+    @property
+    def _tasks(self) -> list[asyncio.Task[None]]:
+        return self._partitions.tasks
+
+    @property
+    def _queues(self) -> dict[tuple[str, str], Queue]:
+        return self._partitions.queues
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Nothing to open: connections are made on first use (on the caller's loop)."""
+
+    def close(self) -> None:
+        """Synchronous close for callers without a loop; `aclose` also hands partitions on."""
+        self._partitions.cancel()
+
+    def claim_delivery(self) -> None:
+        """Any number of processes deliver from one Redis (partition leases keep order)."""
+
+    async def aclose(self) -> None:
+        """Stop heartbeats, hand every held partition on (its pending entries marked idle so
+        the next holder claims them at once) and close the connections."""
+        await self._partitions.aclose()
+        await self._ctx.redis.aclose()
+
+    # ---- the Spool interface ---------------------------------------------------------------
+
+    async def ingest(self, site: str, messages: list[dict[str, Any]],
+                     context: RequestContext) -> IngestResult:
+        """Store the messages as the ingest rules decide, in one Redis transaction."""
+        return await self._ingest.ingest(site, messages, context)
+
+    async def due(self, site: str, vendor: str, now: float, limit: int) -> list[OutboxRow]:
+        """Due work from the partitions this process holds, oldest first, skipping any
+        visitor whose earlier work waits for a retry (as SQLite's `due`)."""
+        return await self._outbox.due(site, vendor, now, limit)
+
+    async def next_due_at(self, site: str, vendor: str) -> float | None:
+        return await self._outbox.next_due_at(site, vendor)
+
+    async def mark_done(self, ids: list[int], *, skipped: bool = False,
+                        status: int | None = None) -> None:
+        await self._outbox.mark_done(ids, skipped=skipped, status=status)
+
+    async def mark_progress(self, row_id: int, sent: int) -> None:
+        await self._outbox.mark_progress(row_id, sent)
+
+    async def mark_retry(self, ids: list[int], *, next_at: float, status: int | None,
+                         error: str) -> None:
+        await self._outbox.mark_retry(ids, next_at=next_at, status=status, error=error)
+
+    async def mark_dead(self, ids: list[int], *, status: int | None, error: str,
+                        response: str = "", request: str = "") -> None:
+        await self._outbox.mark_dead(ids, status=status, error=error, response=response,
+                                     request=request)
+
+    async def dead_letters(self, *, vendor: str | None = None, since: float | None = None,
+                           dead_id: int | None = None) -> list[DeadLetter]:
+        return await self._dead.dead_letters(vendor=vendor, since=since, dead_id=dead_id)
+
+    async def replay(self, *, vendor: str | None = None, dead_id: int | None = None) -> int:
+        """Queue dead letters again: a new stream entry each (fresh attempts and max age)."""
+        return await self._dead.replay(vendor=vendor, dead_id=dead_id)
+
+    async def stats(self) -> SpoolStats:
+        return await self._maintenance.stats()
+
+    async def prune(self, older_than: float) -> int:
+        """Trim finished stream entries and dead letters older than `older_than`."""
+        return await self._maintenance.prune(older_than)
+
+    async def delete_all(self) -> int:
+        """Remove every key under this spool's prefix (tests and tools; never the relay)."""
+        return await self._maintenance.delete_all()

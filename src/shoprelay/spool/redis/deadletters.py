@@ -1,0 +1,91 @@
+"""Dead letters in Redis: listing them and queueing them again.
+
+A dead letter is a JSON record in the `dead` hash (by work id, written by `Outbox.mark_dead`
+with the whole event in it) and its failure time in the `dead:time` sorted set. Replay XADDs
+the event to its visitor's partition again as new work and removes the record.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast
+
+import orjson
+from redis.exceptions import WatchError
+
+from shoprelay.events import StoredEvent
+from shoprelay.spool.base import DeadLetter
+from shoprelay.spool.redis.context import RedisContext
+
+
+class DeadLetters:
+    """`dead_letters` and `replay`."""
+
+    def __init__(self, ctx: RedisContext) -> None:
+        self._ctx = ctx
+
+    async def _records(self, since: float | None) -> list[dict[str, Any]]:
+        redis, k = self._ctx.redis, self._ctx.k
+        ids = await redis.zrangebyscore(k("dead", "time"), "-inf" if since is None else since,
+                                        "+inf")
+        if not ids:
+            return []
+        # decode_responses=True: the members are str (redis-py types them more loosely).
+        raw = await redis.hmget(k("dead"), cast(list[str], ids))
+        return [orjson.loads(r) for r in raw if r]
+
+    async def dead_letters(self, *, vendor: str | None = None, since: float | None = None,
+                           dead_id: int | None = None) -> list[DeadLetter]:
+        letters = []
+        for r in await self._records(since):
+            if (vendor and r["vendor"] != vendor) or (dead_id is not None
+                                                      and r["id"] != dead_id):
+                continue
+            if r.get("event") is None:
+                continue
+            letters.append(DeadLetter(
+                id=r["id"], site=r["site"], vendor=r["vendor"], visitor_id=r["visitor_id"],
+                attempts=r["attempts"], status=r["status"], error=r["error"] or "",
+                response=r["response"] or "", failed_at=r["failed_at"],
+                event=StoredEvent.from_dict(r["event"]), request=r["request"] or ""))
+        return sorted(letters, key=lambda d: d.id)
+
+    async def replay(self, *, vendor: str | None = None, dead_id: int | None = None) -> int:
+        """Queue dead letters again: a new stream entry each (fresh attempts and max age)."""
+        ctx, k = self._ctx, self._ctx.k
+        count = 0
+        dead_key, time_key = k("dead"), k("dead", "time")
+        for record in await self._records(None):
+            if (vendor and record["vendor"] != vendor) or (dead_id is not None
+                                                           and record["id"] != dead_id):
+                continue
+            if record.get("event") is None:
+                continue
+            member = str(record["id"])
+            async with ctx.redis.pipeline(transaction=True) as pipe:
+                try:
+                    # Two replays at once must not queue one letter twice.
+                    await pipe.watch(dead_key)
+                    if not await pipe.hexists(dead_key, member):
+                        continue
+                    work_id = int(await pipe.incr(k("seq")))
+                    site, visitor = record["site"], record["visitor_id"]
+                    stream = ctx.keys.stream_key(site, record["vendor"],
+                                                 ctx.keys.partition_of(visitor))
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                    pipe.set(record["event_key"], orjson.dumps(record["event"]),
+                             ex=ctx.event_ttl)
+                    pipe.xadd(stream, {"w": work_id, "e": record["event_key"], "v": visitor,
+                                       "t": repr(time.time())})
+                    pipe.hdel(dead_key, member)
+                    pipe.zrem(time_key, member)
+                    pipe.hincrby(k("counts"), f"{record['vendor']}:dead", -1)
+                    pipe.sadd(k("queues"), stream)
+                    pipe.publish(k("wake"), site)
+                    await pipe.execute()
+                except WatchError:
+                    continue
+            count += 1
+        if count:
+            ctx.on_new_work()
+        return count

@@ -1,0 +1,163 @@
+"""Delivery's side of the Redis spool: due work from the held partitions, and each row's fate.
+
+- **Fates.** Delivered: XACK. Retry: stays pending, with next_at in its hash. Dead: XACK plus
+  a dead-letter record (hash by id + time-sorted zset); replay XADDs it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import orjson
+
+from shoprelay.events import StoredEvent
+from shoprelay.spool.base import OutboxRow
+from shoprelay.spool.redis.context import RedisContext
+from shoprelay.spool.redis.keys import site_of, vendor_of
+from shoprelay.spool.redis.partitions import Entry, Partitions
+
+log = logging.getLogger("shoprelay.spool")
+
+
+class Outbox:
+    """`due`, `next_due_at` and the `mark_*` calls, on the entries `Partitions` buffered."""
+
+    def __init__(self, ctx: RedisContext, partitions: Partitions) -> None:
+        self._ctx = ctx
+        self._partitions = partitions
+
+    async def due(self, site: str, vendor: str, now: float, limit: int) -> list[OutboxRow]:
+        """Due work from the partitions this process holds, oldest first, skipping any
+        visitor whose earlier work waits for a retry (as SQLite's `due`)."""
+        ready = await self._partitions.take(site, vendor, limit)
+        picked: list[Entry] = []
+        for part in ready:
+            parked: set[str] = set()
+            for entry in part.entries.values():
+                if entry.visitor in parked:
+                    continue
+                if entry.next_at > now:
+                    parked.add(entry.visitor)  # its later work waits for this retry
+                    continue
+                picked.append(entry)
+        # Work ids follow commit order per visitor (a visitor's concurrent ingest retries
+        # with fresh ids after a WatchError), so id order keeps each visitor's order.
+        picked.sort(key=lambda e: e.work_id)
+        picked = picked[:limit]
+        await self._load_events(picked)
+        rows: list[OutboxRow] = []
+        for entry in picked:
+            if entry.event is None:
+                # The event's body expired (work older than retention + max age): nothing left
+                # to send. Acknowledge it so it does not block its partition.
+                log.warning("redis spool: event %s of work %d is gone; dropping the work",
+                            entry.event_key, entry.work_id)
+                await self._ack(entry)
+                continue
+            rows.append(OutboxRow(id=entry.work_id, site=site, vendor=vendor,
+                                  visitor_id=entry.visitor, attempts=entry.attempts,
+                                  sent=entry.sent, created_at=entry.created_at,
+                                  event=entry.event, error=entry.error))
+        return rows
+
+    async def next_due_at(self, site: str, vendor: str) -> float | None:
+        """The earliest retry among buffered work; at the latest a lease period from now, so
+        an idle worker still looks for partitions to take and for other processes' work."""
+        queue = self._partitions.queues.get((site, vendor))
+        soon = time.time() + self._ctx.lease_ms / 3000.0
+        if queue is None:
+            return soon
+        times = [e.next_at for p in queue.held.values() for e in p.entries.values()]
+        if any(not p.ready for p in queue.held.values()):
+            times.append(time.time() + 0.2)
+        return min([*times, soon])
+
+    async def _load_events(self, entries: list[Entry]) -> None:
+        """Read the bodies of the entries' events not read yet (an expired one stays None)."""
+        missing = [e for e in entries if e.event is None]
+        if missing:
+            bodies = await self._ctx.redis.mget([e.event_key for e in missing])
+            for entry, body in zip(missing, bodies, strict=True):
+                if body:
+                    entry.event = StoredEvent.from_dict(orjson.loads(body))
+
+    async def _ack(self, entry: Entry) -> None:
+        async with self._ctx.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(entry.stream, vendor_of(entry.stream), entry.entry_id)
+            pipe.delete(self._ctx.k("work", str(entry.work_id)))
+            await pipe.execute()
+        self._partitions.forget(entry)
+
+    async def mark_done(self, ids: list[int], *, skipped: bool = False,
+                        status: int | None = None) -> None:
+        entries = self._partitions.entries(ids)
+        if not entries:
+            return
+        k = self._ctx.k
+        counts = k("counts")
+        async with self._ctx.redis.pipeline(transaction=True) as pipe:
+            for entry in entries:
+                pipe.xack(entry.stream, vendor_of(entry.stream), entry.entry_id)
+                pipe.delete(k("work", str(entry.work_id)))
+                state = "skipped" if skipped else "delivered"
+                pipe.hincrby(counts, f"{vendor_of(entry.stream)}:{state}", 1)
+            await pipe.execute()
+        for entry in entries:
+            self._partitions.forget(entry)
+
+    async def mark_progress(self, row_id: int, sent: int) -> None:
+        for entry in self._partitions.entries([row_id]):
+            entry.sent = sent
+            key = self._ctx.k("work", str(entry.work_id))
+            async with self._ctx.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, "sent", sent)
+                pipe.expire(key, self._ctx.event_ttl or 86400 * 30)
+                await pipe.execute()
+
+    async def mark_retry(self, ids: list[int], *, next_at: float, status: int | None,
+                         error: str) -> None:
+        entries = self._partitions.entries(ids)
+        if not entries:
+            return
+        async with self._ctx.redis.pipeline(transaction=True) as pipe:
+            for entry in entries:
+                entry.attempts += 1
+                entry.next_at = next_at
+                entry.error = error or ""
+                key = self._ctx.k("work", str(entry.work_id))
+                pipe.hset(key, mapping={"attempts": entry.attempts, "sent": entry.sent,
+                                        "next_at": repr(next_at), "status": status or 0,
+                                        "error": entry.error})
+                pipe.expire(key, self._ctx.event_ttl or 86400 * 30)
+            await pipe.execute()
+
+    async def mark_dead(self, ids: list[int], *, status: int | None, error: str,
+                        response: str = "", request: str = "") -> None:
+        """Acknowledge the entries and keep each as a dead-letter record (the format
+        `deadletters` reads: the whole event with it, so a replay needs nothing else)."""
+        entries = self._partitions.entries(ids)
+        if not entries:
+            return
+        now = time.time()
+        await self._load_events(entries)
+        k = self._ctx.k
+        async with self._ctx.redis.pipeline(transaction=True) as pipe:
+            for entry in entries:
+                vendor = vendor_of(entry.stream)
+                site = entry.event.site if entry.event else site_of(entry.stream)
+                record = {
+                    "id": entry.work_id, "site": site, "vendor": vendor,
+                    "visitor_id": entry.visitor, "attempts": entry.attempts + 1,
+                    "status": status, "error": error, "response": response,
+                    "request": request, "failed_at": now, "event_key": entry.event_key,
+                    "event": entry.event.to_dict() if entry.event else None,
+                }
+                pipe.hset(k("dead"), str(entry.work_id), orjson.dumps(record))
+                pipe.zadd(k("dead", "time"), {str(entry.work_id): now})
+                pipe.hincrby(k("counts"), f"{vendor}:dead", 1)
+                pipe.xack(entry.stream, vendor, entry.entry_id)
+                pipe.delete(k("work", str(entry.work_id)))
+            await pipe.execute()
+        for entry in entries:
+            self._partitions.forget(entry)
