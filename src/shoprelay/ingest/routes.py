@@ -124,7 +124,8 @@ class Ingest:
                 return self._error(400, "batch must be a non-empty array of messages", origin,
                                    site)
         checked = check_messages(messages, batch_context=body.get("context"),
-                                 received_at=received_at, type_hint=kind)
+                                 received_at=received_at, type_hint=kind,
+                                 body_bytes=len(raw))
         accepted = checked.accepted
         gpc = request.headers.get("sec-gpc", "").strip() == "1"
         consents = {i: consent_of(m, gpc) for i, m in enumerate(accepted)}

@@ -1,0 +1,144 @@
+"""Hostile input (issue 12): each test performs an attack over real HTTP with only what an
+attacker has — the public write key and loopback traffic — and asserts what the operator
+would check afterwards (the answer, the spool, the logs, the debugger)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from relay_fixtures import WRITE_KEY, Stack, relay_stack, track
+
+from shoprelay.ingest.validation import MAX_DEPTH, MAX_MESSAGE_BYTES, STORE_FACTOR
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    with relay_stack(tmp_path, vendors=["retailrocket"], forward=False) as running:
+        yield running
+
+
+def post(stack: Stack, body: dict[str, Any] | bytes, **kwargs: Any) -> httpx.Response:
+    content = body if isinstance(body, bytes) else orjson.dumps(body)
+    return httpx.post(f"{stack.relay_url}/v1/batch", content=content,
+                      headers={"Content-Type": "application/json"}, **kwargs)
+
+
+def stored(tmp_path: Path) -> tuple[int, int, int]:
+    """(messages, bytes of the largest, bytes of all) as the spool holds them."""
+    with sqlite3.connect(tmp_path / "spool.db") as conn:
+        count, largest, total = conn.execute(
+            "SELECT COUNT(*), COALESCE(MAX(LENGTH(data)), 0), COALESCE(SUM(LENGTH(data)), 0) "
+            "FROM messages").fetchone()
+    return int(count), int(largest), int(total)
+
+
+def nested(levels: int) -> Any:
+    value: Any = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def with_deep(body: dict[str, Any], levels: int) -> bytes:
+    """`body` as JSON with its "@deep@" string replaced by arrays nested `levels` deep (no
+    serialiser writes that deep, which is the point)."""
+    return orjson.dumps(body).replace(b'"@deep@"', b"[" * levels + b"]" * levels)
+
+
+# ---- 1: storage amplification through the batch context ---------------------------------
+
+def test_a_large_batch_context_is_counted_in_each_message(stack: Stack, tmp_path: Path
+                                                          ) -> None:
+    # The attack as reported: 380 tiny messages and a 100 KB context in a 121 KiB request.
+    body = orjson.dumps({"batch": [{"type": "page"}] * 380, "writeKey": WRITE_KEY,
+                         "context": {"pad": "x" * 100_000}})
+    answer = post(stack, body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["accepted"] == 0
+    assert len(answer.json()["rejected"]) == 380
+    assert "as stored" in answer.json()["rejected"][0]["error"]
+    assert stored(tmp_path) == (0, 0, 0)
+
+
+def test_one_request_stores_a_small_multiple_of_its_body(stack: Stack, tmp_path: Path
+                                                         ) -> None:
+    # Each message stays under the message limit with the context merged in, but there are
+    # thousands of them: the copies would store ~90 MB from a 60 KB body.
+    body = orjson.dumps({"batch": [{"type": "page"}] * 3000, "writeKey": WRITE_KEY,
+                         "context": {"pad": "x" * 30_000}})
+    answer = post(stack, body).json()
+    assert 0 < answer["accepted"] < 3000
+    refused = answer["rejected"]
+    assert len(refused) == 3000 - answer["accepted"]
+    assert {r["index"] for r in refused} == set(range(answer["accepted"], 3000))
+    assert "batch context is copied into every message" in refused[0]["error"]
+    count, largest, total = stored(tmp_path)
+    assert count == answer["accepted"] and largest < MAX_MESSAGE_BYTES
+    assert total <= STORE_FACTOR * len(body) + 256 * 3000
+    # The same context in a few messages is what a real client sends: kept whole.
+    small = orjson.dumps({"batch": [track("A"), track("B")], "writeKey": WRITE_KEY,
+                          "context": {"library": {"name": "analytics-python"}}})
+    assert post(stack, small).json() == {"success": True, "accepted": 2, "rejected": []}
+
+
+# ---- 4: deep nesting is a per-message 4xx -------------------------------------------------
+
+@pytest.mark.parametrize("levels", [MAX_DEPTH + 1, 300, 700, 1020])
+def test_deep_nesting_is_refused_per_message_and_its_neighbours_kept(
+        stack: Stack, tmp_path: Path, levels: int) -> None:
+    deep = track("Deep", "deep-1", blob="@deep@")  # message + properties + the arrays
+    body = with_deep({"batch": [track("Before", "before-1"), deep, track("After", "after-1")],
+                      "writeKey": WRITE_KEY}, levels - 2)
+    answer = post(stack, body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["accepted"] == 2
+    [refusal] = answer.json()["rejected"]
+    assert refusal["index"] == 1 and refusal["messageId"] == "deep-1"
+    assert f"deeper than {MAX_DEPTH} levels" in refusal["error"]
+    assert stored(tmp_path)[0] == 2
+    # Alone, it is a 400 with the reason, never a 5xx a client would retry for ever.
+    alone = post(stack, with_deep({"batch": [deep], "writeKey": WRITE_KEY}, levels - 2))
+    assert alone.status_code == 400 and alone.json()["rejected"][0]["index"] == 0
+
+
+def test_the_deepest_storable_message_is_stored(stack: Stack, tmp_path: Path) -> None:
+    answer = post(stack, {"batch": [track("Deep", blob=nested(MAX_DEPTH - 2))],
+                          "writeKey": WRITE_KEY})
+    assert answer.json() == {"success": True, "accepted": 1, "rejected": []}
+    assert stored(tmp_path)[0] == 1
+
+
+def test_a_deep_batch_context_refuses_each_message_with_a_reason(stack: Stack) -> None:
+    answer = post(stack, with_deep({"batch": [track("A"), track("B")], "writeKey": WRITE_KEY,
+                                    "context": {"deep": "@deep@"}}, 400))
+    assert answer.status_code == 400
+    assert [r["index"] for r in answer.json()["rejected"]] == [0, 1]
+
+
+# ---- 9: every duplicate key is refused ----------------------------------------------------
+
+@pytest.mark.parametrize("raw", [
+    b'{"batch":[{"type":"track","event":"A","properties":{"q":0,"q":1e6}}],"writeKey":"%s"}',
+    b'{"batch":[{"type":"track","event":"A","properties":{"q":1,"q":2}}],"writeKey":"%s"}',
+    b'{"batch":[{"type":"track","event":"A","event":"B"}],"writeKey":"%s"}',
+    b'{"writeKey":"%s","batch":[],"batch":[{"type":"page"}]}',
+    b'{"batch":[{"type":"track","event":"A","properties":{"x":' + b"[" * 1000
+    + b'{"q":1,"q":2}' + b"]" * 1000 + b'}}],"writeKey":"%s"}',
+])
+def test_every_duplicate_key_is_refused(stack: Stack, tmp_path: Path, raw: bytes) -> None:
+    answer = post(stack, raw.replace(b"%s", WRITE_KEY.encode()))
+    assert answer.status_code == 400, answer.text
+    assert "duplicate key" in answer.json()["error"]
+    assert stored(tmp_path)[0] == 0
+
+
+def test_a_key_spelled_inside_a_string_is_no_duplicate(stack: Stack) -> None:
+    raw = (b'{"batch":[{"type":"track","event":"A","properties":{"note":"\\"q\\":1,",'
+           b'"q":1}}],"writeKey":"' + WRITE_KEY.encode() + b'"}')
+    assert post(stack, raw).json()["accepted"] == 1
