@@ -23,10 +23,12 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         yield running
 
 
-def post(stack: Stack, body: dict[str, Any] | bytes, **kwargs: Any) -> httpx.Response:
+def post(stack: Stack, body: dict[str, Any] | bytes, headers: dict[str, str] | None = None,
+         **kwargs: Any) -> httpx.Response:
     content = body if isinstance(body, bytes) else orjson.dumps(body)
     return httpx.post(f"{stack.relay_url}/v1/batch", content=content,
-                      headers={"Content-Type": "application/json"}, **kwargs)
+                      headers={"Content-Type": "application/json", **(headers or {})},
+                      **kwargs)
 
 
 def stored(tmp_path: Path) -> tuple[int, int, int]:
@@ -142,3 +144,44 @@ def test_a_key_spelled_inside_a_string_is_no_duplicate(stack: Stack) -> None:
     raw = (b'{"batch":[{"type":"track","event":"A","properties":{"note":"\\"q\\":1,",'
            b'"q":1}}],"writeKey":"' + WRITE_KEY.encode() + b'"}')
     assert post(stack, raw).json()["accepted"] == 1
+
+
+# ---- 12: a non-IP X-Forwarded-For from a trusted proxy ------------------------------------
+
+ADMIN = "hostile-admin-token-0123456789"
+
+
+def stored_ips(tmp_path: Path) -> dict[str, str | None]:
+    with sqlite3.connect(tmp_path / "spool.db") as conn:
+        rows = conn.execute("SELECT message_id, data FROM messages").fetchall()
+    return {mid: orjson.loads(data)["enrichment"].get("ip") for mid, data in rows}
+
+
+def test_a_non_ip_forwarded_for_is_not_stored_as_the_client_address(tmp_path: Path) -> None:
+    def behind_proxy(table: dict[str, Any]) -> None:
+        table["relay"]["trusted_proxies"] = ["127.0.0.1/32"]
+        table["relay"]["admin_token"] = ADMIN
+
+    with relay_stack(tmp_path, vendors=["retailrocket"], forward=False,
+                     adjust=behind_proxy) as proxied:
+        sent = {
+            "plain": "203.0.113.9",
+            "with-port": "203.0.113.10:51234",
+            "v6": "[2001:db8::7]:443",
+            "spoofed-left": "<script>alert(1)</script>, 203.0.113.11",
+            "garbage": "not-an-ip",
+            "garbage-nearest": "203.0.113.12, evil.example",
+            "injection": "1.2.3.4'; DROP TABLE messages; --",
+        }
+        for message_id, forwarded in sent.items():
+            answer = post(proxied, {"batch": [track("A", message_id)], "writeKey": WRITE_KEY},
+                          headers={"X-Forwarded-For": forwarded})
+            assert answer.status_code == 200, answer.text
+        assert stored_ips(tmp_path) == {
+            "plain": "203.0.113.9", "with-port": "203.0.113.10", "v6": "2001:db8::7",
+            "spoofed-left": "203.0.113.11",
+            "garbage": None, "garbage-nearest": None, "injection": None,
+        }
+        metrics = httpx.get(f"{proxied.relay_url}/metrics",
+                            headers={"Authorization": f"Bearer {ADMIN}"}).text
+        assert 'shoprelay_headers_refused_total{header="x-forwarded-for"} 3.0' in metrics

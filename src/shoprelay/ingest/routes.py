@@ -54,6 +54,7 @@ class Ingest:
         self._all_origins = {o for s in settings.sites.values() for o in s.allowed_origins}
         self._trusted = [ipaddress.ip_network(p, strict=False)
                          for p in settings.relay.trusted_proxies]
+        self._refusal_logged = -1e9
 
     def routes(self) -> list[Route]:
         routes = [Route(f"/v1/{path}", self.batch, methods=["POST", "OPTIONS"])
@@ -86,8 +87,10 @@ class Ingest:
         if request.method == "OPTIONS":
             return self._preflight(origin)
         server_site = self.settings.site_for_server_key(_basic_user(request))
+        client_ip = self._client_ip(request)
         if server_site is None:
-            wait = self.per_address.hit(self._client_ip(request))
+            # A refused X-Forwarded-For still counts against the proxy that sent it.
+            wait = self.per_address.hit(client_ip or _peer(request))
             if wait is not None:
                 self.metrics.rejected.labels("rate_limited").inc()
                 response = self._error(429, "too many requests from this address", origin)
@@ -141,11 +144,11 @@ class Ingest:
         visitor = cookie_visitor
         if accepted:
             user_agent = request.headers.get("user-agent")
-            ip = self._client_ip(request)
+            ip = client_ip
             if server:
                 # The backend speaks for the visitor: take what it says the browser was.
                 first = accepted[0].get("context") or {}
-                ip = first.get("ip") if isinstance(first.get("ip"), str) else None
+                ip = ip_of(first["ip"]) if isinstance(first.get("ip"), str) else None
                 user_agent = first.get("userAgent") if isinstance(first.get("userAgent"),
                                                                     str) else None
             result = await self.spool.ingest(
@@ -237,22 +240,33 @@ class Ingest:
         return any(address in net for net in self._trusted)
 
     def _client_ip(self, request: Request) -> str | None:
-        """The client's address; X-Forwarded-For is believed only from trusted proxies."""
-        peer = request.client.host if request.client else None
+        """The client's address; X-Forwarded-For is believed only from trusted proxies, and
+        only as far as it holds IP addresses: a proxy passes on whatever the client wrote in
+        front of its own entry, and that is never stored as an address (None instead)."""
+        peer = _peer(request)
         if not self._peer_trusted(peer):
             return peer
-        forwarded = request.headers.get("x-forwarded-for", "")
+        forwarded = ",".join(request.headers.getlist("x-forwarded-for"))
         hops = [h.strip() for h in forwarded.split(",") if h.strip()]
         # Walk from the nearest hop back; the first untrusted address is the client.
         for hop in reversed(hops):
-            if not self._peer_trusted(hop):
-                return hop
-        return hops[0] if hops else peer
+            address = ip_of(hop)
+            if address is None:
+                self.metrics.refused_headers.labels("x-forwarded-for").inc()
+                now = time.monotonic()
+                if now - self._refusal_logged > 60:  # a flood of them is one line a minute
+                    self._refusal_logged = now
+                    log.info("a trusted proxy passed on a non-IP X-Forwarded-For hop; "
+                             "no client address stored (shoprelay_headers_refused_total)")
+                return None
+            if not self._peer_trusted(address):
+                return address
+        return ip_of(hops[0]) if hops else peer
 
     def _is_https(self, request: Request) -> bool:
         if request.url.scheme == "https":
             return True
-        peer = request.client.host if request.client else None
+        peer = _peer(request)
         proto = request.headers.get("x-forwarded-proto", "")
         return self._peer_trusted(peer) and proto.split(",")[0].strip() == "https"
 
@@ -269,6 +283,24 @@ async def _read_limited(request: Request, limit: int) -> bytes:
             raise BadRequest(413, f"body is larger than the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _peer(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def ip_of(hop: str) -> str | None:
+    """An X-Forwarded-For hop as an address ("1.2.3.4", "1.2.3.4:5678", "[2001:db8::1]:443"
+    or "2001:db8::1", in canonical form), or None if it is not one."""
+    text = hop.strip()
+    if text.startswith("[") and "]" in text:
+        text = text[1:text.index("]")]
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
 
 
 def _basic_user(request: Request) -> str | None:
