@@ -185,3 +185,33 @@ def test_a_non_ip_forwarded_for_is_not_stored_as_the_client_address(tmp_path: Pa
         metrics = httpx.get(f"{proxied.relay_url}/metrics",
                             headers={"Authorization": f"Bearer {ADMIN}"}).text
         assert 'shoprelay_headers_refused_total{header="x-forwarded-for"} 3.0' in metrics
+
+
+# ---- 11: a visitor cookie is bound to its site ---------------------------------------------
+
+def test_a_cookie_from_one_shop_does_not_carry_a_visitor_into_another(tmp_path: Path) -> None:
+    def two_shops(table: dict[str, Any]) -> None:
+        table["sites"]["shop_b"] = {"write_key": "pk_shop_b", "vendors": {}}
+
+    with relay_stack(tmp_path, vendors=["retailrocket"], forward=False,
+                     adjust=two_shops) as relay:
+        at_b = post(relay, {"batch": [track("A", "at-b")], "writeKey": "pk_shop_b"})
+        b_cookie = at_b.cookies["sc"]
+        at_a = post(relay, {"batch": [track("A", "at-a")], "writeKey": WRITE_KEY},
+                    cookies={"sc": b_cookie})
+        assert at_a.status_code == 200
+        again_b = post(relay, {"batch": [track("A", "again-b")], "writeKey": "pk_shop_b"},
+                       cookies={"sc": b_cookie})
+        with sqlite3.connect(tmp_path / "spool.db") as conn:
+            visitors = dict(conn.execute("SELECT message_id, visitor_id FROM messages"))
+        # Shop A gave the visitor an id of its own, and a cookie that shop B does not take.
+        assert visitors["at-a"] != visitors["at-b"]
+        assert visitors["again-b"] == visitors["at-b"]
+        assert at_a.cookies["sc"] != b_cookie and again_b.cookies["sc"] == b_cookie
+        crossed = post(relay, {"batch": [track("A", "crossed")], "writeKey": "pk_shop_b"},
+                       cookies={"sc": at_a.cookies["sc"]})
+        with sqlite3.connect(tmp_path / "spool.db") as conn:
+            [(crossed_visitor,)] = conn.execute(
+                "SELECT visitor_id FROM messages WHERE message_id = 'crossed'")
+        assert crossed_visitor not in (visitors["at-a"], visitors["at-b"])
+        assert crossed.status_code == 200

@@ -138,9 +138,9 @@ class Ingest:
             no_consent = no_consent or all(c is None for c in consents.values())
         cookie_visitor = None
         if not server and not no_consent:
-            cookie_visitor = self.cookie.read(request.cookies.get(self.cookie.name))
+            cookie_visitor = self.cookie.read(request.cookies.get(self.cookie.name), site.name)
         hints: list[str | None] | None = (
-            [self._server_visitor(m) for m in accepted] if server else None)
+            [self._server_visitor(m, site.name) for m in accepted] if server else None)
         visitor = cookie_visitor
         if accepted:
             user_agent = request.headers.get("user-agent")
@@ -184,16 +184,17 @@ class Ingest:
         self._cors(response, origin, site)
         if visitor and not server and not no_consent:
             response.headers.append("Set-Cookie",
-                                    self.cookie.header(visitor, secure=self._is_https(request)))
+                                    self.cookie.header(visitor, site.name,
+                                                       secure=self._is_https(request)))
         response.headers["Cache-Control"] = "no-store"
         return response
 
-    def _server_visitor(self, message: dict[str, Any]) -> str:
+    def _server_visitor(self, message: dict[str, Any], site: str) -> str:
         """For the server API: the visitor named by the `sc` cookie value the shop's backend
         passed on in `context.visitorCookie` (verified), or "" to find it by user id."""
         context = message.get("context")
         value = context.pop("visitorCookie", None) if isinstance(context, dict) else None
-        return (self.cookie.read(value) if isinstance(value, str) else None) or ""
+        return (self.cookie.read(value, site) if isinstance(value, str) else None) or ""
 
     # ---- helpers ---------------------------------------------------------------------------
 
