@@ -4,7 +4,15 @@ would check afterwards (the answer, the spool, the logs, the debugger)."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import html
+import io
+import json
+import logging
+import re
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +20,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from relay_fixtures import WRITE_KEY, Stack, relay_stack, track
+from relay_fixtures import ORIGIN, WRITE_KEY, Stack, relay_stack, track
+from servers import wait_for
 
 from shoprelay.ingest.validation import MAX_DEPTH, MAX_MESSAGE_BYTES, STORE_FACTOR
 
@@ -215,3 +224,141 @@ def test_a_cookie_from_one_shop_does_not_carry_a_visitor_into_another(tmp_path: 
                 "SELECT visitor_id FROM messages WHERE message_id = 'crossed'")
         assert crossed_visitor not in (visitors["at-a"], visitors["at-b"])
         assert crossed.status_code == 200
+
+
+# ---- 7: vendor keys with URL-reserved characters are masked everywhere --------------------
+
+#: Where each vendor's secret lives in its settings table. Yespo has no secret (the site id
+#: is the only thing naming the shop).
+SECRET_FIELDS = {"retailrocket": "api_key", "alana": "api_key", "goshops": "api_key",
+                 "advisable": "app_secret"}
+RESERVED = "+/=?&%# \"\\:@,;<>'{}|^~`[]!$()*"
+
+
+def secret_for(vendor: str) -> str:
+    # The letters make any leak greppable whatever the encoding did to the rest.
+    return f"SeCrEt{vendor}{RESERVED}"
+
+
+def spellings(secret: str) -> list[str]:
+    """The secret as it could appear: letters (survive every encoding) and the encodings."""
+    from urllib.parse import quote, quote_plus
+
+    letters = secret[:secret.index("+")]
+    raw = secret.encode()
+    b64 = [base64.b64encode(b"\0" * k + raw).decode()[4 if k else 0:-8] for k in range(3)]
+    return [letters, secret, quote(secret, safe=""), quote_plus(secret),
+            re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), quote(secret, safe="")),
+            quote(quote(secret, safe=""), safe=""),
+            orjson.dumps(secret).decode()[1:-1], json.dumps(secret)[1:-1],
+            html.escape(secret), *b64, *(b.replace("+", "-").replace("/", "_") for b in b64)]
+
+
+class Collect(threading.Thread):
+    """Reads the debugger's event stream until told to stop."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.data = bytearray()
+        self.stop = threading.Event()
+        self.connected = threading.Event()
+
+    def run(self) -> None:
+        with httpx.stream("GET", self.url, headers={"Authorization": f"Bearer {ADMIN}"},
+                          timeout=None) as stream:
+            for chunk in stream.iter_raw():
+                self.data += chunk
+                self.connected.set()
+                if self.stop.is_set():
+                    return
+
+
+def test_vendor_keys_with_reserved_characters_never_leave_the_relay(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoprelay.cli import _with_spool
+    from shoprelay.operate.logs import JsonFormatter, configure
+    from shoprelay.sandbox import SANDBOXES
+
+    for vendor, field in SECRET_FIELDS.items():
+        monkeypatch.setattr(SANDBOXES[vendor], field, secret_for(vendor))
+
+    def keys(table: dict[str, Any]) -> None:
+        table["relay"]["admin_token"] = ADMIN
+        for vendor, field in SECRET_FIELDS.items():
+            table["sites"]["demo"]["vendors"][vendor][field] = secret_for(vendor)
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    lines = io.StringIO()
+    configure("debug", "json")   # as `shoprelay serve --log-level debug` does
+    root.handlers[0].setStream(lines)  # type: ignore[attr-defined]
+    assert isinstance(root.handlers[0].formatter, JsonFormatter)
+    shown = bytearray()            # every byte a browser or an operator's page gets
+    try:
+        with relay_stack(tmp_path, vendors=[*SECRET_FIELDS, "yespo"], adjust=keys) as relay:
+            stream = Collect(f"{relay.relay_url}/debug/stream")
+            stream.start()
+            assert stream.connected.wait(10)
+
+            def send(event: str, message_id: str) -> None:
+                answer = post(relay, {"batch": [
+                    {"type": "identify", "userId": "u-1", "traits": {"email": "a@b.example"}},
+                    track(event, message_id, product_id="101", price=9.5, quantity=1,
+                          currency="EUR", name="Shoe", category="Shoes")],
+                    "writeKey": WRITE_KEY}, headers={"Origin": ORIGIN})
+                assert answer.status_code == 200, answer.text
+                shown.extend(repr(answer.headers.raw).encode() + answer.content)
+
+            send("Product Viewed", "seen-1")
+            for vendor in SECRET_FIELDS:
+                relay.wait_received(vendor, 1)
+            # Then every vendor refuses for good: the request goes to the dead letter.
+            for vendor in SECRET_FIELDS:
+                httpx.post(f"{relay.sandbox_url}/_sandbox/{vendor}/faults",
+                           json={"kind": "status", "status": 400})
+            send("Product Added", "added-1")
+
+            def dead() -> list[Any]:
+                letters = asyncio.run(_with_spool(relay.settings, lambda s: s.dead_letters()))
+                return letters if {d.vendor for d in letters} >= set(SECRET_FIELDS) else []
+
+            letters = wait_for(dead, timeout=30)
+            for path in ("/s.js", "/debug", "/openapi.json", "/healthz", "/readyz",
+                         "/metrics", "/debug/stream?token=wrong", "/nothing-here"):
+                page = httpx.get(f"{relay.relay_url}{path}",
+                                 headers={"Authorization": f"Bearer {ADMIN}"}
+                                 if "stream" not in path else {})
+                shown.extend(repr(page.headers.raw).encode() + page.content)
+            stream.stop.set()
+            send("Product Viewed", "seen-2")  # wakes the stream reader so it sees `stop`
+            stream.join(10)
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    events = bytes(stream.data).decode()
+    dead_text = orjson.dumps([d.to_dict() for d in letters]).decode()
+    # What was checked is really there: vendor requests in the debugger and dead letters.
+    assert '"kind":"vendor"' in events and "retailrocket" in events
+    assert all(d.request for d in letters), dead_text
+    assert "apiKey=***" in dead_text and "apiKey=***" in events
+    assert '"logger":"shoprelay' in lines.getvalue()
+    for vendor in SECRET_FIELDS:
+        for spelling in spellings(secret_for(vendor)):
+            for name, text in (("debugger event", events), ("dead letter", dead_text),
+                               ("log line", lines.getvalue()),
+                               ("browser-facing byte", shown.decode("utf-8", "replace"))):
+                assert spelling not in text, f"{vendor}'s key in a {name}: {spelling!r}"
+
+
+def test_masking_covers_each_encoding_of_a_secret() -> None:
+    from shoprelay.masking import mask_secrets
+
+    secret = secret_for("x") + "é€😀"
+    user = ["", "u:", "us:", "use:"]
+    for spelling in [*spellings(secret)[1:9],  # the text encodings (base64 below, whole)
+                     *(base64.b64encode(f"{u}{secret}".encode()).decode() for u in user)]:
+        masked = mask_secrets(f"before {spelling} after", [secret])
+        assert "***" in masked and "SeCrEt" not in masked, (spelling, masked)
+    assert mask_secrets("nothing secret here: %2B \\u0041", [secret]) == (
+        "nothing secret here: %2B \\u0041")

@@ -51,6 +51,7 @@ class VisitorCookie:
         malformed or signed for another site."""
         if not value:
             return None
+        visitor: str | None
         try:
             visitor = self._signer(site).unsign(value).decode("ascii")
         except (BadSignature, UnicodeDecodeError):
