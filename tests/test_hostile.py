@@ -13,6 +13,7 @@ import logging
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -362,3 +363,63 @@ def test_masking_covers_each_encoding_of_a_secret() -> None:
         assert "***" in masked and "SeCrEt" not in masked, (spelling, masked)
     assert mask_secrets("nothing secret here: %2B \\u0041", [secret]) == (
         "nothing secret here: %2B \\u0041")
+
+
+# ---- 13: the admin token is never taken from a URL, except on the event stream ------------
+
+def test_the_admin_token_in_a_url_opens_only_the_event_stream(tmp_path: Path) -> None:
+    from shoprelay.operate import admin
+
+    def with_token(table: dict[str, Any]) -> None:
+        table["relay"]["admin_token"] = ADMIN
+
+    with relay_stack(tmp_path, vendors=["retailrocket"], forward=False,
+                     adjust=with_token) as relay:
+        url = relay.relay_url
+        bearer = {"Authorization": f"Bearer {ADMIN}"}
+        # The token in a query string (proxy logs, history, Referer) opens nothing else.
+        assert httpx.get(f"{url}/metrics?token={ADMIN}").status_code == 401
+        assert httpx.get(f"{url}/debug?token={ADMIN}").status_code == 401
+        assert httpx.get(f"{url}/metrics", headers=bearer).status_code == 200
+        with httpx.stream("GET", f"{url}/debug/stream?token={ADMIN}") as stream:
+            assert stream.status_code == 200
+        # A browser opens the printed link, gets a cookie for the debugger only, and the
+        # page's event stream is let in by that cookie.
+        opened = httpx.get(admin.make_link(ADMIN, url))
+        assert opened.status_code == 303 and opened.headers["location"] == "/debug"
+        set_cookie = opened.headers["set-cookie"]
+        assert {"HttpOnly", "SameSite=Strict", "Path=/debug"} <= {
+            part.strip() for part in set_cookie.split(";")}
+        assert ADMIN not in set_cookie
+        session = {admin.COOKIE_NAME: opened.cookies[admin.COOKIE_NAME]}
+        page = httpx.get(f"{url}/debug", cookies=session)
+        assert page.status_code == 200 and 'EventSource("/debug/stream")' in page.text
+        with httpx.stream("GET", f"{url}/debug/stream", cookies=session) as stream:
+            assert stream.status_code == 200
+        assert httpx.get(f"{url}/metrics", cookies=session).status_code == 401
+        # Expired, foreign or forged proofs open nothing.
+        old = admin.make_link(ADMIN, url, now=time.time() - admin.LINK_SECONDS - 5)
+        other = admin.make_link("another-admin-token-0123456789", url)
+        for link in (old, other, f"{url}/debug?link=debug.AAAA.BBBB"):
+            refused = httpx.get(link)
+            assert refused.status_code == 401 and "set-cookie" not in refused.headers
+        forged = {admin.COOKIE_NAME: "debug.AAAA.BBBB"}
+        assert httpx.get(f"{url}/debug", cookies=forged).status_code == 401
+        assert httpx.get(f"{url}/debug/stream", cookies=forged).status_code == 401
+
+
+def test_debug_link_command_prints_a_link_the_relay_accepts(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture
+                                                            ) -> None:
+    from shoprelay.cli import main
+    from shoprelay.operate import admin
+
+    config = tmp_path / "relay.toml"
+    config.write_text(f'[relay]\nsecret = "{"s" * 20}"\nadmin_token = "{ADMIN}"\n'
+                      f'[sites.demo]\nwrite_key = "{WRITE_KEY}"\n')
+    assert main(["debug-link", "--config", str(config),
+                 "--base-url", "https://relay.example/"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith("https://relay.example/debug?link=")
+    assert admin.link_valid(printed.split("link=", 1)[1], ADMIN)
+    assert ADMIN not in printed
