@@ -423,3 +423,146 @@ def test_debug_link_command_prints_a_link_the_relay_accepts(tmp_path: Path,
     assert printed.startswith("https://relay.example/debug?link=")
     assert admin.link_valid(printed.split("link=", 1)[1], ADMIN)
     assert ADMIN not in printed
+
+
+# ---- 10: `shoprelay serve` bounds headers and idle connections -----------------------------
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """`shoprelay serve` as an operator runs it, with short limits so the test is quick."""
+    import subprocess
+    import sys
+
+    from servers import free_port
+
+    port = free_port()
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        f'[relay]\nsecret = "{"s" * 20}"\nspool = "sqlite://{tmp_path / "spool.db"}"\n'
+        "header_read_timeout_seconds = 1.0\nkeep_alive_seconds = 1.0\n"
+        f'[sites.demo]\nwrite_key = "{WRITE_KEY}"\n')
+    process = subprocess.Popen([sys.executable, "-m", "shoprelay", "serve", "--config",
+                                str(config), "--port", str(port), "--log-level", "warning"])
+    try:
+        wait_for(lambda: _healthy(port), timeout=30)
+        yield "127.0.0.1", port
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _read_until_closed(sock: Any, limit: float = 15.0) -> bytes:
+    """Everything the server sends until it closes the connection (`limit` only bounds a
+    broken test; the relay's own limits here are one second)."""
+    sock.settimeout(limit)
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def test_serve_closes_a_connection_that_sends_nothing(served: tuple[str, int]) -> None:
+    import socket
+
+    with socket.create_connection(served) as sock:
+        assert _read_until_closed(sock).startswith(b"HTTP/1.1 408")
+
+
+def test_serve_answers_408_to_headers_that_trickle_in(served: tuple[str, int]) -> None:
+    import socket
+
+    with socket.create_connection(served) as sock:
+        sock.sendall(b"POST /v1/batch HTTP/1.1\r\nHost: relay\r\n")
+        sock.settimeout(0.25)
+        answer = b""
+        for _ in range(60):  # one header byte every quarter second: never a whole header
+            try:
+                sock.sendall(b"X")
+                answer += sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:  # closed by the relay while we were still sending
+                break
+            if answer:
+                break
+        answer += _read_until_closed(sock) if answer.endswith(b"\r\n\r\n") else b""
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+
+
+def test_serve_refuses_a_70_kb_cookie_and_takes_a_normal_one(served: tuple[str, int]) -> None:
+    host, port = served
+    url = f"http://{host}:{port}/v1/batch"
+    body = {"batch": [track("A")], "writeKey": WRITE_KEY}
+    huge = httpx.post(url, json=body, headers={"Cookie": "junk=" + "x" * 70_000})
+    assert huge.status_code == 431
+    normal = httpx.post(url, json=body, headers={"Cookie": "shop=" + "x" * 8_000})
+    assert normal.status_code == 200
+
+
+def test_serve_closes_an_idle_keep_alive_connection(served: tuple[str, int]) -> None:
+    import socket
+
+    with socket.create_connection(served) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n")
+        answer = _read_until_closed(sock)   # the answer, then the close after 1 s idle
+    assert answer.startswith(b"HTTP/1.1 200") and b'{"status":"ok"}' in answer
+    with socket.create_connection(served) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n")
+        sock.settimeout(15)
+        first = sock.recv(65536)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # a second request that never finishes
+        answer = first + _read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 408" in answer
+
+
+def test_the_h11_flavour_has_the_same_limits(tmp_path: Path) -> None:
+    """Where httptools is not installed uvicorn speaks h11: the same limits hold there."""
+    import socket
+
+    import uvicorn
+    from servers import free_port
+
+    from shoprelay.operate.serving import GuardedH11
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    port = free_port()
+    limited = type("LimitedH11", (GuardedH11,), {"header_read_timeout": 1.0,
+                                                  "max_header_bytes": 8192})
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=limited,
+                                           h11_max_incomplete_event_size=8192,
+                                           timeout_keep_alive=1, lifespan="off",
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, timeout=20)
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            assert _read_until_closed(sock).startswith(b"HTTP/1.1 408")
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nCookie: " + b"x" * 20_000 + b"\r\n\r\n")
+            assert _read_until_closed(sock).startswith(b"HTTP/1.1 431")
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            for _ in range(10):  # the same in pieces: h11's own bound answers first
+                sock.sendall(b"X-Pad: " + b"x" * 2000 + b"\r\n" if _ else b"GET / HTTP/1.1\r\n")
+            assert _read_until_closed(sock)[:12] in (b"HTTP/1.1 400", b"HTTP/1.1 431")
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.settimeout(15)
+            first = sock.recv(65536)
+            # The next request starts (ending the keep-alive wait) but never finishes.
+            sock.sendall(b"GET / HTTP/1.1\r\n")
+            answer = first + _read_until_closed(sock)
+        assert answer.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 408" in answer
+    finally:
+        server.should_exit = True
+        thread.join(20)

@@ -28,6 +28,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from shoprelay.app import create_app
+    from shoprelay.operate.serving import uvicorn_options
 
     settings = _load(args.config)
     configure_logs(args.log_level, settings.relay.log_format)
@@ -52,6 +53,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=max(1, round(grace)), server_header=False,
         # Our own handlers (JSON lines with request ids) for uvicorn's loggers too.
         log_config=None,
+        # Header size, header-read and keep-alive limits: the relay may face clients directly.
+        **uvicorn_options(settings.relay),
     )
     Server(config).run()
     return 0
