@@ -18,11 +18,11 @@ import orjson
 
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
-#: What one request may store: this many times its body, plus `RELAY_FIELDS_BYTES` a message
-#: for what the relay adds (messageId, timestamp, receivedAt). The batch `context` is copied
-#: into every message, so without a bound a 500 KB body could store gigabytes.
-STORE_FACTOR = 4
-RELAY_FIELDS_BYTES = 256
+#: What one request may store, besides the fields the relay adds itself (messageId,
+#: timestamp, receivedAt: at most ~150 bytes a message): this many times its body. The batch
+#: `context` is copied into every message, so without a bound a 500 KB body could store
+#: gigabytes.
+STORE_FACTOR = 3
 #: Levels of nesting the spool and the debugger wrap a message in when they serialise it
 #: (orjson refuses to write more than 254 levels; a message must still fit inside them).
 _WRAPPING_LEVELS = 4
@@ -155,8 +155,7 @@ def check_messages(
     """
     checked = Checked()
     received_iso = datetime.fromtimestamp(received_at, UTC).isoformat(timespec="milliseconds")
-    budget = (None if body_bytes is None
-              else STORE_FACTOR * body_bytes + RELAY_FIELDS_BYTES * len(messages))
+    budget = None if body_bytes is None else STORE_FACTOR * body_bytes
     stored = 0
     for index, message in enumerate(messages):
         message_id = message.get("messageId") if isinstance(message, dict) else None
@@ -164,34 +163,39 @@ def check_messages(
         completed: dict[str, Any] = {}
         if problem is None:
             assert isinstance(message, dict)
-            completed = _completed(message, batch_context, type_hint, received_iso)
-            problem = _size_problem(completed, stored, budget)
+            completed, added = _completed(message, batch_context, type_hint, received_iso)
+            problem, size = _size_problem(completed, stored, added, budget)
         if problem is not None:
             code, error = problem
             checked.rejected.append(
                 Rejection(index, message_id if isinstance(message_id, str) else None, error,
                           code))
             continue
-        stored += _stored_size(completed)
+        stored += size - added
         checked.accepted.append(completed)
     return checked
 
 
 def _completed(message: dict[str, Any], batch_context: Any, type_hint: str,
-               received_iso: str) -> dict[str, Any]:
-    """The message as stored: the relay's fields added, the batch context merged in."""
+               received_iso: str) -> tuple[dict[str, Any], int]:
+    """The message as stored (the relay's fields added, the batch context merged in), and
+    how many of its bytes are the relay's own fields."""
     completed = dict(message)
+    added: dict[str, str] = {}
     if type_hint and "type" not in completed:
-        completed["type"] = type_hint
+        added["type"] = type_hint
     if not completed.get("messageId"):
-        completed["messageId"] = f"srv-{uuid.uuid4()}"
+        added["messageId"] = f"srv-{uuid.uuid4()}"
     if not completed.get("timestamp"):
-        completed["timestamp"] = received_iso
+        added["timestamp"] = received_iso
     if isinstance(batch_context, dict) and batch_context:
         # A message's own context wins over the batch's (Segment's rule).
         completed["context"] = {**batch_context, **(completed.get("context") or {})}
-    completed["receivedAt"] = received_iso
-    return completed
+    completed.pop("receivedAt", None)
+    added["receivedAt"] = received_iso
+    completed.update(added)
+    # "key":"value", — plain ASCII on both sides, so counted without serialising.
+    return completed, sum(len(k) + len(v) + 6 for k, v in added.items())
 
 
 def _stored_size(message: dict[str, Any]) -> int:
@@ -203,22 +207,23 @@ def _stored_size(message: dict[str, Any]) -> int:
     return len(orjson.dumps(wrapped)) - 2 * _WRAPPING_LEVELS
 
 
-def _size_problem(message: dict[str, Any], stored: int, budget: int | None
-                  ) -> tuple[str, str] | None:
+def _size_problem(message: dict[str, Any], stored: int, added: int, budget: int | None
+                  ) -> tuple[tuple[str, str] | None, int]:
+    """(the problem or None, the message's stored size)."""
     try:
         size = _stored_size(message)
     except orjson.JSONEncodeError:
-        return "too_deep", (f"message is nested deeper than {MAX_DEPTH} levels (with the "
-                            "batch context merged in), more than the relay can store")
+        return ("too_deep", f"message is nested deeper than {MAX_DEPTH} levels (with the "
+                            "batch context merged in), more than the relay can store"), 0
     if size > MAX_MESSAGE_BYTES:
-        return "too_large", (f"message is {size} bytes as stored (with the batch context "
-                             f"merged in); the limit is {MAX_MESSAGE_BYTES}")
-    if budget is not None and stored + size > budget:
-        return "over_budget", (
+        return ("too_large", f"message is {size} bytes as stored (with the batch context "
+                             f"merged in); the limit is {MAX_MESSAGE_BYTES}"), size
+    if budget is not None and stored + size - added > budget:
+        return ("over_budget", (
             f"this request would store more than {budget} bytes ({STORE_FACTOR} times its "
-            f"body plus {RELAY_FIELDS_BYTES} a message): the batch context is copied into "
-            "every message, so put it in the messages themselves or send fewer per request")
-    return None
+            "body): the batch context is copied into every message, so put it in the "
+            "messages themselves or send fewer of them per request")), size
+    return None, size
 
 
 def _problem(message: Any, type_hint: str) -> tuple[str, str] | None:
