@@ -96,7 +96,8 @@ def test_whole_shopper_session_reaches_every_vendor(tmp_path: Path) -> None:
             refused = [r for r in stack.received(vendor) if not r["accepted"]]
             assert refused == [], refused
 
-        visitor = VisitorCookie("browser-test-secret-0123456789").read(cookies["sc"])
+        visitor = VisitorCookie("browser-test-secret-0123456789").read(cookies["sc"],
+                                                                       "demo")
         assert visitor
         rr = stack.received("retailrocket")
         assert {r["body"]["sessionExternalId"] for r in rr} == {visitor}

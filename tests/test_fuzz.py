@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -77,6 +78,49 @@ def test_random_bytes_get_a_4xx_with_a_reason(relay: str, raw: bytes) -> None:
     assert 400 <= answer.status_code < 500 or answer.status_code == 200
     if answer.status_code >= 400:
         assert answer.json()["error"]
+
+
+@FUZZ
+@given(levels=st.integers(1, 1022), where=st.sampled_from(["properties", "context", "traits"]),
+       position=st.integers(0, 2), container=st.sampled_from([b"[", b'{"k":']))
+def test_any_nesting_depth_is_stored_or_refused_per_message(
+        relay: str, levels: int, where: str, position: int, container: bytes) -> None:
+    closing = b"]" if container == b"[" else b"}"
+    batch = [{"type": "track", "event": f"E{i}", "properties": {}} for i in range(3)]
+    batch[position] = {"type": "identify", "userId": "u", where: {"deep": "@deep@"}}
+    raw = orjson.dumps({"batch": batch, "writeKey": WRITE_KEY}).replace(
+        b'"@deep@"', container * levels + b"0" + closing * levels)
+    answer = httpx.post(f"{relay}/v1/batch", content=raw,
+                        headers={"Content-Type": "application/json"})
+    assert answer.status_code < 500, answer.text
+    body = answer.json()
+    if answer.status_code == 200:
+        assert body["accepted"] + len(body["rejected"]) == 3
+        assert all(r["index"] == position and r["error"] for r in body["rejected"])
+    else:  # beyond what JSON parsers read at all: the request, with the reason
+        assert answer.status_code == 400 and "depth" in body["error"]
+
+
+@FUZZ
+@given(key=st.text(min_size=1, max_size=8), first=json_values, second=json_values,
+       spacing=st.sampled_from([(b"", b""), (b" ", b"\n"), (b"\t", b" ")]),
+       escaped=st.booleans())
+def test_a_duplicate_key_is_refused_however_it_is_spelled(
+        relay: str, key: str, first: Any, second: Any, spacing: tuple[bytes, bytes],
+        escaped: bool) -> None:
+    before, after = spacing
+    name = orjson.dumps(key)
+    # The same key spelled differently still names the same member: "\u0061" is "a".
+    other = (b'"' + "".join(f"\\u{ord(c):04x}" if ord(c) < 0x10000 else c
+                            for c in key).encode() + b'"') if escaped else name
+    properties = (b"{" + name + before + b":" + after + orjson.dumps(first) + b"," + before
+                  + other + b":" + orjson.dumps(second) + b"}")
+    raw = (b'{"batch":[{"type":"track","event":"E","properties":' + properties
+           + b'}],"writeKey":"' + WRITE_KEY.encode() + b'"}')
+    answer = httpx.post(f"{relay}/v1/batch", content=raw,
+                        headers={"Content-Type": "application/json"})
+    assert answer.status_code == 400, answer.text
+    assert "duplicate key" in answer.json()["error"]
 
 
 # ---- adapters against their sandboxes ---------------------------------------------------------

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import itertools
 
+from itsdangerous import Signer
+
 from shoprelay.identity.cookie import VisitorCookie, new_visitor_id
 from shoprelay.identity.state import VisitorState, apply
 
@@ -16,25 +18,37 @@ def test_visitor_id_shape() -> None:
 def test_cookie_round_trip_and_attributes() -> None:
     cookie = VisitorCookie("a-long-enough-secret", "sc")
     visitor = new_visitor_id()
-    header = cookie.header(visitor, secure=True)
+    header = cookie.header(visitor, "shop", secure=True)
     name, value = header.split(";")[0].split("=", 1)
     assert name == "sc"
-    assert cookie.read(value) == visitor
+    assert cookie.read(value, "shop") == visitor
     attrs = {a.strip() for a in header.split(";")[1:]}
     assert {"HttpOnly", "SameSite=Lax", "Secure", "Path=/", "Max-Age=63072000"} <= attrs
-    assert "Secure" not in cookie.header(visitor, secure=False)
+    assert "Secure" not in cookie.header(visitor, "shop", secure=False)
 
 
 def test_tampered_or_foreign_cookie_is_not_believed() -> None:
     ours = VisitorCookie("a-long-enough-secret")
     theirs = VisitorCookie("another-long-secret")
     visitor = new_visitor_id()
-    value = ours.value_for(visitor)
-    assert ours.read(value[:-1] + ("A" if value[-1] != "A" else "B")) is None
-    assert ours.read(theirs.value_for(visitor)) is None
-    assert ours.read("garbage") is None
-    assert ours.read("") is None
-    assert ours.read(ours.value_for("not-hex")) is None
+    value = ours.value_for(visitor, "shop")
+    assert ours.read(value[:-1] + ("A" if value[-1] != "A" else "B"), "shop") is None
+    assert ours.read(theirs.value_for(visitor, "shop"), "shop") is None
+    assert ours.read("garbage", "shop") is None
+    assert ours.read("", "shop") is None
+    assert ours.read(ours.value_for("not-hex", "shop"), "shop") is None
+
+
+def test_a_cookie_is_bound_to_its_site() -> None:
+    cookie = VisitorCookie("a-long-enough-secret")
+    visitor = new_visitor_id()
+    assert cookie.read(cookie.value_for(visitor, "shop-b"), "shop-a") is None
+    assert cookie.read(cookie.value_for(visitor, "shop-a"), "shop-a") == visitor
+    # Signed before signatures named the site: read only where it cannot cross sites.
+    legacy = Signer("a-long-enough-secret", salt="shoprelay.visitor-cookie").sign(visitor)
+    assert cookie.read(legacy.decode(), "shop-a") is None
+    single = VisitorCookie("a-long-enough-secret", accept_unbound=True)
+    assert single.read(legacy.decode(), "shop-a") == visitor
 
 
 def test_anonymous_id_maps_to_a_stable_visitor() -> None:

@@ -37,7 +37,7 @@ class Device:
 
     @property
     def visitor(self) -> str | None:
-        return VisitorCookie(SECRET).read(self.client.cookies.get("sc"))
+        return VisitorCookie(SECRET).read(self.client.cookies.get("sc"), "demo")
 
 
 def identify(user_id: str, **traits: Any) -> dict[str, Any]:

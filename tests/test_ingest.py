@@ -111,15 +111,15 @@ def test_cookie_is_set_signed_and_kept(stack) -> None:
     assert "Max-Age=63072000" in header and "Secure" not in header
     value = first.cookies["sc"]
     cookie = VisitorCookie("test-secret-of-enough-length")
-    visitor = cookie.read(value)
+    visitor = cookie.read(value, "demo")
     assert visitor and len(visitor) == 32
     again = httpx.post(url, json={"batch": [track("B")], "writeKey": WRITE_KEY},
                        cookies={"sc": value})
-    assert cookie.read(again.cookies["sc"]) == visitor
+    assert cookie.read(again.cookies["sc"], "demo") == visitor
     tampered = httpx.post(url, json={"batch": [track("C")], "writeKey": WRITE_KEY},
                           cookies={"sc": value[:-2] + "xx"})
     assert tampered.status_code == 200
-    fresh = cookie.read(tampered.cookies["sc"])
+    fresh = cookie.read(tampered.cookies["sc"], "demo")
     assert fresh and fresh != visitor
     https = httpx.post(url, json={"batch": [track("D")], "writeKey": WRITE_KEY},
                        headers={"X-Forwarded-Proto": "https"})

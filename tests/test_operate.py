@@ -111,7 +111,7 @@ def test_live_debugger_streams_messages_and_vendor_requests(stack) -> None:
     thread = threading.Thread(target=listen, daemon=True)
     thread.start()
     time.sleep(0.5)
-    page = httpx.get(f"{stack.relay_url}/debug?token={TOKEN}")
+    page = httpx.get(f"{stack.relay_url}/debug", headers={"Authorization": f"Bearer {TOKEN}"})
     assert page.status_code == 200 and "EventSource" in page.text
     httpx.post(f"{stack.relay_url}/v1/batch",
                json={"batch": [track("Product Viewed", "dbg-1", product_id=5)],

@@ -137,7 +137,10 @@ def create_app(settings: Settings, *, delivery: DeliveryOptions | None = None,
                forward: bool = True) -> Starlette:
     """The relay as an ASGI app. `forward=False` stores without delivering (for tests/tools)."""
     cookie = VisitorCookie(settings.relay.secret, settings.relay.cookie_name,
-                           settings.relay.cookie_max_age_days)
+                           settings.relay.cookie_max_age_days,
+                           # Cookies signed before they named the site cannot cross sites
+                           # where there is only one.
+                           accept_unbound=len(settings.sites) == 1)
     spool = make_spool(settings, make_router(settings), cookie)
     targets = [(site.name, VENDORS[name], config)
                for site in settings.sites.values()

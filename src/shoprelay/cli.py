@@ -1,4 +1,5 @@
-"""The `shoprelay` command (CONTRACT §5): serve, demo, check-config, deadletter."""
+"""The `shoprelay` command (CONTRACT §5): serve, demo, check-config, deadletter, spool,
+debug-link."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from shoprelay.app import create_app
+    from shoprelay.operate.serving import uvicorn_options
 
     settings = _load(args.config)
     configure_logs(args.log_level, settings.relay.log_format)
@@ -57,6 +59,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=max(1, round(grace)), server_header=False,
         # Our own handlers (JSON lines with request ids) for uvicorn's loggers too.
         log_config=None,
+        # Header size, header-read and keep-alive limits: the relay may face clients directly.
+        **uvicorn_options(settings.relay),
     )
     Server(config).run()
     return 0
@@ -157,6 +161,20 @@ def cmd_spool(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_debug_link(args: argparse.Namespace) -> int:
+    from shoprelay.operate import admin
+
+    settings = _load(args.config)
+    if not settings.relay.admin_token:
+        print("shoprelay: relay.admin_token is not set, so the debugger is off",
+              file=sys.stderr)
+        return 2
+    print(admin.make_link(settings.relay.admin_token, args.base_url))
+    print(f"(open it within {admin.LINK_SECONDS // 60} minutes; the browser then keeps a "
+          f"debugger cookie for {admin.SESSION_SECONDS // 3600} hours)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shoprelay", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -196,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     spool.add_argument("--hours", type=float, help="prune: finished work older than this "
                        "(default: retention_hours)")
     spool.set_defaults(func=cmd_spool)
+
+    link = sub.add_parser("debug-link", help="print a short-lived link to the live debugger")
+    link.add_argument("--config", required=True)
+    link.add_argument("--base-url", default="", help="the relay's public address, e.g. "
+                      "https://shop.example/t (default: print the path only)")
+    link.set_defaults(func=cmd_debug_link)
     return parser
 
 

@@ -78,6 +78,11 @@ class RelaySettings:
     ingest_per_ip_per_minute: int = 1200
     #: Seconds a request body may take to arrive (slow clients get 408).
     body_read_timeout_seconds: float = 10.0
+    #: `shoprelay serve` only: seconds a request's line and headers may take to arrive (408),
+    #: their most bytes (431), and how long an idle keep-alive connection stays open.
+    header_read_timeout_seconds: float = 10.0
+    max_header_bytes: int = 32 * 1024
+    keep_alive_seconds: float = 5.0
     #: /readyz fails when the oldest queued event is older than this many seconds.
     ready_max_backlog_seconds: float = 900.0
     #: "json" (one JSON object a line) or "text".
@@ -258,6 +263,12 @@ def _check_relay(relay: RelaySettings, problems: list[Problem]) -> None:
         problems.append(Problem("relay.redis_prefix", "must not be empty"))
     if relay.redis_lease_seconds < 0.5:
         problems.append(Problem("relay.redis_lease_seconds", "must be at least 0.5"))
+    if relay.header_read_timeout_seconds <= 0:
+        problems.append(Problem("relay.header_read_timeout_seconds", "must be more than 0"))
+    if relay.max_header_bytes < 4096:
+        problems.append(Problem("relay.max_header_bytes", "must be at least 4096"))
+    if relay.keep_alive_seconds <= 0:
+        problems.append(Problem("relay.keep_alive_seconds", "must be more than 0"))
     if relay.admin_token and len(relay.admin_token) < 16:
         problems.append(Problem("relay.admin_token", "must be at least 16 characters"))
     if relay.log_format not in ("json", "text"):

@@ -3,6 +3,10 @@
 The tracker never sees or sets it; the relay reads it on every request and sets it on every
 answer (refreshing its two-year lifetime). A missing, tampered or foreign cookie is not an error:
 the visitor simply gets a new id, because refusing events over a cookie would lose data.
+
+The signature is bound to the site: one relay may serve several shops, and a cookie one of them
+was given must not carry a visitor into another (each site's signing key is derived from the
+secret and the site's name).
 """
 
 from __future__ import annotations
@@ -23,29 +27,52 @@ def new_visitor_id() -> str:
 
 
 class VisitorCookie:
-    def __init__(self, secret: str, name: str = "sc", max_age_days: int = 730) -> None:
+    def __init__(self, secret: str, name: str = "sc", max_age_days: int = 730, *,
+                 accept_unbound: bool = False) -> None:
+        """`accept_unbound`: also read cookies signed before signatures named the site (for a
+        relay serving one site, where they cannot cross into another; they are re-issued
+        bound on the next answer)."""
         self.name = name
         self.max_age = max_age_days * 86400
-        self._signer = Signer(secret, salt="shoprelay.visitor-cookie")
+        self._secret = secret
+        self._signers: dict[str, Signer] = {}
+        self._unbound = Signer(secret, salt="shoprelay.visitor-cookie") if accept_unbound else None
         self._alias_key = hashlib.sha256(b"shoprelay.anonymous-id\0" + secret.encode()).digest()
 
-    def read(self, value: str | None) -> str | None:
-        """The visitor id in a cookie value, or None if absent, tampered or malformed."""
+    def _signer(self, site: str) -> Signer:
+        signer = self._signers.get(site)
+        if signer is None:
+            signer = Signer(self._secret, salt=f"shoprelay.visitor-cookie\0{site}")
+            self._signers[site] = signer
+        return signer
+
+    def read(self, value: str | None, site: str) -> str | None:
+        """The visitor id in a cookie value given for `site`, or None if absent, tampered,
+        malformed or signed for another site."""
         if not value:
             return None
+        visitor: str | None
         try:
-            visitor = self._signer.unsign(value).decode("ascii")
+            visitor = self._signer(site).unsign(value).decode("ascii")
+        except (BadSignature, UnicodeDecodeError):
+            visitor = self._read_unbound(value)
+        return visitor if visitor and _VISITOR_ID.match(visitor) else None
+
+    def _read_unbound(self, value: str) -> str | None:
+        if self._unbound is None:
+            return None
+        try:
+            return self._unbound.unsign(value).decode("ascii")
         except (BadSignature, UnicodeDecodeError):
             return None
-        return visitor if _VISITOR_ID.match(visitor) else None
 
-    def value_for(self, visitor_id: str) -> str:
-        return self._signer.sign(visitor_id).decode("ascii")
+    def value_for(self, visitor_id: str, site: str) -> str:
+        return self._signer(site).sign(visitor_id).decode("ascii")
 
-    def header(self, visitor_id: str, *, secure: bool) -> str:
+    def header(self, visitor_id: str, site: str, *, secure: bool) -> str:
         """A Set-Cookie header value."""
         parts = [
-            f"{self.name}={self.value_for(visitor_id)}",
+            f"{self.name}={self.value_for(visitor_id, site)}",
             "Path=/",
             f"Max-Age={self.max_age}",
             "HttpOnly",

@@ -55,6 +55,7 @@ class Ingest:
         self._all_origins = {o for s in settings.sites.values() for o in s.allowed_origins}
         self._trusted = [ipaddress.ip_network(p, strict=False)
                          for p in settings.relay.trusted_proxies]
+        self._refusal_logged = -1e9
 
     def routes(self) -> list[Route]:
         routes = [Route(f"/v1/{path}", self.batch, methods=["POST", "OPTIONS"])
@@ -87,8 +88,10 @@ class Ingest:
         if request.method == "OPTIONS":
             return self._preflight(origin)
         server_site = self.settings.site_for_server_key(_basic_user(request))
+        client_ip = self._client_ip(request)
         if server_site is None:
-            wait = self.per_address.hit(self._client_ip(request))
+            # A refused X-Forwarded-For still counts against the proxy that sent it.
+            wait = self.per_address.hit(client_ip or _peer(request))
             if wait is not None:
                 self.metrics.rejected.labels("rate_limited").inc()
                 response = self._error(429, "too many requests from this address", origin)
@@ -125,7 +128,8 @@ class Ingest:
                 return self._error(400, "batch must be a non-empty array of messages", origin,
                                    site)
         checked = check_messages(messages, batch_context=body.get("context"),
-                                 received_at=received_at, type_hint=kind)
+                                 received_at=received_at, type_hint=kind,
+                                 body_bytes=len(raw))
         accepted = checked.accepted
         gpc = request.headers.get("sec-gpc", "").strip() == "1"
         consents = {i: consent_of(m, gpc) for i, m in enumerate(accepted)}
@@ -135,18 +139,18 @@ class Ingest:
             no_consent = no_consent or all(c is None for c in consents.values())
         cookie_visitor = None
         if not server and not no_consent:
-            cookie_visitor = self.cookie.read(request.cookies.get(self.cookie.name))
+            cookie_visitor = self.cookie.read(request.cookies.get(self.cookie.name), site.name)
         hints: list[str | None] | None = (
-            [self._server_visitor(m) for m in accepted] if server else None)
+            [self._server_visitor(m, site.name) for m in accepted] if server else None)
         visitor = cookie_visitor
         dropped: list[tuple[int, str]] = []
         if accepted:
             user_agent = request.headers.get("user-agent")
-            ip = self._client_ip(request)
+            ip = client_ip
             if server:
                 # The backend speaks for the visitor: take what it says the browser was.
                 first = accepted[0].get("context") or {}
-                ip = first.get("ip") if isinstance(first.get("ip"), str) else None
+                ip = ip_of(first["ip"]) if isinstance(first.get("ip"), str) else None
                 user_agent = first.get("userAgent") if isinstance(first.get("userAgent"),
                                                                     str) else None
             result = await self.spool.ingest(site.name, accepted, RequestContext(
@@ -186,16 +190,17 @@ class Ingest:
         self._cors(response, origin, site)
         if visitor and not server and not no_consent:
             response.headers.append("Set-Cookie",
-                                    self.cookie.header(visitor, secure=self._is_https(request)))
+                                    self.cookie.header(visitor, site.name,
+                                                       secure=self._is_https(request)))
         response.headers["Cache-Control"] = "no-store"
         return response
 
-    def _server_visitor(self, message: dict[str, Any]) -> str:
+    def _server_visitor(self, message: dict[str, Any], site: str) -> str:
         """For the server API: the visitor named by the `sc` cookie value the shop's backend
         passed on in `context.visitorCookie` (verified), or "" to find it by user id."""
         context = message.get("context")
         value = context.pop("visitorCookie", None) if isinstance(context, dict) else None
-        return (self.cookie.read(value) if isinstance(value, str) else None) or ""
+        return (self.cookie.read(value, site) if isinstance(value, str) else None) or ""
 
     # ---- helpers ---------------------------------------------------------------------------
 
@@ -242,22 +247,33 @@ class Ingest:
         return any(address in net for net in self._trusted)
 
     def _client_ip(self, request: Request) -> str | None:
-        """The client's address; X-Forwarded-For is believed only from trusted proxies."""
-        peer = request.client.host if request.client else None
+        """The client's address; X-Forwarded-For is believed only from trusted proxies, and
+        only as far as it holds IP addresses: a proxy passes on whatever the client wrote in
+        front of its own entry, and that is never stored as an address (None instead)."""
+        peer = _peer(request)
         if not self._peer_trusted(peer):
             return peer
-        forwarded = request.headers.get("x-forwarded-for", "")
+        forwarded = ",".join(request.headers.getlist("x-forwarded-for"))
         hops = [h.strip() for h in forwarded.split(",") if h.strip()]
         # Walk from the nearest hop back; the first untrusted address is the client.
         for hop in reversed(hops):
-            if not self._peer_trusted(hop):
-                return hop
-        return hops[0] if hops else peer
+            address = ip_of(hop)
+            if address is None:
+                self.metrics.refused_headers.labels("x-forwarded-for").inc()
+                now = time.monotonic()
+                if now - self._refusal_logged > 60:  # a flood of them is one line a minute
+                    self._refusal_logged = now
+                    log.info("a trusted proxy passed on a non-IP X-Forwarded-For hop; "
+                             "no client address stored (shoprelay_headers_refused_total)")
+                return None
+            if not self._peer_trusted(address):
+                return address
+        return ip_of(hops[0]) if hops else peer
 
     def _is_https(self, request: Request) -> bool:
         if request.url.scheme == "https":
             return True
-        peer = request.client.host if request.client else None
+        peer = _peer(request)
         proto = request.headers.get("x-forwarded-proto", "")
         return self._peer_trusted(peer) and proto.split(",")[0].strip() == "https"
 
@@ -274,6 +290,24 @@ async def _read_limited(request: Request, limit: int) -> bytes:
             raise BadRequest(413, f"body is larger than the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _peer(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def ip_of(hop: str) -> str | None:
+    """An X-Forwarded-For hop as an address ("1.2.3.4", "1.2.3.4:5678", "[2001:db8::1]:443"
+    or "2001:db8::1", in canonical form), or None if it is not one."""
+    text = hop.strip()
+    if text.startswith("[") and "]" in text:
+        text = text[1:text.index("]")]
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
 
 
 def _basic_user(request: Request) -> str | None:

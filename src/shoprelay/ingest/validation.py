@@ -8,7 +8,7 @@ or dangerous; unknown fields are kept as sent (analytics.js and RudderStack add 
 from __future__ import annotations
 
 import json
-import math
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +18,20 @@ import orjson
 
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
+#: What one request may store, besides the fields the relay adds itself (messageId,
+#: timestamp, receivedAt: at most ~150 bytes a message): this many times its body. The batch
+#: `context` is copied into every message, so without a bound a 500 KB body could store
+#: gigabytes.
+STORE_FACTOR = 3
+#: Levels of nesting the spool and the debugger wrap a message in when they serialise it
+#: (orjson refuses to write more than 254 levels; a message must still fit inside them).
+_WRAPPING_LEVELS = 4
+#: The deepest message that is stored (a deeper one is refused on its own, with a reason).
+MAX_DEPTH = 254 - _WRAPPING_LEVELS
+#: The strings of a valid JSON text (each quote outside a string opens one, so scanning from
+#: the left finds them exactly), with the colon that makes one a key; and, outside strings,
+#: integers long enough to leave 64 bits.
+_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"[ \t\r\n]*(:)?|(?<![\d.eE+-])(-?\d{19,})(?![\d.eE])')
 MESSAGE_TYPES = frozenset({"page", "track", "identify", "alias", "group", "screen"})
 #: One-letter route forms used by analytics.js.
 SHORT_TYPES = {"t": "track", "p": "page", "i": "identify", "a": "alias", "g": "group",
@@ -65,16 +79,21 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         raise BadRequest(400, f"malformed JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest(400, "expected a JSON object")
-    # Duplicate keys vanish when parsed (and an overflowing number becomes null), so a body that
-    # re-serialises to its own length has neither: that is what JSON.stringify produces, and
-    # the common case costs one dumps. Anything else — whitespace, escapes, duplicates, huge
-    # numbers — gets the exact, slower check.
-    if len(orjson.dumps(body)) != len(raw):
-        _refuse_duplicate_keys(raw)
+    # Duplicate keys vanish when parsed (and an integer beyond 64 bits becomes a rounded
+    # float), so a text that re-serialises to itself byte for byte has neither: that is what
+    # JSON.stringify produces, and the common case costs one dumps. Comparing lengths is not
+    # enough ({"q":0,"q":1e6} re-serialises to its own length): anything else gets the exact
+    # check.
+    try:
+        canonical = orjson.dumps(body) == raw
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (254 levels)
+        canonical = False
+    if not canonical:
+        _refuse_duplicates_and_overflow(raw, body)
     return body
 
 
-def _refuse_duplicate_keys(raw: bytes) -> None:
+def _refuse_duplicates_and_overflow(raw: bytes, body: dict[str, Any]) -> None:
     def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for key, _ in pairs:
@@ -83,58 +102,128 @@ def _refuse_duplicate_keys(raw: bytes) -> None:
             seen.add(key)
         return {}
 
-    def finite(text: str) -> float:
-        number = float(text)
-        if math.isinf(number):
-            raise BadRequest(400, f"number out of range: {text[:40]}")
-        return number
-
     def int64(text: str) -> int:
-        number = int(text)
-        if not -(2**63) <= number < 2**64:
-            raise BadRequest(400, f"number out of range: {text[:40]}")
-        return number
+        _check_int64(text)
+        return 0
 
     try:
-        json.loads(raw, object_pairs_hook=pairs_hook, parse_float=finite, parse_int=int64)
+        json.loads(raw, object_pairs_hook=pairs_hook, parse_int=int64)
     except (ValueError, RecursionError):
-        # orjson accepted the document; the stdlib's own limits are not the client's fault.
-        return
+        # Deeper than the stdlib parser goes (orjson allows 1024 levels): count instead.
+        _refuse_by_counting(raw, body)
+
+
+def _refuse_by_counting(raw: bytes, body: dict[str, Any]) -> None:
+    """The same rules without recursion: the text must spell as many keys as the parsed
+    document holds, and no integer token may leave 64 bits."""
+    tokens = _TOKEN.findall(raw)
+    for _, digits in tokens:
+        if digits:
+            _check_int64(digits.decode())
+    if sum(1 for colon, _ in tokens if colon) != _keys_in_value(body):
+        raise BadRequest(400, "duplicate key in a JSON object")
+
+
+def _check_int64(text: str) -> None:
+    if len(text) >= 19 and not -(2**63) <= int(text) < 2**64:
+        raise BadRequest(400, f"number out of range: {text[:40]}")
+
+
+def _keys_in_value(value: Any) -> int:
+    """How many keys the parsed document holds, walked without recursion."""
+    count = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            count += len(item)
+            stack.extend(v for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, dict | list))
+    return count
 
 
 def check_messages(
-    messages: list[Any], *, batch_context: Any = None, received_at: float, type_hint: str = ""
+    messages: list[Any], *, batch_context: Any = None, received_at: float, type_hint: str = "",
+    body_bytes: int | None = None,
 ) -> Checked:
-    """Validate and complete each message (messageId, timestamp, context from the batch)."""
+    """Validate and complete each message (messageId, timestamp, context from the batch).
+
+    Sizes are of the message as it will be stored, the batch context merged in. With
+    `body_bytes` (the request's size), messages past the request's storage budget are refused
+    one by one; those before it are kept.
+    """
     checked = Checked()
     received_iso = datetime.fromtimestamp(received_at, UTC).isoformat(timespec="milliseconds")
+    budget = None if body_bytes is None else STORE_FACTOR * body_bytes
+    stored = 0
     for index, message in enumerate(messages):
         message_id = message.get("messageId") if isinstance(message, dict) else None
         problem = _problem(message, type_hint)
+        completed: dict[str, Any] = {}
         if problem is None:
-            size = len(orjson.dumps(message))
-            if size > MAX_MESSAGE_BYTES:
-                problem = ("too_large",
-                           f"message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}")
+            assert isinstance(message, dict)
+            completed, added = _completed(message, batch_context, type_hint, received_iso)
+            problem, size = _size_problem(completed, stored, added, budget)
         if problem is not None:
             code, error = problem
             checked.rejected.append(
                 Rejection(index, message_id if isinstance(message_id, str) else None, error,
                           code))
             continue
-        assert isinstance(message, dict)
-        if type_hint and "type" not in message:
-            message["type"] = type_hint
-        if not message.get("messageId"):
-            message["messageId"] = f"srv-{uuid.uuid4()}"
-        if not message.get("timestamp"):
-            message["timestamp"] = received_iso
-        if isinstance(batch_context, dict) and batch_context:
-            # A message's own context wins over the batch's (Segment's rule).
-            message["context"] = {**batch_context, **(message.get("context") or {})}
-        message["receivedAt"] = received_iso
-        checked.accepted.append(message)
+        stored += size - added
+        checked.accepted.append(completed)
     return checked
+
+
+def _completed(message: dict[str, Any], batch_context: Any, type_hint: str,
+               received_iso: str) -> tuple[dict[str, Any], int]:
+    """The message as stored (the relay's fields added, the batch context merged in), and
+    how many of its bytes are the relay's own fields."""
+    completed = dict(message)
+    added: dict[str, str] = {}
+    if type_hint and "type" not in completed:
+        added["type"] = type_hint
+    if not completed.get("messageId"):
+        added["messageId"] = f"srv-{uuid.uuid4()}"
+    if not completed.get("timestamp"):
+        added["timestamp"] = received_iso
+    if isinstance(batch_context, dict) and batch_context:
+        # A message's own context wins over the batch's (Segment's rule).
+        completed["context"] = {**batch_context, **(completed.get("context") or {})}
+    completed.pop("receivedAt", None)
+    added["receivedAt"] = received_iso
+    completed.update(added)
+    # "key":"value", — plain ASCII on both sides, so counted without serialising.
+    return completed, sum(len(k) + len(v) + 6 for k, v in added.items())
+
+
+def _stored_size(message: dict[str, Any]) -> int:
+    # Wrapped as deep as the spool and the debugger wrap it, so what passes here can be
+    # written there too.
+    wrapped: Any = message
+    for _ in range(_WRAPPING_LEVELS):
+        wrapped = [wrapped]
+    return len(orjson.dumps(wrapped)) - 2 * _WRAPPING_LEVELS
+
+
+def _size_problem(message: dict[str, Any], stored: int, added: int, budget: int | None
+                  ) -> tuple[tuple[str, str] | None, int]:
+    """(the problem or None, the message's stored size)."""
+    try:
+        size = _stored_size(message)
+    except orjson.JSONEncodeError:
+        return ("too_deep", f"message is nested deeper than {MAX_DEPTH} levels (with the "
+                            "batch context merged in), more than the relay can store"), 0
+    if size > MAX_MESSAGE_BYTES:
+        return ("too_large", f"message is {size} bytes as stored (with the batch context "
+                             f"merged in); the limit is {MAX_MESSAGE_BYTES}"), size
+    if budget is not None and stored + size - added > budget:
+        return ("over_budget", (
+            f"this request would store more than {budget} bytes ({STORE_FACTOR} times its "
+            "body): the batch context is copied into every message, so put it in the "
+            "messages themselves or send fewer of them per request")), size
+    return None, size
 
 
 def _problem(message: Any, type_hint: str) -> tuple[str, str] | None:

@@ -61,7 +61,8 @@ pre{margin:.3em 0 0;white-space:pre-wrap;font-size:12px}</style></head>
 <div id="log"></div>
 <script>
 const log = document.getElementById("log");
-const source = new EventSource("/debug/stream" + location.search);
+// Same origin: the debugger cookie goes with it (the admin token never sits in a URL).
+const source = new EventSource("/debug/stream");
 source.onmessage = (e) => {
   const d = JSON.parse(e.data);
   const div = document.createElement("div");

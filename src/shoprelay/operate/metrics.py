@@ -70,6 +70,10 @@ class Metrics:
                                 ["site"], registry=self.registry)
         self.rejected = Counter("shoprelay_messages_rejected", "Messages or requests refused",
                                 ["reason"], registry=self.registry)
+        #: Headers the relay would not believe although a trusted proxy passed them on.
+        self.refused_headers = Counter(
+            "shoprelay_headers_refused", "Request headers refused (e.g. a non-IP "
+            "X-Forwarded-For from a trusted proxy)", ["header"], registry=self.registry)
         self.latency = Histogram(
             "shoprelay_request_duration_seconds", "Time to answer a request", ["route"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),

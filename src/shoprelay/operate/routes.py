@@ -1,23 +1,31 @@
 """Operator routes: /healthz, /readyz, /metrics, /debug (live debugger), /openapi.json.
 
 /healthz and /readyz are open (load balancers call them); /metrics and /debug need the admin
-token (`relay.admin_token`) as a bearer token, or as `?token=` for the debugger page, whose
-EventSource cannot send headers. Without a configured token those routes answer 404: an
-operator turns them on deliberately.
+token (`relay.admin_token`) as a bearer token. A browser cannot send that header, so the
+debugger page also takes a short-lived signed link (`shoprelay debug-link`), traded for a
+cookie its event stream sends by itself (see operate.admin); `?token=` is accepted on the
+event stream only, for EventSource clients outside the page. Without a configured token those
+routes answer 404: an operator turns them on deliberately.
 """
 
 from __future__ import annotations
 
-import hmac
+import ipaddress
 import time
 from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 
-from shoprelay.operate import openapi
+from shoprelay.operate import admin, openapi
 from shoprelay.operate.debugger import PAGE, DebugBus
 from shoprelay.operate.metrics import CONTENT_TYPE, Metrics
 from shoprelay.settings import Settings
@@ -32,6 +40,8 @@ class Operations:
         self.bus = bus
         self.forwarder = forwarder
         self._openapi = openapi.document()
+        self._trusted = [ipaddress.ip_network(p, strict=False)
+                         for p in settings.relay.trusted_proxies]
 
     def routes(self) -> list[Route]:
         return [
@@ -60,22 +70,38 @@ class Operations:
                 "max_backlog_seconds": limit}
         return JSONResponse(body, 503 if late else 200)
 
-    def _authorised(self, request: Request) -> bool:
+    def _authorised(self, request: Request, *, debugger: bool = False,
+                    query_token: bool = False) -> bool:
+        """The bearer token always; for the debugger its cookie too; `?token=` only where the
+        caller says a browser cannot send a header (the event stream)."""
         token = self.settings.relay.admin_token
         if not token:
             return False
-        given = request.headers.get("authorization", "")
-        if given[:7].lower() == "bearer ":
-            given = given[7:].strip()
-        else:
-            given = request.query_params.get("token", "")
-        return hmac.compare_digest(given.encode(), token.encode())
+        if admin.bearer_matches(request.headers.get("authorization", ""), token):
+            return True
+        if debugger and admin.session_valid(request.cookies.get(admin.COOKIE_NAME), token):
+            return True
+        return query_token and admin.query_token_matches(
+            request.query_params.get("token", ""), token)
 
-    def _refusal(self) -> Response:
+    def _refusal(self, *, hint: bool = False) -> Response:
         if not self.settings.relay.admin_token:
             return Response("not found", 404, media_type="text/plain")
-        return Response("admin token required", 401, {"WWW-Authenticate": "Bearer"},
-                        media_type="text/plain")
+        text = "admin token required (Authorization: Bearer)"
+        if hint:
+            text += "; in a browser, open the link `shoprelay debug-link` prints"
+        return Response(text, 401, {"WWW-Authenticate": "Bearer"}, media_type="text/plain")
+
+    def _is_https(self, request: Request) -> bool:
+        if request.url.scheme == "https":
+            return True
+        peer = request.client.host if request.client else ""
+        try:
+            trusted = any(ipaddress.ip_address(peer) in net for net in self._trusted)
+        except ValueError:
+            trusted = False
+        proto = request.headers.get("x-forwarded-proto", "")
+        return trusted and proto.split(",")[0].strip() == "https"
 
     async def metrics_page(self, request: Request) -> Response:
         if not self._authorised(request):
@@ -85,12 +111,23 @@ class Operations:
                         media_type=CONTENT_TYPE)
 
     async def debug_page(self, request: Request) -> Response:
-        if not self._authorised(request):
-            return self._refusal()
-        return HTMLResponse(PAGE, headers={"Cache-Control": "no-store"})
+        token = self.settings.relay.admin_token
+        link = request.query_params.get("link")
+        if link and admin.link_valid(link, token):
+            # Trade the link for the cookie and drop it from the address bar (and history).
+            response = RedirectResponse(admin.COOKIE_PATH, 303,
+                                        headers={"Cache-Control": "no-store",
+                                                 "Referrer-Policy": "no-referrer"})
+            response.headers["Set-Cookie"] = admin.session_cookie(
+                token, secure=self._is_https(request))
+            return response
+        if not self._authorised(request, debugger=True):
+            return self._refusal(hint=bool(token))
+        return HTMLResponse(PAGE, headers={"Cache-Control": "no-store",
+                                           "Referrer-Policy": "no-referrer"})
 
     async def debug_stream(self, request: Request) -> Response:
-        if not self._authorised(request):
+        if not self._authorised(request, debugger=True, query_token=True):
             return self._refusal()
         return StreamingResponse(self.bus.stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store",

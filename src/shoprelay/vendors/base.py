@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 import orjson
 
 from shoprelay.events import StoredEvent
+from shoprelay.masking import mask_secrets
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,12 +149,10 @@ class Vendor:
         return (config.base_url or self.default_base_url).rstrip("/")
 
     def mask(self, text: str, config: VendorConfig) -> str:
-        """Hide this vendor's secrets in a string (a URL, an error) before it is shown."""
-        for name in type(config).secret_fields:
-            value = getattr(config, name, "")
-            if isinstance(value, str) and value:
-                text = text.replace(value, "***")
-        return text
+        """Hide this vendor's secrets in a string (a URL, a body, an answer, an error) before
+        it is shown, in every encoding they may have taken there (see shoprelay.masking)."""
+        values = [getattr(config, name, "") for name in type(config).secret_fields]
+        return mask_secrets(text, [v for v in values if isinstance(v, str)])
 
 
 def classify_status(status: int, headers: dict[str, str]) -> Outcome:
