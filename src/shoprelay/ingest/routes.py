@@ -23,6 +23,7 @@ from starlette.routing import Route
 from shoprelay.identity.bots import is_bot
 from shoprelay.identity.consent import consent_of, refuses_everything
 from shoprelay.identity.cookie import VisitorCookie
+from shoprelay.ingest.encoding import content_encoding, read_body
 from shoprelay.ingest.limits import PerAddressLimit
 from shoprelay.ingest.validation import (
     MAX_BATCH_BYTES,
@@ -39,7 +40,11 @@ from shoprelay.spool.base import Spool
 
 log = logging.getLogger("shoprelay.ingest")
 _CORS_ALLOW_HEADERS = "Content-Type, Authorization"
-_REQUEST_REASONS = {400: "malformed", 413: "too_large", 401: "unknown_key"}
+_REQUEST_REASONS = {400: "malformed", 413: "too_large", 401: "unknown_key",
+                    415: "unsupported_encoding"}
+_ERROR_CODES = {400: "bad_request", 401: "unknown_key", 403: "origin_not_allowed",
+                408: "slow_body", 413: "too_large", 415: "unsupported_encoding",
+                429: "rate_limited"}
 
 
 class Ingest:
@@ -176,6 +181,8 @@ class Ingest:
             "rejected": [r.to_dict() for r in checked.rejected],
         }
         status = 200 if accepted else 400
+        if not accepted:
+            answer |= {"code": "invalid_messages", "message": checked.rejected[0].error}
         response = Response(orjson.dumps(answer), status, media_type="application/json")
         self._cors(response, origin, site)
         if visitor and not server and not no_consent:
@@ -216,7 +223,10 @@ class Ingest:
 
     def _error(self, status: int, reason: str, origin: str | None,
                site: SiteSettings | None = None) -> Response:
-        body = {"success": False, "error": reason, "accepted": 0, "rejected": []}
+        # `code` and `message` too: Segment's and RudderStack's Python libraries read those
+        # two keys of any answer that is not 200 (and fail with a KeyError without them).
+        body = {"success": False, "error": reason, "code": _ERROR_CODES.get(status, "error"),
+                "message": reason, "accepted": 0, "rejected": []}
         response = Response(orjson.dumps(body), status, media_type="application/json")
         if origin and site is None and origin.rstrip("/") in self._all_origins:
             # Let the page read why (its write key may be wrong) without leaking to others.
@@ -257,17 +267,12 @@ class Ingest:
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
+    """The body, inflated if it is gzip or deflate; the limit holds for the inflated bytes."""
+    encoding = content_encoding(request.headers.get("content-encoding"))
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise BadRequest(413, f"body is {declared} bytes; the limit is {limit}")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(413, f"body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_body(request.stream(), encoding, limit)
 
 
 def _basic_user(request: Request) -> str | None:
