@@ -39,7 +39,13 @@ from shoprelay.settings import Settings, SiteSettings
 from shoprelay.spool.base import Spool
 
 log = logging.getLogger("shoprelay.ingest")
-_CORS_ALLOW_HEADERS = "Content-Type, Authorization"
+#: Exactly what the tested clients send: analytics.js's Basic auth, and RudderStack's JS SDK v3
+#: (its XHR queue adds `AnonymousId` and `SentAt` to every request, `Rsa-Recovered` to one
+#: reclaimed from another tab's storage, and the four `Rsa-Retry-*`/`Rsa-Since-*` on retries).
+_CORS_ALLOW_HEADERS = ", ".join([
+    "Content-Type", "Authorization", "AnonymousId", "SentAt", "Rsa-Recovered",
+    "Rsa-Retry-Attempt", "Rsa-Retry-Reason", "Rsa-Since-First-Attempt",
+    "Rsa-Since-Last-Attempt"])
 _REQUEST_REASONS = {400: "malformed", 413: "too_large", 401: "unknown_key",
                     415: "unsupported_encoding"}
 _ERROR_CODES = {400: "bad_request", 401: "unknown_key", 403: "origin_not_allowed",
@@ -63,6 +69,8 @@ class Ingest:
     def routes(self) -> list[Route]:
         routes = [Route(f"/v1/{path}", self.batch, methods=["POST", "OPTIONS"])
                   for path in ("batch", "b")]
+        # RudderStack's beacon transport: sendBeacon, text/plain, `?writeKey=` in the URL.
+        routes.append(Route("/beacon/v1/batch", self.batch, methods=["POST", "OPTIONS"]))
         for short, kind in SHORT_TYPES.items():
             for path in (kind, short):
                 routes.append(Route(f"/v1/{path}", self._single(kind), methods=["POST", "OPTIONS"]))
@@ -128,6 +136,7 @@ class Ingest:
             if not isinstance(messages, list) or not messages:
                 return self._error(400, "batch must be a non-empty array of messages", origin,
                                    site)
+        _default_anonymous_id(messages, request.headers.get("anonymousid"))
         checked = check_messages(messages, batch_context=body.get("context"),
                                  received_at=received_at, type_hint=kind)
         accepted = checked.accepted
@@ -285,6 +294,25 @@ def _basic_user(request: Request) -> str | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     return decoded.split(":", 1)[0] or None
+
+
+def _default_anonymous_id(messages: list[Any], header: str | None) -> None:
+    """RudderStack's `AnonymousId` header (base64 of the id, as its JS SDK sends it; a plain id
+    is taken as is) names the anonymous id of messages whose body has none."""
+    if not header or not header.strip():
+        return
+    value = header.strip()
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        if decoded.isprintable() and decoded.strip():
+            value = decoded
+    except (binascii.Error, UnicodeDecodeError):
+        pass
+    if len(value) > 100:
+        return
+    for message in messages:
+        if isinstance(message, dict) and not message.get("anonymousId"):
+            message["anonymousId"] = value
 
 
 def _write_key(request: Request, body: dict[str, Any]) -> str | None:
