@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from shoprelay.events import PRODUCT_UPDATED
 from shoprelay.identity.bots import is_bot
 from shoprelay.identity.consent import consent_of, refuses_everything
 from shoprelay.identity.cookie import VisitorCookie
@@ -30,6 +31,8 @@ from shoprelay.ingest.validation import (
     MAX_MESSAGE_BYTES,
     SHORT_TYPES,
     BadRequest,
+    Checked,
+    Rejection,
     check_messages,
     parse_body,
 )
@@ -139,6 +142,8 @@ class Ingest:
         _default_anonymous_id(messages, request.headers.get("anonymousid"))
         checked = check_messages(messages, batch_context=body.get("context"),
                                  received_at=received_at, type_hint=kind)
+        if not server:
+            _refuse_server_only(messages, checked)
         accepted = checked.accepted
         gpc = request.headers.get("sec-gpc", "").strip() == "1"
         consents = {i: consent_of(m, gpc) for i, m in enumerate(accepted)}
@@ -294,6 +299,24 @@ def _basic_user(request: Request) -> str | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     return decoded.split(":", 1)[0] or None
+
+
+def _refuse_server_only(messages: list[Any], checked: Checked) -> None:
+    """A browser's `Product Updated` is refused: only the shop's backend speaks for its
+    catalogue (a page could otherwise rewrite prices and stock at the vendors)."""
+    keep = []
+    for message in checked.accepted:
+        if message.get("type") == "track" and message.get("event") == PRODUCT_UPDATED:
+            index = next(i for i, m in enumerate(messages) if m is message)
+            checked.rejected.append(Rejection(
+                index, message.get("messageId"),
+                f"{PRODUCT_UPDATED} is a catalogue update: only the shop's backend may send it "
+                "(server API, server key)", "server_only"))
+        else:
+            keep.append(message)
+    if len(keep) != len(checked.accepted):
+        checked.accepted = keep
+        checked.rejected.sort(key=lambda r: r.index)
 
 
 def _default_anonymous_id(messages: list[Any], header: str | None) -> None:
