@@ -70,13 +70,20 @@ class Ingest:
                          for p in settings.relay.trusted_proxies]
 
     def routes(self) -> list[Route]:
-        routes = [Route(f"/v1/{path}", self.batch, methods=["POST", "OPTIONS"])
+        prefixes = [""] + ([self.settings.relay.path_prefix]
+                           if self.settings.relay.path_prefix else [])
+        return [route for prefix in prefixes for route in self._routes(prefix)]
+
+    def _routes(self, prefix: str) -> list[Route]:
+        routes = [Route(f"{prefix}/v1/{path}", self.batch, methods=["POST", "OPTIONS"])
                   for path in ("batch", "b")]
         # RudderStack's beacon transport: sendBeacon, text/plain, `?writeKey=` in the URL.
-        routes.append(Route("/beacon/v1/batch", self.batch, methods=["POST", "OPTIONS"]))
+        routes.append(Route(f"{prefix}/beacon/v1/batch", self.batch,
+                            methods=["POST", "OPTIONS"]))
         for short, kind in SHORT_TYPES.items():
             for path in (kind, short):
-                routes.append(Route(f"/v1/{path}", self._single(kind), methods=["POST", "OPTIONS"]))
+                routes.append(Route(f"{prefix}/v1/{path}", self._single(kind),
+                                    methods=["POST", "OPTIONS"]))
         return routes
 
     async def batch(self, request: Request) -> Response:
