@@ -99,7 +99,8 @@ def alana_calls(stack: Stack) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize(("mode", "cross_origin"), [
-    ("xhr", True), ("xhr", False), ("batch", True), ("beacon", True), ("beacon", False)])
+    ("xhr", True), ("xhr", False), ("batch", True), ("batch", False), ("beacon", True),
+    ("beacon", False)])
 def test_rudderstack_sdk_delivers_through_the_relay(tmp_path: Path, browser: Any, mode: str,
                                                     cross_origin: bool) -> None:
     analytics_next_bundle()  # npm ci of tests/js (once per lockfile)

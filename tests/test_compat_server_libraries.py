@@ -92,3 +92,22 @@ def test_server_library_sends_identify_and_order_once(tmp_path: Path, library: s
         assert [(g["event"], g["customer"], str(g["item"])) for g in goshops] == [
             ("purchase", user, "7")]
         assert stack.refused("retailrocket") == [] and stack.refused("goshops") == []
+
+
+def test_catalogue_update_from_a_server_library_reaches_yespo(tmp_path: Path) -> None:
+    """`track('Product Updated', …)` through rudder-sdk-python (gzip) becomes ProductUpdate."""
+    from rudderstack.analytics.client import Client as RudderClient
+
+    with relay_stack(tmp_path, vendors=["yespo", "retailrocket"],
+                     adjust=with_server_key) as stack:
+        client = RudderClient(write_key=SERVER_KEY, host=stack.relay_url, sync_mode=True)
+        client.track("catalogue", "Product Updated", {
+            "product_id": "430738", "name": "iPhone 7", "price": 201.95, "currency": "UAH",
+            "in_stock": False, "url": "https://shop.example/p/430738"})
+        (record,) = stack.wait_received("yespo", 1)
+        assert record["body"]["ProductUpdate"] == [{
+            "product_id": "430738", "isInStock": "0", "unit_price": "201.95",
+            "price_currency_code": "UAH", "name": "iPhone 7",
+            "url": "https://shop.example/p/430738"}]
+        time.sleep(1.0)
+        assert stack.received("retailrocket") == []

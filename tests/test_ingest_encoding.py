@@ -18,11 +18,27 @@ from relay_fixtures import WRITE_KEY, relay_stack, track
 from shoprelay.ingest.encoding import read_body
 from shoprelay.ingest.validation import MAX_BATCH_BYTES, BadRequest
 
+TOKEN = "encoding-admin-token-0123456789"
+
 
 @pytest.fixture()
 def stack(tmp_path: Path):
-    with relay_stack(tmp_path, vendors=["retailrocket"], forward=False) as running:
+    def admin(table: dict) -> None:
+        table["relay"]["admin_token"] = TOKEN
+
+    with relay_stack(tmp_path, vendors=["retailrocket"], forward=False,
+                     adjust=admin) as running:
         yield running
+
+
+def refusals(stack, reason: str) -> float:
+    """shoprelay_messages_rejected_total{reason} from /metrics: every refusal is visible."""
+    text = httpx.get(f"{stack.relay_url}/metrics",
+                     headers={"Authorization": f"Bearer {TOKEN}"}).text
+    for line in text.splitlines():
+        if line.startswith(f'shoprelay_messages_rejected_total{{reason="{reason}"}}'):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def stored_count(tmp_path: Path) -> int:
@@ -74,6 +90,7 @@ def test_a_gzip_bomb_is_refused_with_413_and_nothing_stored(stack, tmp_path: Pat
     assert answer.status_code == 413
     assert answer.json()["error"] == "decompressed body is larger than the limit of 512000 bytes"
     assert stored_count(tmp_path) == 0
+    assert refusals(stack, "too_large") == 1
 
 
 def test_limits_hold_for_the_decompressed_body(stack, tmp_path: Path) -> None:
@@ -101,6 +118,7 @@ def test_unknown_or_broken_encodings_are_refused_with_the_reason(stack, tmp_path
         assert answer.status_code == 415, encoding
         assert answer.json()["error"] == (f"Content-Encoding {encoding!r} is not supported; "
                                           "send the body as is, gzip or deflate")
+    assert refusals(stack, "unsupported_encoding") == 3
     # What Segment's and RudderStack's libraries read of an error answer.
     assert answer.json()["code"] == "unsupported_encoding"
     assert answer.json()["message"] == answer.json()["error"]
