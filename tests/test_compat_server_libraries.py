@@ -111,3 +111,24 @@ def test_catalogue_update_from_a_server_library_reaches_yespo(tmp_path: Path) ->
             "url": "https://shop.example/p/430738"}]
         time.sleep(1.0)
         assert stack.received("retailrocket") == []
+
+
+def test_a_refusal_reaches_the_libraries_as_their_own_api_error(tmp_path: Path) -> None:
+    """Both Python libraries read `code` and `message` of a non-200 answer (a KeyError
+    without them): a wrong key is their APIError with the relay's reason."""
+    from rudderstack.analytics.client import Client as RudderClient
+    from rudderstack.analytics.request import APIError as RudderAPIError
+    from segment.analytics.client import Client as SegmentClient
+    from segment.analytics.request import APIError as SegmentAPIError
+
+    with relay_stack(tmp_path, vendors=["retailrocket"], adjust=with_server_key) as stack:
+        for client, error in [
+                (RudderClient(write_key="sk_wrong_0123456789", host=stack.relay_url,
+                              sync_mode=True, max_retries=0), RudderAPIError),
+                (SegmentClient(write_key="sk_wrong_0123456789", host=stack.relay_url,
+                               sync_mode=True, max_retries=0), SegmentAPIError)]:
+            with pytest.raises(error) as refused:
+                client.track("u-1", "Order Completed", order_properties("o-x"))
+            assert refused.value.status == 401
+            assert refused.value.code == "unknown_key"
+            assert refused.value.message == "unknown or missing write key"
