@@ -46,10 +46,11 @@
   };
 
   // currentScript is null when we run from a callback or a bundler wrapper, hence the lookup.
-  var tag = d.currentScript || d.querySelector('script[data-key][src*="s.js"]');
+  var tag = d.currentScript || d.querySelector('script[data-key][src]');
   var attr = (n) => tag && tag.getAttribute('data-' + n);
   var writeKey = attr('key');
-  var base = attr('api') || (tag ? new URL(tag.src).origin : loc.origin);
+  // The directory the script came from: /s.js posts to /v1/batch, /px/app.js to /px/v1/batch.
+  var base = attr('api') || (tag ? new URL('.', tag.src).href : loc.origin);
   var endpoint = base.replace(/\/+$/, '') + '/v1/batch';
   var auto = attr('auto');
   var on = (source) => auto == null || auto.includes(source);

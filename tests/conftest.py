@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -11,7 +12,8 @@ import pytest
 # Test helpers (servers.py, browser.py, ...) are imported as plain modules.
 sys.path.insert(0, str(Path(__file__).parent))
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+#: The Redis .ci/redis makes sure answers (SHOPRELAY_TEST_REDIS_PORT, default 6379).
+REDIS_URL = f"redis://127.0.0.1:{os.environ.get('SHOPRELAY_TEST_REDIS_PORT', '6379')}/0"
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,7 +20,8 @@ from shoprelay.identity.cookie import VisitorCookie, new_visitor_id
 from shoprelay.ingest.rules import RequestContext
 from shoprelay.spool.redis import RedisSpool
 
-URL = "redis://127.0.0.1:6379/0"
+#: The Redis .ci/redis makes sure answers (SHOPRELAY_TEST_REDIS_PORT, default 6379).
+URL = f"redis://127.0.0.1:{os.environ.get('SHOPRELAY_TEST_REDIS_PORT', '6379')}/0"
 COOKIE = VisitorCookie("redis-test-secret-0123456789")
 
 

@@ -37,7 +37,8 @@ from test_delivery_support import (
     write_settings,
 )
 
-URL = "redis://127.0.0.1:6379/0"
+#: The Redis .ci/redis makes sure answers (SHOPRELAY_TEST_REDIS_PORT, default 6379).
+URL = f"redis://127.0.0.1:{os.environ.get('SHOPRELAY_TEST_REDIS_PORT', '6379')}/0"
 TOKEN = "scaleout-admin-token-0123456789"
 
 

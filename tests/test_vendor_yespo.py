@@ -351,6 +351,7 @@ def test_handles_exactly_the_contract_events() -> None:
         ev.PRODUCT_LIST_VIEWED, ev.PRODUCT_VIEWED, ev.PRODUCTS_SEARCHED, ev.PRODUCT_ADDED,
         ev.PRODUCT_REMOVED, ev.CART_VIEWED, ev.PRODUCT_ADDED_TO_WISHLIST, ev.ORDER_COMPLETED,
         ev.IDENTIFY,
+        ev.PRODUCT_UPDATED,  # the catalogue call, from the server API: test_product_update.py
     }
     assert VENDOR.max_batch == 1
     assert VENDORS["yespo"] is VENDOR

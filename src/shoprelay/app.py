@@ -178,7 +178,9 @@ def create_app(settings: Settings, *, delivery: DeliveryOptions | None = None,
     app = Starlette(lifespan=lifespan)
     operations = Operations(settings, spool, metrics, bus,
                             lambda: getattr(app.state, "forwarder", None))
-    app.router.routes.extend([*ingest.routes(), tracker.route(), *operations.routes()])
+    app.router.routes.extend([*ingest.routes(),
+                              *tracker.routes(relay.path_prefix, relay.tracker_file),
+                              *operations.routes()])
     app.add_middleware(RequestIdMiddleware)
     app.state.settings = settings
     app.state.spool = spool

@@ -30,6 +30,8 @@ PROMOTION_VIEWED = "Promotion Viewed"
 PROMOTION_CLICKED = "Promotion Clicked"
 PRODUCT_REVIEWED = "Product Reviewed"
 ORDER_COMPLETED = "Order Completed"
+#: A catalogue update from the shop's backend (server API only; Yespo's ProductUpdate).
+PRODUCT_UPDATED = "Product Updated"
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,8 @@ from shoprelay.vendors import VENDORS
 from shoprelay.vendors.base import VendorConfig
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PATH_PREFIX = re.compile(r"(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+")
+_FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,13 @@ class RelaySettings:
     redis_partitions: int = 8
     #: Redis spool only: a crashed process's partitions are taken over after this long.
     redis_lease_seconds: float = 10.0
+    #: Also serve the tracker and the ingest routes under this path (e.g. "/px": the tracker
+    #: at /px/<tracker_file>, ingest at /px/v1/batch, …), out of content blockers' way. The
+    #: tracker posts to the directory it was served from. "" = the default paths only.
+    path_prefix: str = ""
+    #: The tracker's file name under `path_prefix` (or at the root when that is empty);
+    #: /s.js is always served too.
+    tracker_file: str = "s.js"
 
 
 @dataclass(kw_only=True)
@@ -269,6 +278,13 @@ def _check_relay(relay: RelaySettings, problems: list[Problem]) -> None:
         problems.append(Problem("relay.max_header_bytes", "must be at least 4096"))
     if relay.keep_alive_seconds <= 0:
         problems.append(Problem("relay.keep_alive_seconds", "must be more than 0"))
+    if relay.path_prefix and not _PATH_PREFIX.fullmatch(relay.path_prefix):
+        problems.append(Problem("relay.path_prefix",
+                                "must be a path like /px (a leading /, no trailing /; letters, "
+                                f"digits, - _ . ~), got {relay.path_prefix!r}"))
+    if not _FILE_NAME.fullmatch(relay.tracker_file):
+        problems.append(Problem("relay.tracker_file", "must be a file name like app.js "
+                                f"(letters, digits, - _ .), got {relay.tracker_file!r}"))
     if relay.admin_token and len(relay.admin_token) < 16:
         problems.append(Problem("relay.admin_token", "must be at least 16 characters"))
     if relay.log_format not in ("json", "text"):

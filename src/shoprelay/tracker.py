@@ -1,4 +1,5 @@
-"""Serving the browser tracker at `/s.js`: the built, minified file, cacheable with an ETag.
+"""Serving the browser tracker at `/s.js` (and at a path the site chose): the built, minified
+file, cacheable with an ETag.
 
 The file is built from static/tracker.js with esbuild at development time and committed, so
 the relay needs no Node.js; it is read once at start-up.
@@ -44,5 +45,10 @@ class TrackerScript:
         return Response(self.body, headers=headers,
                         media_type="application/javascript; charset=utf-8")
 
-    def route(self) -> Route:
-        return Route("/s.js", self.serve, methods=["GET", "HEAD"])
+    def route(self, path: str = "/s.js") -> Route:
+        return Route(path, self.serve, methods=["GET", "HEAD"])
+
+    def routes(self, path_prefix: str = "", tracker_file: str = "s.js") -> list[Route]:
+        """/s.js, and the path a site chose (`relay.path_prefix` + `relay.tracker_file`)."""
+        paths = dict.fromkeys(["/s.js", f"{path_prefix}/{tracker_file}"])
+        return [self.route(path) for path in paths]

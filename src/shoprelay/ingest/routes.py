@@ -23,6 +23,7 @@ from starlette.routing import Route
 from shoprelay.identity.bots import is_bot
 from shoprelay.identity.consent import consent_of, refuses_everything
 from shoprelay.identity.cookie import VisitorCookie
+from shoprelay.ingest.encoding import content_encoding, read_body
 from shoprelay.ingest.limits import PerAddressLimit
 from shoprelay.ingest.rules import RequestContext
 from shoprelay.ingest.validation import (
@@ -39,8 +40,18 @@ from shoprelay.settings import Settings, SiteSettings
 from shoprelay.spool.base import Spool
 
 log = logging.getLogger("shoprelay.ingest")
-_CORS_ALLOW_HEADERS = "Content-Type, Authorization"
-_REQUEST_REASONS = {400: "malformed", 413: "too_large", 401: "unknown_key"}
+#: Exactly what the tested clients send: analytics.js's Basic auth, and RudderStack's JS SDK v3
+#: (its XHR queue adds `AnonymousId` and `SentAt` to every request, `Rsa-Recovered` to one
+#: reclaimed from another tab's storage, and the four `Rsa-Retry-*`/`Rsa-Since-*` on retries).
+_CORS_ALLOW_HEADERS = ", ".join([
+    "Content-Type", "Authorization", "AnonymousId", "SentAt", "Rsa-Recovered",
+    "Rsa-Retry-Attempt", "Rsa-Retry-Reason", "Rsa-Since-First-Attempt",
+    "Rsa-Since-Last-Attempt"])
+_REQUEST_REASONS = {400: "malformed", 413: "too_large", 401: "unknown_key",
+                    415: "unsupported_encoding"}
+_ERROR_CODES = {400: "bad_request", 401: "unknown_key", 403: "origin_not_allowed",
+                408: "slow_body", 413: "too_large", 415: "unsupported_encoding",
+                429: "rate_limited"}
 
 
 class Ingest:
@@ -58,11 +69,20 @@ class Ingest:
         self._refusal_logged = -1e9
 
     def routes(self) -> list[Route]:
-        routes = [Route(f"/v1/{path}", self.batch, methods=["POST", "OPTIONS"])
+        prefixes = [""] + ([self.settings.relay.path_prefix]
+                           if self.settings.relay.path_prefix else [])
+        return [route for prefix in prefixes for route in self._routes(prefix)]
+
+    def _routes(self, prefix: str) -> list[Route]:
+        routes = [Route(f"{prefix}/v1/{path}", self.batch, methods=["POST", "OPTIONS"])
                   for path in ("batch", "b")]
+        # RudderStack's beacon transport: sendBeacon, text/plain, `?writeKey=` in the URL.
+        routes.append(Route(f"{prefix}/beacon/v1/batch", self.batch,
+                            methods=["POST", "OPTIONS"]))
         for short, kind in SHORT_TYPES.items():
             for path in (kind, short):
-                routes.append(Route(f"/v1/{path}", self._single(kind), methods=["POST", "OPTIONS"]))
+                routes.append(Route(f"{prefix}/v1/{path}", self._single(kind),
+                                    methods=["POST", "OPTIONS"]))
         return routes
 
     async def batch(self, request: Request) -> Response:
@@ -127,9 +147,10 @@ class Ingest:
             if not isinstance(messages, list) or not messages:
                 return self._error(400, "batch must be a non-empty array of messages", origin,
                                    site)
+        _default_anonymous_id(messages, request.headers.get("anonymousid"))
         checked = check_messages(messages, batch_context=body.get("context"),
                                  received_at=received_at, type_hint=kind,
-                                 body_bytes=len(raw))
+                                 body_bytes=len(raw), server=server)
         accepted = checked.accepted
         gpc = request.headers.get("sec-gpc", "").strip() == "1"
         consents = {i: consent_of(m, gpc) for i, m in enumerate(accepted)}
@@ -186,6 +207,8 @@ class Ingest:
                 {"messageId": accepted[index].get("messageId"), "reason": reason}
                 for index, reason in dropped]
         status = 200 if accepted else 400
+        if not accepted:
+            answer |= {"code": "invalid_messages", "message": checked.rejected[0].error}
         response = Response(orjson.dumps(answer), status, media_type="application/json")
         self._cors(response, origin, site)
         if visitor and not server and not no_consent:
@@ -227,7 +250,10 @@ class Ingest:
 
     def _error(self, status: int, reason: str, origin: str | None,
                site: SiteSettings | None = None) -> Response:
-        body = {"success": False, "error": reason, "accepted": 0, "rejected": []}
+        # `code` and `message` too: Segment's and RudderStack's Python libraries read those
+        # two keys of any answer that is not 200 (and fail with a KeyError without them).
+        body = {"success": False, "error": reason, "code": _ERROR_CODES.get(status, "error"),
+                "message": reason, "accepted": 0, "rejected": []}
         response = Response(orjson.dumps(body), status, media_type="application/json")
         if origin and site is None and origin.rstrip("/") in self._all_origins:
             # Let the page read why (its write key may be wrong) without leaking to others.
@@ -279,17 +305,12 @@ class Ingest:
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
+    """The body, inflated if it is gzip or deflate; the limit holds for the inflated bytes."""
+    encoding = content_encoding(request.headers.get("content-encoding"))
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise BadRequest(413, f"body is {declared} bytes; the limit is {limit}")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(413, f"body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_body(request.stream(), encoding, limit)
 
 
 def _peer(request: Request) -> str | None:
@@ -320,6 +341,25 @@ def _basic_user(request: Request) -> str | None:
     except (binascii.Error, UnicodeDecodeError):
         return None
     return decoded.split(":", 1)[0] or None
+
+
+def _default_anonymous_id(messages: list[Any], header: str | None) -> None:
+    """RudderStack's `AnonymousId` header (base64 of the id, as its JS SDK sends it; a plain id
+    is taken as is) names the anonymous id of messages whose body has none."""
+    if not header or not header.strip():
+        return
+    value = header.strip()
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        if decoded.isprintable() and decoded.strip():
+            value = decoded
+    except (binascii.Error, UnicodeDecodeError):
+        pass
+    if len(value) > 100:
+        return
+    for message in messages:
+        if isinstance(message, dict) and not message.get("anonymousId"):
+            message["anonymousId"] = value
 
 
 def _write_key(request: Request, body: dict[str, Any]) -> str | None:

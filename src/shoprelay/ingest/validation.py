@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from shoprelay.events import PRODUCT_UPDATED
+
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
 #: What one request may store, besides the fields the relay adds itself (messageId,
@@ -143,9 +145,15 @@ def _keys_in_value(value: Any) -> int:
     return count
 
 
+def _server_only(message: Any, type_hint: str) -> bool:
+    kind = type_hint or (message.get("type") if isinstance(message, dict) else None)
+    return (kind == "track" and isinstance(message, dict)
+            and message.get("event") == PRODUCT_UPDATED)
+
+
 def check_messages(
     messages: list[Any], *, batch_context: Any = None, received_at: float, type_hint: str = "",
-    body_bytes: int | None = None,
+    body_bytes: int | None = None, server: bool = False,
 ) -> Checked:
     """Validate and complete each message (messageId, timestamp, context from the batch).
 
@@ -160,6 +168,11 @@ def check_messages(
     for index, message in enumerate(messages):
         message_id = message.get("messageId") if isinstance(message, dict) else None
         problem = _problem(message, type_hint)
+        if problem is None and not server and _server_only(message, type_hint):
+            # Only the shop's backend speaks for its catalogue: a page could otherwise
+            # rewrite prices and stock at the vendors.
+            problem = ("server_only", f"{PRODUCT_UPDATED} is a catalogue update: only the "
+                                      "shop's backend may send it (server API, server key)")
         completed: dict[str, Any] = {}
         if problem is None:
             assert isinstance(message, dict)

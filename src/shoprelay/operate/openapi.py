@@ -41,6 +41,8 @@ _ANSWER = {
         "success": {"type": "boolean"},
         "accepted": {"type": "integer"},
         "error": {"type": "string"},
+        "code": {"type": "string"},
+        "message": {"type": "string"},
         "rejected": {"type": "array", "items": {"type": "object", "properties": {
             "index": {"type": "integer"}, "messageId": {"type": ["string", "null"]},
             "error": {"type": "string"}}}},
@@ -56,7 +58,10 @@ def _responses() -> dict[str, Any]:
         "401": {"description": "Unknown or missing write key", "content": json_answer},
         "403": {"description": "Origin not allowed for this write key", "content": json_answer},
         "408": {"description": "The body arrived too slowly", "content": json_answer},
-        "413": {"description": "Over 32 KB a message or 500 KB a batch", "content": json_answer},
+        "413": {"description": "Over 32 KB a message or 500 KB a batch (after inflating a "
+                               "gzip or deflate body)", "content": json_answer},
+        "415": {"description": "A Content-Encoding other than gzip or deflate",
+                "content": json_answer},
         "429": {"description": "Too many requests from this address (Retry-After)",
                 "content": json_answer},
     }
@@ -86,6 +91,8 @@ def document() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/v1/batch": {"post": _operation("A batch of messages (what the tracker sends)", batch)},
         "/v1/b": {"post": _operation("A batch of messages (short form)", batch)},
+        "/beacon/v1/batch": {"post": _operation("A batch of messages (RudderStack's beacon "
+                                                "transport)", batch)},
     }
     for short, kind in SHORT_TYPES.items():
         paths[f"/v1/{kind}"] = {"post": _operation(f"One {kind} message", single)}

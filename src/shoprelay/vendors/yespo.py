@@ -109,6 +109,8 @@ class Yespo(Vendor):
             ev.ORDER_COMPLETED, ev.IDENTIFY,
         }
     )
+    #: The catalogue call too (server API only): see `_product_update`.
+    handles = handles | {ev.PRODUCT_UPDATED}
     #: The tracker takes one event per request.
     max_batch = 1
 
@@ -129,6 +131,8 @@ class Yespo(Vendor):
         """The request bodies for one event, in the order they must reach Yespo."""
         props = event.properties
         name = event.name
+        if name == ev.PRODUCT_UPDATED:
+            return self._product_update(event, config)
 
         if name == ev.PRODUCT_LIST_VIEWED:
             if props.get("list_id"):
@@ -298,6 +302,39 @@ class Yespo(Vendor):
             raise MappingError("identify bound a user but carries no userId for Yespo's "
                                "externalCustomerId")
         return [body]
+
+    def _product_update(self, event: StoredEvent, config: YespoConfig) -> list[dict[str, Any]]:
+        """`Product Updated` (Segment's product properties) as Yespo's ProductUpdate: "an
+        optional event that updates product data in Yespo in real-time, regardless of the
+        scheduled feed update. Pass product properties that need constant updating — price,
+        discount, availability, etc." Only the shop's backend speaks for its catalogue, so a
+        browser copy (refused at ingest anyway) sends nothing."""
+        if event.enrichment.source != "server":
+            return []
+        props = event.properties
+        if props.get("in_stock") is None:
+            # isInStock: "Required, can be 0 or 1".
+            raise MappingError("Product Updated needs in_stock for Yespo's ProductUpdate "
+                               "(isInStock is required)")
+        line: dict[str, Any] = {
+            "product_id": _key(props.get("product_id", props.get("sku")), "product_id"),
+            "isInStock": _in_stock(props["in_stock"]),
+        }
+        if props.get("price") is not None:
+            line["unit_price"] = price_text(props["price"], "price")
+        currency = props.get("currency")
+        if isinstance(currency, str) and currency.strip():
+            line["price_currency_code"] = currency.strip().upper()
+        for source, target in (("name", "name"), ("url", "url"), ("image_url", "imgurl"),
+                               ("brand", "brand"), ("category", "category")):
+            value = props.get(source)
+            if isinstance(value, str) and value.strip():
+                line[target] = value.strip()
+        if props.get("category_id") not in (None, ""):
+            line["category_id"] = [_key(props["category_id"], "category_id")]
+        # The document's example GeneralInfo has eventName and siteId only: no visitor.
+        return [{"GeneralInfo": {"eventName": "ProductUpdate", "siteId": config.site_id},
+                 "ProductUpdate": [line]}]
 
 
 VENDOR = Yespo()
