@@ -70,7 +70,7 @@ def _httptools_class() -> type[asyncio.Protocol] | None:
     except ImportError:  # httptools is not installed: uvicorn uses h11
         return None
 
-    class GuardedHttpTools(_HeaderLimits, HttpToolsProtocol):  # type: ignore[misc]
+    class GuardedHttpTools(_HeaderLimits, HttpToolsProtocol):
         _awaiting_headers = True   # the connection's first request has not been read yet
         _header_bytes = 0
         _too_large = False
@@ -131,7 +131,7 @@ class GuardedH11(_HeaderLimits, H11Protocol):
     _header_bytes = 0
     _tail = b""
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self._arm_header_timer()
 
