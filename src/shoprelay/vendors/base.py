@@ -69,6 +69,9 @@ class Outcome:
     #: Events of a batch the vendor refused although the request succeeded (Alana `errors`).
     failed_events: int = 0
     detail: str = ""
+    #: The answer is about the settings (credentials, address), not the event: the delivery
+    #: layer pauses the vendor and keeps its work queued (shoprelay.delivery.health).
+    pause: bool = False
 
 
 @dataclass(kw_only=True)
@@ -143,6 +146,12 @@ class Vendor:
     def read_response(self, status: int, headers: dict[str, str], body: bytes) -> Outcome:
         """Classify an answer. The default suits most HTTP APIs."""
         return classify_status(status, headers)
+
+    def refuses_settings(self, status: int, url: str) -> bool:
+        """Whether an answer condemns the settings rather than the event: 401 and 403 (the
+        key, the shop id), and 404 (the address: every path an adapter calls is the vendor's
+        own fixed endpoint). Adapters whose paths name a resource of the event override it."""
+        return status in (401, 403, 404)
 
     def base_url(self, config: VendorConfig) -> str:
         return (config.base_url or self.default_base_url).rstrip("/")
