@@ -5,7 +5,8 @@ its own queue. A worker takes due work in rounds and splits each round into lane
 concurrently (up to `concurrency` at once). Inside a lane requests go one after another, in the
 order the events arrived, so a lane holds everything that must stay in order: all of one
 visitor's work, joined with any other work it may be batched with (Alana batches every visitor
-together, so its lane is the whole round; Retail Rocket's `visitorEvents` batches per visitor).
+together, so its lane is the whole round; Retail Rocket's `visitorEvents` batches visitors in a
+few lanes, each visitor always in the same one).
 A retryable failure parks the rest of its lane; the spool's `due` query keeps a visitor's later
 work back until the retry, so order also holds across rounds.
 """
@@ -86,6 +87,8 @@ class DeliveryCounters:
     requests: int = 0
     #: Events of accepted batches that the vendor said it did not store (Alana `errors`).
     refused_in_batch: int = 0
+    #: Parts left out of delivered requests (malformed optional fields, bad order lines).
+    fields_dropped: int = 0
 
 
 class VendorWorker:
@@ -273,6 +276,8 @@ class VendorWorker:
                     await self._partly_refused(job, jobs, outcome, status, answer, parked)
                 elif outcome.ok:
                     await self._finish(job)
+                    if job.request.notes:
+                        self._noted(job.request)
                 elif outcome.retry:
                     attempts = max(row.attempts for row in rows) + 1
                     delay = backoff(attempts, outcome.retry_after,
@@ -333,6 +338,16 @@ class VendorWorker:
             return _Job([part[0][0]], part[0][1])
         return _Job([item for item, _ in part], self.vendor.merge([r for _, r in part],
                                                                   self.config))
+
+    def _noted(self, request: VendorRequest) -> None:
+        """What the adapter left out of a delivered request (a malformed optional field, an
+        order line it could not render): counted, logged and shown in the debugger."""
+        self.counters.fields_dropped += len(request.notes)
+        log.info("%s/%s: sent without %s", self.site, self.vendor.name,
+                 "; ".join(request.notes))
+        if self.bus is not None and self.bus.active:
+            self.bus.publish("dropped", {"site": self.site, "vendor": self.vendor.name,
+                                         "notes": list(request.notes)})
 
     def _split(self, job: _Job) -> list[tuple[tuple[OutboxRow, int], VendorRequest]]:
         out = []

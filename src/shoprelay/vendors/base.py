@@ -30,6 +30,9 @@ class VendorRequest:
     #: Where a vendor accepts several events in one request, the key that groups requests
     #: that may be merged (e.g. one key per endpoint); None means "send alone".
     batch_key: str | None = None
+    #: What the adapter left out of this request and why (a malformed optional field, an
+    #: order line that cannot be rendered): counted and shown in the debugger when sent.
+    notes: tuple[str, ...] = ()
 
     def body_bytes(self) -> bytes:
         return b"" if self.json is None else orjson.dumps(self.json)
@@ -39,7 +42,24 @@ class VendorRequest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VendorRequest:
+        data = dict(data)
+        data["notes"] = tuple(data.get("notes") or ())
         return cls(**data)
+
+    def noted(self, notes: list[str]) -> VendorRequest:
+        """This request with `notes` added (the dataclass is frozen)."""
+        if not notes:
+            return self
+        return dataclasses.replace(self, notes=(*self.notes, *notes))
+
+
+def product_ref(props: dict[str, Any]) -> Any:
+    """The one product id rule of every adapter: `product_id`, or `sku` when `product_id` is
+    absent, null or empty (Segment's spec has both; clients send either)."""
+    value = props.get("product_id")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        value = props.get("sku")
+    return value
 
 
 class MappingError(ValueError):
@@ -94,6 +114,16 @@ class VendorConfig:
     hash_pii: bool = False
 
     secret_fields: ClassVar[tuple[str, ...]] = ()
+    #: The site's `recommendation_vendor` (set by the settings loader; not a vendor key).
+    site_recommendation_vendor = ""
+
+
+def owns_block(vendor: str, stated: str | None, config: VendorConfig) -> bool:
+    """CONTRACT §3: "A block's id reaches only the vendor that served the block. Which vendor
+    that is: the event's `recommendation_vendor`, else the site's `recommendation_vendor`
+    setting, else none." `stated` is the event's (or, for a product, the session link's)."""
+    owner = stated or config.site_recommendation_vendor
+    return bool(owner) and owner == vendor
 
 
 class Vendor:
