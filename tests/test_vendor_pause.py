@@ -136,3 +136,57 @@ def test_a_404_on_the_vendor_endpoint_pauses_while_a_400_dead_letters_only_its_e
             assert not ready(r.url)["paused_vendors"]
         letters = dead_letters(cfg)
         assert len(letters) == 1 and letters[0].status == 400
+
+
+def test_alana_errors_leave_exactly_the_refused_events_in_the_dead_letter(
+        tmp_path: Path) -> None:
+    # Alana answers `{"status": "ok", "stored": 2, "errors": 0}`, "errors | number | Number of
+    # events that failed validation": nothing Alana did not store may count as delivered.
+    refused = {7, 13, 21}
+    with sandbox() as sb:
+        cfg = write_settings(tmp_path / "s.toml", spool=tmp_path / "spool.db", sandbox_url=sb,
+                             vendors=["alana"], relay={"admin_token": "adm-token-0123456789"})
+        fault(sb, "alana", kind="refuse_events",
+              matches=[f'"productId":"{i}"' for i in refused])
+        with relay(cfg, OPTIONS, forward=False) as r:
+            post(r.url, [view(i, visitor=f"v{i % 4}") for i in range(30)])
+        with relay(cfg, OPTIONS) as r:  # the whole backlog in one round: one batch of 30
+            letters = wait_for(lambda: len(d := dead_letters(cfg)) == len(refused) and d,
+                               timeout=30)
+            assert {int(d.event.properties["product_id"]) for d in letters} == refused
+            assert all('"errors":1' in d.response.replace(" ", "") for d in letters)
+            worker = r.app.state.forwarder.workers[0]
+            wait_for(lambda: worker.counters.delivered == 30 - len(refused))
+            metrics = httpx.get(f"{r.url}/metrics",
+                                headers={"Authorization": "Bearer adm-token-0123456789"}).text
+            assert 'shoprelay_vendor_refused_in_batch_total{site="shop",vendor="alana"} 3.0' \
+                in metrics
+        # Every other event was stored by Alana (in some accepted answer with errors=0 for it).
+        first = records(sb, "alana")[0]
+        assert len(first["body"]["events"]) == 30
+
+
+def test_a_retail_rocket_backlog_above_its_limit_drains(tmp_path: Path) -> None:
+    # "По умолчанию действует ограничение в 50 запросов/секунду для площадки": 1,500 queued
+    # events from 500 visitors are more than 50 requests/s could carry one by one; batched
+    # across visitors they go in about 30 requests, each visitor's events in order.
+    with sandbox() as sb:
+        cfg = write_settings(tmp_path / "s.toml", spool=tmp_path / "spool.db", sandbox_url=sb,
+                             vendors=["retailrocket"])
+        with relay(cfg, OPTIONS, forward=False) as r:
+            for start in range(0, 1500, 250):
+                post(r.url, [view(i, visitor=f"v{i % 500}") for i in range(start, start + 250)])
+        with relay(cfg, OPTIONS):
+            counts = wait_delivered(sb, "retailrocket", set(range(1500)), timeout=60)
+        assert set(counts) == set(range(1500)) and set(counts.values()) == {1}
+        accepted = records(sb, "retailrocket")
+        assert len(accepted) <= 60 and all(r["path"].endswith("/visitorEvents") for r in accepted)
+        # Each visitor's events arrived in the order they happened.
+        seen: dict[str, list[int]] = {}
+        for record in accepted:
+            for envelope in record["body"]:
+                body = envelope["view"]
+                seen.setdefault(body["sessionExternalId"], []).append(body["productId"])
+        assert all(ids == sorted(ids) for ids in seen.values())
+        assert not records(sb, "retailrocket", accepted=False)
+    assert dead_letters(cfg) == []

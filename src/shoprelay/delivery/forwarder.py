@@ -262,6 +262,11 @@ class VendorWorker:
                     return
                 if any(row.id in parked for row, _ in job.items):
                     continue
+                if job.request.is_skip:
+                    # Nothing to send, only a reason to record (Vendor.skipped).
+                    await self._finish(job, skipped=True)
+                    self._noted(job.request)
+                    continue
                 if self.health.paused and not self.health.take_probe():
                     return  # the work stays queued as it is until the vendor accepts again
                 outcome, status, answer = await self._send(job.request)
@@ -343,8 +348,8 @@ class VendorWorker:
         """What the adapter left out of a delivered request (a malformed optional field, an
         order line it could not render): counted, logged and shown in the debugger."""
         self.counters.fields_dropped += len(request.notes)
-        log.info("%s/%s: sent without %s", self.site, self.vendor.name,
-                 "; ".join(request.notes))
+        log.info("%s/%s: %s%s", self.site, self.vendor.name,
+                 "" if request.is_skip else "sent without: ", "; ".join(request.notes))
         if self.bus is not None and self.bus.active:
             self.bus.publish("dropped", {"site": self.site, "vendor": self.vendor.name,
                                          "notes": list(request.notes)})
@@ -356,7 +361,7 @@ class VendorWorker:
             out.append(((row, index), requests[index]))
         return out
 
-    async def _finish(self, job: _Job) -> None:
+    async def _finish(self, job: _Job, *, skipped: bool = False) -> None:
         """Record a delivered request: rows whose last request it was are done, others move
         their resume point past it (so a restart does not send it again)."""
         last: dict[int, int] = {}
@@ -366,7 +371,9 @@ class VendorWorker:
         for rid, index in last.items():
             if rid not in done:
                 await self.spool.mark_progress(rid, index + 1)
-        if done:
+        if done and skipped:
+            await self.spool.mark_done(done, skipped=True)
+        elif done:
             await self.spool.mark_done(done)
             self.counters.delivered += len(done)
 

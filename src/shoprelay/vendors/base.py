@@ -46,6 +46,16 @@ class VendorRequest:
         data["notes"] = tuple(data.get("notes") or ())
         return cls(**data)
 
+    @classmethod
+    def skipped(cls, reason: str) -> VendorRequest:
+        """No request: the event has nothing this vendor may be sent, and `reason` says why
+        (recorded like a dropped field, then the work is done)."""
+        return cls(method="", url="", notes=(reason,))
+
+    @property
+    def is_skip(self) -> bool:
+        return not self.method
+
     def noted(self, notes: list[str]) -> VendorRequest:
         """This request with `notes` added (the dataclass is frozen)."""
         if not notes:
