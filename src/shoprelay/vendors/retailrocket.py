@@ -9,6 +9,7 @@ Every call is `POST {base}/1.0/{method}?apiKey=…&partnerId=…` with a JSON ob
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -147,14 +148,19 @@ def _int(value: Any, field: str) -> int:
 
 
 def _number(value: Any, field: str) -> float | int:
+    """A finite number: NaN or infinity would reach Retail Rocket as null or not at all."""
     if isinstance(value, bool) or value is None:
         raise MappingError(f"{field} must be a number for Retail Rocket, got {value!r}")
-    if isinstance(value, int | float):
+    if isinstance(value, int):
         return value
     try:
-        number = float(str(value))
+        number = float(value if isinstance(value, float) else str(value))
     except ValueError:
         raise MappingError(f"{field} must be a number for Retail Rocket, got {value!r}") from None
+    if not math.isfinite(number):
+        raise MappingError(f"{field} must be a finite number for Retail Rocket, got {value!r}")
+    if isinstance(value, float):
+        return value
     return int(number) if number.is_integer() else number
 
 
