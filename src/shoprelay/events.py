@@ -67,6 +67,8 @@ class Enrichment:
     cart: list[CartLine] | None = None
     #: A stable id of the visitor's current cart (a new one after the cart empties on purchase).
     cart_id: str | None = None
+    #: How many times that cart's composition changed up to this event (0 = not counted).
+    cart_version: int = 0
     #: The recommendation block the event's product was shown/clicked in (`list_id`), if known.
     list_id: str | None = None
     #: The vendor that served that block (CONTRACT §3: a block's id goes only to its vendor);

@@ -37,6 +37,9 @@ class VisitorState:
     name: str | None = None
     cart: list[CartLine] = field(default_factory=list)
     cart_id: str | None = None
+    #: Counts the changes of the cart's composition (Yespo: a new GUID for every change, even
+    #: back to an earlier composition).
+    cart_version: int = 0
     #: product id → the recommendation block it was last shown, clicked in or added from:
     #: {"list": list_id, "vendor": who served it or None, "session": session id}. A link lasts
     #: for the visitor's session only (CONTRACT §3); links of stored states from before
@@ -56,7 +59,8 @@ class VisitorState:
         return {
             "user_id": self.user_id, "email": self.email, "phone": self.phone,
             "name": self.name, "cart": [line.to_dict() for line in self.cart],
-            "cart_id": self.cart_id, "blocks": self.blocks, "session_id": self.session_id,
+            "cart_id": self.cart_id, "cart_version": self.cart_version, "blocks": self.blocks,
+            "session_id": self.session_id,
             "session_started": self.session_started, "last_seen": self.last_seen,
             "campaign": self.campaign, "announced": self.announced,
         }
@@ -206,8 +210,12 @@ def apply(
             enrichment.list_id, enrichment.list_vendor = link["list"], link.get("vendor")
 
     if name in (ev.PRODUCT_ADDED, ev.PRODUCT_REMOVED, ev.CART_VIEWED):
+        before = list(state.cart)
         _update_cart(state, name, props, new_id)
+        if state.cart != before:
+            state.cart_version += 1
         enrichment.cart = list(state.cart)
+        enrichment.cart_version = state.cart_version
     elif name == ev.ORDER_COMPLETED:
         lines = props.get("products") if isinstance(props.get("products"), list) else []
         links, owners = {}, {}
@@ -228,8 +236,10 @@ def apply(
         # The purchased cart is done with: the next addition starts a new cart id.
         enrichment.cart = []
         enrichment.cart_id = state.cart_id
+        enrichment.cart_version = state.cart_version + 1
         state.cart = []
         state.cart_id = None
+        state.cart_version = 0
 
     if enrichment.cart_id is None:
         enrichment.cart_id = state.cart_id

@@ -121,10 +121,12 @@ def _in_stock(value: Any) -> str:
     raise MappingError(f"in_stock must be true or false for Yespo, got {value!r}")
 
 
-def cart_guid(cart_id: str, lines: list[dict[str, Any]]) -> str:
+def cart_guid(cart_id: str, lines: list[dict[str, Any]], version: int = 0) -> str:
     """A GUID in the document's shape ("6F9619FF-8B86-D011-B42D-00CF4FC964FF") that names
-    this cart with exactly this composition: a hash of the cart id and the rendered lines."""
-    digest = hashlib.sha256(orjson.dumps([cart_id, lines], option=orjson.OPT_SORT_KEYS))
+    this cart with exactly this composition: a hash of the cart id, the count of changes the
+    relay kept (so going back to an earlier composition is still a new GUID) and the lines."""
+    digest = hashlib.sha256(orjson.dumps([cart_id, version, lines],
+                                         option=orjson.OPT_SORT_KEYS))
     hexed = digest.hexdigest()[:32].upper()
     return f"{hexed[:8]}-{hexed[8:12]}-{hexed[12:16]}-{hexed[16:20]}-{hexed[20:]}"
 
@@ -336,7 +338,8 @@ class Yespo(Vendor):
             except MappingError as exc:
                 notes.append(f"cart line {line.product_id!r} left out: {exc}")
         return self._body("StatusCart", event, config, {
-            "GUID": cart_guid(str(cart_id), lines), "Products": lines}, notes=notes)
+            "GUID": cart_guid(str(cart_id), lines, enrichment.cart_version),
+            "Products": lines}, notes=notes)
 
     @staticmethod
     def _cart_line(line: CartLine, i: int) -> dict[str, Any]:
