@@ -72,6 +72,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return 1
     vendors = sum(len(site.vendors) for site in loaded.sites.values())
+    from shoprelay.vendors import VENDORS
+
+    for site in loaded.sites.values():
+        for name, config in site.vendors.items():
+            if not config.enabled:
+                continue
+            for warning in VENDORS[name].warnings(config,
+                                                  cookie_name=loaded.relay.cookie_name):
+                print(f"{args.file}: warning: sites.{site.name}.vendors.{name}: {warning}",
+                      file=sys.stderr)
     print(f"{args.file}: ok ({len(loaded.sites)} site(s), {vendors} vendor table(s))")
     return 0
 

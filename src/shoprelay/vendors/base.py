@@ -169,6 +169,10 @@ class Vendor:
                 problems[name] = "must be at least 1"
         return problems
 
+    def warnings(self, config: VendorConfig, *, cookie_name: str) -> list[str]:
+        """Settings that work but deserve a look (`shoprelay check-config` prints them)."""
+        return []
+
     def wants(self, event: StoredEvent, config: VendorConfig) -> bool:
         """Whether the event may produce requests for this vendor (before rendering them)."""
         name = event.name

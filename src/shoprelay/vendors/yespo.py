@@ -49,6 +49,19 @@ def _stated(props: dict[str, Any]) -> str | None:
 
 
 SEARCH_POLICIES = ("not_found", "all")
+#: The cookie Yespo's own script (eS.JS) writes: "the cookie we need is named 'sc'".
+ES_JS_COOKIE = "sc"
+
+
+def es_js_cookie(message: dict[str, Any]) -> str | None:
+    """eS.JS's `sc` value when the client sent it as `context.sc` (a shop running eS.JS
+    beside the relay: Yespo then wants eS.JS's id, so its own events and ours are one
+    visitor); None otherwise, and the relay's visitor id is used."""
+    context = message.get("context")
+    value = context.get("sc") if isinstance(context, dict) else None
+    if isinstance(value, str) and 0 < len(value.strip()) <= 128:
+        return value.strip()
+    return None
 UNKNOWN_RESULTS = ("found", "not_found")
 
 
@@ -150,6 +163,14 @@ class Yespo(Vendor):
         assert isinstance(config, YespoConfig)
         return [RateLimit(config.rate_limit_per_second, 1.0, scope="site_id")]
 
+    def warnings(self, config: VendorConfig, *, cookie_name: str) -> list[str]:
+        if cookie_name != ES_JS_COOKIE:
+            return []
+        return [f'relay.cookie_name is "{ES_JS_COOKIE}", the cookie Yespo\'s eS.JS writes on '
+                "the same domain: if the site also runs eS.JS, the relay's HttpOnly cookie and "
+                "eS.JS's overwrite each other and both lose the visitor. Set cookie_name to "
+                'another name (e.g. "sr_vid"); see docs/vendors/yespo.md']
+
     def check_config(self, config: VendorConfig) -> dict[str, str]:
         assert isinstance(config, YespoConfig)
         problems = super().check_config(config)
@@ -241,7 +262,7 @@ class Yespo(Vendor):
         for key, kind in (("user_email", "email"), ("user_phone", "phone")):
             if key in info:
                 info[key] = contact_value(info[key], config, kind)
-        info["cookies"] = {"sc": enrichment.visitor_id}
+        info["cookies"] = {"sc": es_js_cookie(event.message) or enrichment.visitor_id}
         return info
 
     def _body(self, event_name: str, event: StoredEvent, config: YespoConfig,
