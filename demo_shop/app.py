@@ -39,6 +39,9 @@ from demo_shop.lab import ROUTES as LAB_ROUTES
 SESSION_COOKIE = "shop_session"
 #: The recommendation block's list id; the relay maps events carrying it to recommendation calls.
 HOME_RECS = "home-recs"
+#: Who serves that block (CONTRACT §2 `recommendation_vendor`): its id goes to that vendor
+#: only; to the others the block's events are plain views, clicks and cart additions.
+HOME_RECS_VENDOR = "retailrocket"
 #: How many requests per vendor the vendors page shows (newest first).
 VENDOR_ROWS = 50
 
@@ -181,7 +184,8 @@ document.addEventListener('click',function(e){
   var el=e.target.closest('[data-add],[data-wish],[data-rate],[data-remove],a[data-click]');
   if(!el)return;
   var d=el.dataset;
-  if(d.click){shopTrack('Product Clicked',{product_id:+d.click,list_id:d.list});return}
+  if(d.click){shopTrack('Product Clicked',{product_id:+d.click,list_id:d.list,
+    recommendation_vendor:d.vendor});return}
   e.preventDefault();
   if(d.add){
     var qi=document.getElementById('qty'),
@@ -189,7 +193,7 @@ document.addEventListener('click',function(e){
     shopPost('/cart/add',{product_id:+d.add,quantity:q}).then(function(c){
       var p={product_id:c.line.product_id,price:c.line.price,quantity:q,currency:c.line.currency,
         cart_id:c.cart_id};
-      if(d.list)p.list_id=d.list;
+      if(d.list){p.list_id=d.list;p.recommendation_vendor=d.vendor}
       shopTrack('Product Added',p);shopCount(c.count);shopFlash('Added '+c.line.name+' to cart')});
   }else if(d.wish){
     shopTrack('Product Added to Wishlist',{product_id:+d.wish,price:parseFloat(d.price)});
@@ -263,7 +267,8 @@ function shopTrack(e,p){{shoprelay.push(["track",e,p])}}</script>
 
 
 def product_card(p: Product, *, list_id: str | None = None) -> str:
-    list_attr = f' data-list="{escape(list_id)}"' if list_id else ""
+    list_attr = (f' data-list="{escape(list_id)}" data-vendor="{HOME_RECS_VENDOR}"'
+                 if list_id else "")
     click = f' data-click="{p.id}"{list_attr}' if list_id else ""
     add_id = f"rec-add-{p.id}" if list_id else f"add-{p.id}"
     return (
@@ -330,7 +335,9 @@ def create_app(
 <section id="recs" data-list-id="{HOME_RECS}"><h2>Recommended for you</h2>
 {cards(recs, list_id=HOME_RECS, testid="home-recs")}</section>"""
         products = [p.summary(position=i) for i, p in enumerate(recs, 1)]
-        events = [("Product List Viewed", {"list_id": HOME_RECS, "products": products})]
+        events = [("Product List Viewed", {"list_id": HOME_RECS,
+                                           "recommendation_vendor": HOME_RECS_VENDOR,
+                                           "products": products})]
         return page(session, title="Home", page_name="Home", body=body, events=events)
 
     async def category(request: Request) -> Response:

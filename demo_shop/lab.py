@@ -67,7 +67,9 @@ def datalayer_head() -> str:
     p101, p103, p105 = PRODUCTS[101], PRODUCTS[103], PRODUCTS[105]
     view_item = {"event": "view_item", "ecommerce": {
         "currency": CURRENCY, "value": p101.price, "items": [ga_item(p101, quantity=1)]}}
+    # recommendation_vendor is the shop's own field beside GA4's: who served the block.
     recs = {"item_list_id": "home-recs", "item_list_name": "Recommended for you",
+            "recommendation_vendor": "retailrocket",
             "items": [ga_item(PRODUCTS[i], index=n) for n, i in enumerate(RECOMMENDED, 1)]}
     # The same product in JSON-LD: the dataLayer already reported it, so no second view.
     ld = {"@context": "https://schema.org", "@type": "Product", "productID": str(p101.id),
@@ -84,13 +86,15 @@ gtag("event", "view_item_list", {json_for_script(recs)});
 <script>
 window.labActions = {{
   select: function () {{ gtag("event", "select_item", {json_for_script(
-        {"item_list_id": "home-recs", "items": [ga_item(p103)]})}); }},
+        {"item_list_id": "home-recs", "recommendation_vendor": "retailrocket",
+         "items": [ga_item(p103)]})}); }},
   add: function () {{ dataLayer.push({{ecommerce: null}}); dataLayer.push({json_for_script(
         {"event": "add_to_cart", "ecommerce": {"currency": CURRENCY, "value": p101.price * 2,
                                                  "items": [ga_item(p101, quantity=2)]}})}); }},
   addFromRecs: function () {{ dataLayer.push({json_for_script(
         {"event": "add_to_cart", "ecommerce": {"currency": CURRENCY, "value": p105.price,
-         "items": [ga_item(p105, quantity=1, item_list_id="home-recs")]}})}); }},
+         "items": [ga_item(p105, quantity=1, item_list_id="home-recs",
+                           item_recommendation_vendor="retailrocket")]}})}); }},
   wish: function () {{ dataLayer.push({json_for_script(
         {"event": "add_to_wishlist", "ecommerce": {"currency": CURRENCY,
                                                      "items": [ga_item(p101)]}})}); }},
@@ -145,7 +149,8 @@ def attrs_body() -> str:
 <button data-sr-click="Product Added to Wishlist" data-testid="wish">Wishlist</button>
 </article>
 <div data-sr-event="Products Searched" data-sr-query="sneaker" data-sr-results="1"></div>
-<ul data-sr-event="Product List Viewed" data-sr-list="home-recs">{cards}</ul>"""
+<ul data-sr-event="Product List Viewed" data-sr-list="home-recs"
+ data-sr-recommendation-vendor="retailrocket">{cards}</ul>"""
 
 
 SPA_HEAD = """<script>

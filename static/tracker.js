@@ -387,10 +387,11 @@
   var onClick = (e) => {
     var el = e.target.closest('[data-sr-click]');
     if (el) {
-      var props = srProps(el.closest('[data-sr-event]'));
+      // the block's own attributes come along: data-sr-list (list_id) and
+      // data-sr-recommendation-vendor (who served the block: its id goes to that vendor only)
       track(
         el.getAttribute('data-sr-click'),
-        assign({ list_id: props.list_id }, srProps(el.closest(PRODUCT)), srProps(el))
+        assign(srProps(el.closest('[data-sr-event]')), srProps(el.closest(PRODUCT)), srProps(el))
       );
     }
   };

@@ -33,7 +33,8 @@ def test_deadletter_list_and_replay(tmp_path: Path) -> None:
         cfg = write_settings(tmp_path / "s.toml", spool=tmp_path / "spool.db", sandbox_url=sb,
                              vendors=["retailrocket", "goshops"])
         fault(sb, "retailrocket", kind="status", status=400, count=3)
-        fault(sb, "goshops", kind="status", status=404, count=1)
+        # 400, not 404: a 404 on the vendor's endpoint pauses the vendor (issue 13).
+        fault(sb, "goshops", kind="status", status=400, count=1)
         with relay(cfg) as r:
             post(r.url, [view(i, visitor="a") for i in range(4)])
             wait_delivered(sb, "retailrocket", {3})
@@ -44,7 +45,7 @@ def test_deadletter_list_and_replay(tmp_path: Path) -> None:
         assert listed.returncode == 0, listed.stderr
         letters = orjson.loads(listed.stdout)
         assert sorted((d["vendor"], d["messageId"], d["status"]) for d in letters) == [
-            ("goshops", "m0", 404), ("retailrocket", "m0", 400), ("retailrocket", "m1", 400),
+            ("goshops", "m0", 400), ("retailrocket", "m0", 400), ("retailrocket", "m1", 400),
             ("retailrocket", "m2", 400)]
         assert all(d["request"].startswith("POST ") and "injected fault" in d["response"]
                    for d in letters)
@@ -56,7 +57,7 @@ def test_deadletter_list_and_replay(tmp_path: Path) -> None:
         later = shoprelay("deadletter", "list", "--config", str(cfg), "--since", future)
         assert later.returncode == 0 and "no dead letters" in later.stdout
         text = shoprelay("deadletter", "list", "--config", str(cfg), "--vendor", "goshops")
-        assert "goshops" in text.stdout and "status=404" in text.stdout
+        assert "goshops" in text.stdout and "status=400" in text.stdout
         bad = shoprelay("deadletter", "list", "--config", str(cfg), "--since", "yesterday")
         assert bad.returncode == 2 and "ISO-8601" in bad.stderr
 

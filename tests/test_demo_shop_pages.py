@@ -130,11 +130,13 @@ def test_home_names_the_page_and_shows_recommendations(client: TestClient) -> No
     [(name, props)] = tracked(html)
     assert name == "Product List Viewed"
     assert props["list_id"] == "home-recs"
+    # Who served the block (CONTRACT §2): its id reaches that vendor only.
+    assert props["recommendation_vendor"] == "retailrocket"
     ids = [p["product_id"] for p in props["products"]]
     assert ids and all(isinstance(i, int) for i in ids)
     for pid in ids:
         assert f'data-testid="rec-add-{pid}"' in html
-        assert f'data-click="{pid}" data-list="home-recs"' in html
+        assert f'data-click="{pid}" data-list="home-recs" data-vendor="retailrocket"' in html
 
 
 def test_category_page_sends_integer_category(client: TestClient) -> None:

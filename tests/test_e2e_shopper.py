@@ -3,6 +3,7 @@ exactly the calls CONTRACT §3 promises, none refused, all for the visitor in th
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,7 +22,9 @@ def call_names(vendor: str, record: dict[str, Any]) -> list[str]:
     """What a sandbox record is, in the vendor's own words."""
     body = record["body"]
     if vendor == "retailrocket":
-        return [record["path"].rsplit("/", 1)[-1]]
+        method = record["path"].rsplit("/", 1)[-1]
+        # visitorEvents (the default) carries several calls, one envelope each.
+        return [next(iter(e)) for e in body] if method == "visitorEvents" else [method]
     if vendor == "goshops":
         return [body["data"]["event"]]
     if vendor == "advisable":
@@ -48,9 +51,10 @@ EXPECTED = {
     "alana": Counter({"home-page-view": 3, "detail-page-view": 2, "add-to-cart": 3,
                       "category-view": 1, "search": 1, "shopping-cart-page-view": 1,
                       "purchase-complete": 1}),
-    "yespo": Counter({"ProductImpressions": 3, "ProductPage": 2, "AddToWishlist": 1,
-                      "StatusCart": 6, "CategoryPage": 1, "SearchRequest": 1,
-                      "CustomerData": 1, "PurchasedItems": 1}),
+    # No ProductImpressions: the home block is Retail Rocket's (CONTRACT §3). No
+    # SearchRequest: "Send it only if the search returned no results", and "shirt" finds some.
+    "yespo": Counter({"ProductPage": 2, "AddToWishlist": 1, "StatusCart": 6,
+                      "CategoryPage": 1, "CustomerData": 1, "PurchasedItems": 1}),
 }
 
 
@@ -88,8 +92,10 @@ def test_whole_shopper_session_reaches_every_vendor(tmp_path: Path) -> None:
         page.context.close()
 
         for vendor, expected in EXPECTED.items():
-            wait_for(lambda v=vendor, e=expected: received(stack, v) == e or
-                     (sum(received(stack, v).values()) > sum(e.values())), timeout=30)
+            # On a timeout the exact comparison below shows what differs.
+            with contextlib.suppress(AssertionError):
+                wait_for(lambda v=vendor, e=expected: received(stack, v) == e or
+                         (sum(received(stack, v).values()) > sum(e.values())), timeout=30)
         time.sleep(1.0)  # anything extra would have arrived by now
         for vendor, expected in EXPECTED.items():
             assert received(stack, vendor) == expected, vendor
@@ -99,12 +105,16 @@ def test_whole_shopper_session_reaches_every_vendor(tmp_path: Path) -> None:
         visitor = VisitorCookie("browser-test-secret-0123456789").read(cookies["sc"],
                                                                        "demo")
         assert visitor
-        rr = stack.received("retailrocket")
-        assert {r["body"]["sessionExternalId"] for r in rr} == {visitor}
-        orders = [r["body"] for r in rr if r["path"].endswith("/order")]
+        rr = []  # (method, body), a visitorEvents batch opened into its calls
+        for r in stack.received("retailrocket"):
+            method = r["path"].rsplit("/", 1)[-1]
+            rr += ([item for e in r["body"] for item in e.items()]
+                   if method == "visitorEvents" else [(method, r["body"])])
+        assert {body["sessionExternalId"] for _, body in rr} == {visitor}
+        orders = [body for method, body in rr if method == "order"]
         assert {o["transaction"] for o in orders} == {order_id}
         assert sorted(o["productId"] for o in orders) == [103, 107]
-        [tap] = [r["body"] for r in rr if r["path"].endswith("/recomTap")]
+        [tap] = [body for method, body in rr if method == "recomTap"]
         assert (tap["productId"], tap["recomBlockId"]) == (103, "home-recs")
 
         goshops = stack.received("goshops")
@@ -116,9 +126,14 @@ def test_whole_shopper_session_reaches_every_vendor(tmp_path: Path) -> None:
         yespo = stack.received("yespo")
         carts = [r["body"]["StatusCart"] for r in yespo if "StatusCart" in r["body"]]
         assert [len(c["Products"]) for c in carts] == [1, 2, 3, 3, 2, 0]
-        assert len({c["GUID"] for c in carts}) == 1
+        # "after the cart status (with a new GUID) is changed": a new GUID on every change of
+        # composition (back to an earlier one included), the same one when nothing changed
+        # (the cart page view after the third addition).
+        guids = [c["GUID"] for c in carts]
+        assert guids[2] == guids[3] and len(set(guids)) == 5
         assert all(r["body"]["GeneralInfo"]["cookies"]["sc"] == visitor for r in yespo)
 
         advisable = stack.received("advisable")
         [batch] = [r["body"] for r in advisable if r["path"].endswith("/purchases/batch")]
-        assert {line["recommendation_id"] for line in batch} == {"home-recs"}
+        # The block is Retail Rocket's: Advisable never gets its id (CONTRACT §3).
+        assert not any("recommendation_id" in line for line in batch)

@@ -246,8 +246,9 @@ def test_metadata_carries_time_message_and_attribution() -> None:
     (sent,) = events_of(track(ev.PRODUCT_ADDED, {"product_id": "p", "quantity": 3,
                                                  "list_id": "ignored"},
                               list_id="home-recs", cart_id="cart-1"))
+    # No listId: a block's id goes only to the vendor that served it (CONTRACT §3).
     assert sent["metadata"] == {"timestamp": "2026-03-12T10:15:30.250Z", "messageId": "m-1",
-                                "quantity": 3, "listId": "home-recs", "cartId": "cart-1"}
+                                "quantity": 3, "cartId": "cart-1"}
     (order,) = events_of(track(ev.ORDER_COMPLETED, {"order_id": 991, "revenue": 1,
                                                     "currency": "USD",
                                                     "products": [{"product_id": "a"}]}))

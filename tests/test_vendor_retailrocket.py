@@ -14,7 +14,12 @@ from shoprelay.sandbox import create_app
 from shoprelay.sandbox.base import DEMO_KEY
 from shoprelay.sandbox.retailrocket import PARTNER_ID
 from shoprelay.vendors.base import MappingError
-from shoprelay.vendors.retailrocket import VENDOR, RetailRocketConfig, contact_external_id
+from shoprelay.vendors.retailrocket import (
+    VENDOR,
+    RetailRocketConfig,
+    contact_external_id,
+    user_id_of_contact,
+)
 
 SESSION = "60842392e4881c65e6c5e423"
 STAMP = "2018-09-15T15:53:00+00:00"
@@ -59,16 +64,19 @@ DOC_EXAMPLES = [
            **{}), "setContact",
      {"sessionExternalId": SESSION, "contactExternalId": "2342dfgf253454c645346wer3",
       "timestamp": STAMP, "email": "example@email.com"}),
-    (event(ev.PRODUCT_LIST_VIEWED, {"list_id": "568da4f6-7952-49b1-afd3-9ac44d6e78c7"}),
+    (event(ev.PRODUCT_LIST_VIEWED, {"list_id": "568da4f6-7952-49b1-afd3-9ac44d6e78c7",
+                                    "recommendation_vendor": "retailrocket"}),
      "recomBlockViewed",
      {"sessionExternalId": SESSION, "recomBlockId": "568da4f6-7952-49b1-afd3-9ac44d6e78c7",
       "timestamp": STAMP}),
     (event(ev.PRODUCT_CLICKED, {"product_id": 123456, "stock_id": "NewYork",
-                                "list_id": "5994d90bc7d0114fa0a26122"}), "recomTap",
+                                "list_id": "5994d90bc7d0114fa0a26122",
+                                "recommendation_vendor": "retailrocket"}), "recomTap",
      {"sessionExternalId": SESSION, "productId": 123456, "stockId": "NewYork", "timestamp": STAMP,
       "recomBlockId": "5994d90bc7d0114fa0a26122"}),
     (event(ev.PRODUCT_ADDED, {"product_id": 123456, "stock_id": "NewYork",
-                              "list_id": "5994d90bc7d0114fa0a26122"}), "recomAddToBasket",
+                              "list_id": "5994d90bc7d0114fa0a26122",
+                              "recommendation_vendor": "retailrocket"}), "recomAddToBasket",
      {"sessionExternalId": SESSION, "productId": 123456, "stockId": "NewYork", "timestamp": STAMP,
       "recomBlockId": "5994d90bc7d0114fa0a26122"}),
     (event(ev.PROMOTION_VIEWED, {"promotion_id": "568da4f6-7952-49b1-afd3-9ac44d6e78c7"}),
@@ -115,7 +123,7 @@ def test_events_retail_rocket_does_not_receive(name: str) -> None:
 
 def test_click_without_block_and_identify_without_new_binding_send_nothing() -> None:
     assert VENDOR.requests_for(event(ev.PRODUCT_CLICKED, {"product_id": 1}), CONFIG) == []
-    again = event(ev.IDENTIFY, message={"userId": "u1"}, user_id="u1", new_binding=False)
+    again = event(ev.IDENTIFY, message={"userId": "u1"}, user_id="u1", new_identity=False)
     assert VENDOR.requests_for(again, CONFIG) == []
 
 
@@ -133,23 +141,105 @@ def test_non_integer_product_id_is_a_mapping_error(props: dict[str, Any]) -> Non
         VENDOR.requests_for(event(ev.PRODUCT_VIEWED, props), CONFIG)
 
 
-def test_contact_external_id_is_letters_and_digits() -> None:
-    assert contact_external_id("user-42@shop") == "user42shop"
-    long = contact_external_id("x" * 80)
-    assert long.isalnum() and len(long) <= 50
-    assert contact_external_id("---").isalnum()
+def test_contact_external_id_is_letters_and_digits_and_never_merges_two_users() -> None:
+    # "Должен состоять только из цифр и букв; Не превышать 50 символов", and it is the id "по
+    # которому пользователь может быть распознан в учетной системе клиента".
+    ids = ["user-42", "user_42", "user42", "USER42", "user 42", "x" * 80, "x" * 81, "---",
+           "SR0xabc", "ü@mail.example", "42"]
+    contacts = [contact_external_id(i) for i in ids]
+    assert all(c.isascii() and c.isalnum() and len(c) <= 50 for c in contacts)
+    assert len(set(contacts)) == len(ids), "two users became one contact"
+    # An id that is already valid is sent unchanged.
+    assert contact_external_id("user42") == "user42" and contact_external_id("42") == "42"
+    # The shop can tell which user a contact is.
+    for user, contact in zip(ids, contacts, strict=True):
+        if not user.startswith("x" * 80):
+            assert user_id_of_contact(contact) == user
 
 
-def test_visitor_events_batch_is_opt_in_and_merges_in_order() -> None:
-    batching = RetailRocketConfig(partner_id="p", api_key="k", visitor_events=True)
-    first = VENDOR.requests_for(event(ev.PRODUCT_VIEWED, {"product_id": 1}), batching)[0]
-    second = VENDOR.requests_for(event(ev.PRODUCT_ADDED, {"product_id": 1}), batching)[0]
-    assert first.batch_key == second.batch_key == f"visitorEvents:{SESSION}"
-    assert VENDOR.requests_for(event(ev.PRODUCT_VIEWED, {"product_id": 1}), CONFIG)[0].batch_key \
-        is None
-    merged = VENDOR.merge([first, second], batching)
+def test_visitor_events_batches_across_visitors_and_keeps_only_the_table_envelopes() -> None:
+    # "В теле вызова метода передается список пользовательских событий": every event carries
+    # its own sessionExternalId, no one-visitor rule. On by default (50 requests/s).
+    assert RetailRocketConfig(partner_id="p", api_key="k").visitor_events is True
+    config = RetailRocketConfig(partner_id="p", api_key="k", batch_lanes=1)
+    first = VENDOR.requests_for(event(ev.PRODUCT_VIEWED, {"product_id": 1}), config)[0]
+    other = StoredEvent("shop", {"type": "track", "event": ev.PRODUCT_ADDED, "timestamp": STAMP,
+                                 "properties": {"product_id": 2}},
+                        Enrichment(visitor_id="another-visitor"))
+    second = VENDOR.requests_for(other, config)[0]
+    assert first.batch_key == second.batch_key
+    merged = VENDOR.merge([first, second], config)
     assert urlsplit(merged.url).path.endswith("/visitorEvents")
     assert merged.json == [{"view": first.json}, {"addToBasket": second.json}]
+    # The table lists no recom* envelope (only the example shows them): sent alone unless
+    # batch_recom says Retail Rocket confirmed them.
+    tap = event(ev.PRODUCT_CLICKED, {"product_id": 1, "list_id": "b1",
+                                     "recommendation_vendor": "retailrocket"})
+    assert VENDOR.requests_for(tap, config)[0].batch_key is None
+    confirmed = RetailRocketConfig(partner_id="p", api_key="k", batch_recom=True)
+    assert VENDOR.requests_for(tap, confirmed)[0].batch_key is not None
+    contact = event(ev.IDENTIFY, message={"userId": "u1"}, user_id="u1", new_identity=True)
+    assert VENDOR.requests_for(contact, config)[0].batch_key is None
+    off = RetailRocketConfig(partner_id="p", api_key="k", visitor_events=False)
+    assert VENDOR.requests_for(event(ev.PRODUCT_VIEWED, {"product_id": 1}), off)[0].batch_key \
+        is None
+
+
+@pytest.mark.parametrize(("props", "site_owner", "method"), [
+    ({"list_id": "b1", "recommendation_vendor": "retailrocket"}, "", "recomTap"),
+    ({"list_id": "b1"}, "retailrocket", "recomTap"),
+    ({"list_id": "b1", "recommendation_vendor": "yespo"}, "retailrocket", None),
+    ({"list_id": "b1"}, "", None),
+])
+def test_a_block_id_goes_only_to_the_vendor_that_served_it(props: dict, site_owner: str,
+                                                            method: str | None) -> None:
+    # CONTRACT §3: "A block's id reaches only the vendor that served the block".
+    config = RetailRocketConfig(partner_id="p", api_key="k")
+    config.site_recommendation_vendor = site_owner
+    clicked = VENDOR.requests_for(event(ev.PRODUCT_CLICKED, {"product_id": 1, **props}), config)
+    assert [urlsplit(r.url).path.rsplit("/", 1)[-1] for r in clicked] == (
+        [method] if method else [])
+    added = VENDOR.requests_for(event(ev.PRODUCT_ADDED, {"product_id": 1, **props}), config)
+    assert urlsplit(added[0].url).path.endswith("recomAddToBasket" if method else "addToBasket")
+    assert ("recomBlockId" in added[0].json) is bool(method)
+    viewed = VENDOR.requests_for(event(ev.PRODUCT_LIST_VIEWED, props), config)
+    assert len(viewed) == (1 if method else 0)
+
+
+def test_set_contact_on_every_new_identity_fact_and_on_an_order_with_an_email() -> None:
+    # "Метод нужно вызывать при регистрации, успешной авторизации, оформлении заказа и других
+    # местах интернет-магазина, когда пользователь может оставить email адрес".
+    config = RetailRocketConfig(partner_id="p", api_key="k")
+    guest = event(ev.IDENTIFY, message={"traits": {"email": "a@b.example"}},
+                  email="a@b.example", new_identity=True)
+    [call] = VENDOR.requests_for(guest, config)
+    assert call.json["email"] == "a@b.example"
+    assert user_id_of_contact(call.json["contactExternalId"]) == "a@b.example"
+    order = event(ev.ORDER_COMPLETED, {"order_id": "1", "email": "a@b.example", "products": [
+        {"product_id": 1, "price": 2, "quantity": 1}]}, email="a@b.example", new_identity=True)
+    paths = [urlsplit(r.url).path.rsplit("/", 1)[-1] for r in VENDOR.requests_for(order, config)]
+    assert paths == ["setContact", "order"]
+    repeat = event(ev.IDENTIFY, message={"userId": "u1"}, user_id="u1")
+    assert VENDOR.requests_for(repeat, config) == []
+
+
+def test_one_bad_order_line_does_not_sink_the_others() -> None:
+    # "Должен быть вызван для каждой товарной позиции в заказе": each line is its own call.
+    stored = event(ev.ORDER_COMPLETED, {"order_id": 7, "products": [
+        {"product_id": 1, "price": 2}, {"product_id": "sku-x", "price": 3},
+        {"product_id": 3, "price": "n/a"}]})
+    calls = VENDOR.requests_for(stored, CONFIG)
+    assert [c.json["productId"] for c in calls] == [1]
+    assert any("products[1]" in n for n in calls[-1].notes)
+    assert any("products[2]" in n for n in calls[-1].notes)
+    with pytest.raises(MappingError, match="no line"):
+        VENDOR.requests_for(event(ev.ORDER_COMPLETED, {"order_id": 7, "products": [
+            {"product_id": "sku-x", "price": 3}]}), CONFIG)
+
+
+def test_hash_pii_is_refused_since_retail_rocket_mails_the_address() -> None:
+    config = RetailRocketConfig(partner_id="p", api_key="k", hash_pii=True)
+    assert "hash_pii" in VENDOR.check_config(config)
 
 
 def test_sandbox_accepts_what_the_adapter_sends_and_refuses_bad_requests() -> None:

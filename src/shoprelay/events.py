@@ -57,6 +57,11 @@ class Enrichment:
     user_id: str | None = None
     #: True on the `identify` that created a new visitor → user binding (identity calls go once).
     new_binding: bool = False
+    #: True when the event told the relay something new about who the visitor is: an
+    #: identify bringing a user id, email or phone not yet announced for this visitor, or an
+    #: Order Completed with a new email. Identity calls (Retail Rocket setContact, Yespo
+    #: CustomerData) go on these, and identical repeats do not.
+    new_identity: bool = False
     email: str | None = None
     phone: str | None = None
     name: str | None = None
@@ -64,8 +69,13 @@ class Enrichment:
     cart: list[CartLine] | None = None
     #: A stable id of the visitor's current cart (a new one after the cart empties on purchase).
     cart_id: str | None = None
+    #: How many times that cart's composition changed up to this event (0 = not counted).
+    cart_version: int = 0
     #: The recommendation block the event's product was shown/clicked in (`list_id`), if known.
     list_id: str | None = None
+    #: The vendor that served that block (CONTRACT §3: a block's id goes only to its vendor);
+    #: None = not known, which the adapters read as "not theirs" unless the site names one.
+    list_vendor: str | None = None
     #: When the visitor's current session began (relay clock, epoch seconds).
     session_started: float = 0.0
     ip: str | None = None

@@ -122,6 +122,9 @@ class SiteSettings:
     #: first) or "server" (only the backend's, through the server API; browser copies are
     #: stored and sent nowhere, so the public write key cannot squat an order id).
     order_source: str = "first"
+    #: Who serves the site's recommendation blocks when an event does not say (CONTRACT §4):
+    #: a vendor table name, or "" (then a block without `recommendation_vendor` is no one's).
+    recommendation_vendor: str = ""
     vendors: dict[str, VendorConfig] = field(default_factory=dict)
 
 
@@ -215,6 +218,13 @@ def parse(
                                         f"not an origin (scheme://host[:port]): {origin!r}"))
         site.allowed_origins = [o.rstrip("/") for o in site.allowed_origins]
         site.vendors = _vendors(vendor_tables, f"{where}.vendors", problems)
+        if site.recommendation_vendor and site.recommendation_vendor not in VENDORS:
+            problems.append(Problem(f"{where}.recommendation_vendor",
+                                    f"not a vendor table name: {site.recommendation_vendor!r} "
+                                    f"(one of {', '.join(sorted(VENDORS))})"))
+        for config in site.vendors.values():
+            # Adapters see only their own table: the site's block owner travels with it.
+            config.site_recommendation_vendor = site.recommendation_vendor
         sites[name] = site
 
     if problems or relay is None:

@@ -5,7 +5,8 @@ its own queue. A worker takes due work in rounds and splits each round into lane
 concurrently (up to `concurrency` at once). Inside a lane requests go one after another, in the
 order the events arrived, so a lane holds everything that must stay in order: all of one
 visitor's work, joined with any other work it may be batched with (Alana batches every visitor
-together, so its lane is the whole round; Retail Rocket's `visitorEvents` batches per visitor).
+together, so its lane is the whole round; Retail Rocket's `visitorEvents` batches visitors in a
+few lanes, each visitor always in the same one).
 A retryable failure parks the rest of its lane; the spool's `due` query keeps a visitor's later
 work back until the retry, so order also holds across rounds.
 """
@@ -23,6 +24,7 @@ from typing import Any
 import httpx
 import orjson
 
+from shoprelay.delivery.health import VendorHealth, store_for
 from shoprelay.delivery.limits import Limiter, SlidingWindowLimiter
 from shoprelay.delivery.retry import FIRST_DELAY, MAX_DELAY, backoff
 from shoprelay.spool.base import OutboxRow, Spool
@@ -51,6 +53,10 @@ class DeliveryOptions:
     retention: float = 168 * 3600.0
     #: How often retention runs and the spool's size is logged.
     maintenance_interval: float = 300.0
+    #: A vendor paused on a credential/address failure is probed after this many seconds,
+    #: doubling up to `probe_max` (shoprelay.delivery.health).
+    probe_first: float = 2.0
+    probe_max: float = 30.0
 
 
 @dataclass(slots=True)
@@ -79,6 +85,10 @@ class DeliveryCounters:
     retried: int = 0
     dead: int = 0
     requests: int = 0
+    #: Events of accepted batches that the vendor said it did not store (Alana `errors`).
+    refused_in_batch: int = 0
+    #: Parts left out of delivered requests (malformed optional fields, bad order lines).
+    fields_dropped: int = 0
 
 
 class VendorWorker:
@@ -107,6 +117,9 @@ class VendorWorker:
         self._totals: dict[int, int] = {}
         #: The live debugger (shoprelay.operate.debugger.DebugBus), if the app has one.
         self.bus: Any = None
+        #: Paused on credential/address failures (401, 403, 404 on its own endpoint).
+        self.health = VendorHealth(site, vendor.name, probe_first=options.probe_first,
+                                   probe_max=options.probe_max)
 
     async def run(self) -> None:
         while not self.stopping:
@@ -125,6 +138,9 @@ class VendorWorker:
                 await asyncio.wait_for(self.wake.wait(), await self._idle_wait())
 
     async def _idle_wait(self) -> float:
+        if self.health.paused:
+            # Queued work is due but held: sleep until the next probe, not a busy loop.
+            return min(max(0.01, self.health.wait()), self.options.idle_poll * 5)
         next_at = await self.spool.next_due_at(self.site, self.vendor.name)
         if next_at is None:
             return self.options.idle_poll * 5
@@ -132,6 +148,8 @@ class VendorWorker:
 
     async def run_once(self) -> int:
         now = time.time()
+        if self.health.paused and not self.health.probe_due(now):
+            return 0
         rows = await self.spool.due(self.site, self.vendor.name, now, ROUND_SIZE)
         if not rows:
             return 0
@@ -247,14 +265,27 @@ class VendorWorker:
                     return
                 if any(row.id in parked for row, _ in job.items):
                     continue
+                if job.request.is_skip:
+                    # Nothing to send, only a reason to record (Vendor.skipped).
+                    await self._finish(job, skipped=True)
+                    self._noted(job.request)
+                    continue
+                if self.health.paused and not self.health.take_probe():
+                    return  # the work stays queued as it is until the vendor accepts again
                 outcome, status, answer = await self._send(job.request)
+                if outcome.pause or (outcome.retry and self.health.paused):
+                    # Held, not failed: the rows keep their place and their attempt count.
+                    self.health.pause(status, outcome.detail)
+                    return
+                self.health.resume()  # the vendor took the credentials and the address
                 rows = job.rows
                 ids = [row.id for row in rows]
-                if outcome.ok:
+                if outcome.ok and outcome.failed_events:
+                    await self._partly_refused(job, jobs, outcome, status, answer, parked)
+                elif outcome.ok:
                     await self._finish(job)
-                    if outcome.failed_events:
-                        log.warning("%s accepted the request but refused %d event(s): %s",
-                                    self.vendor.name, outcome.failed_events, outcome.detail)
+                    if job.request.notes:
+                        self._noted(job.request)
                 elif outcome.retry:
                     attempts = max(row.attempts for row in rows) + 1
                     delay = backoff(attempts, outcome.retry_after,
@@ -279,6 +310,53 @@ class VendorWorker:
                     self.counters.dead += len(ids)
                     parked.update(ids)
 
+    async def _partly_refused(self, job: _Job, jobs: list[_Job], outcome: Outcome,
+                              status: int | None, answer: str, parked: set[int]) -> None:
+        """The vendor took the request but did not store `failed_events` of its events
+        (Alana's `{stored, errors}`) without saying which. Nothing of it is marked delivered:
+        when every event failed they all go to the dead letter with the answer; otherwise the
+        batch is sent again in halves, down to single events, so exactly the refused ones end
+        in the dead letter. Halving costs about 2·log2(n) requests per refused event where one
+        by one would cost n (Alana allows 100 requests a minute per key and IP). The stored
+        events of a batch are sent again; each carries its messageId for the vendor to
+        de-duplicate on (docs/vendors/alana.md)."""
+        items = job.items
+        if outcome.failed_events >= len(items):
+            log.warning("%s stored none of %d event(s): %s", self.vendor.name, len(items),
+                        outcome.detail)
+            ids = [row.id for row in job.rows]
+            request_text = self.vendor.mask(
+                f"{job.request.method} {job.request.url}\n"
+                f"{job.request.body_bytes().decode('utf-8', 'replace')}", self.config)
+            await self.spool.mark_dead(ids, status=status, error=outcome.detail,
+                                       response=answer[:4000], request=request_text)
+            self.counters.dead += len(ids)
+            self.counters.refused_in_batch += len(ids)
+            parked.update(ids)
+            return
+        log.info("%s refused %d of %d event(s) of a batch (%s); sending it again in halves "
+                 "to find them", self.vendor.name, outcome.failed_events, len(items),
+                 outcome.detail)
+        split = self._split(job)
+        half = (len(split) + 1) // 2
+        jobs[:0] = [self._job(part) for part in (split[:half], split[half:]) if part]
+
+    def _job(self, part: list[tuple[tuple[OutboxRow, int], VendorRequest]]) -> _Job:
+        if len(part) == 1:
+            return _Job([part[0][0]], part[0][1])
+        return _Job([item for item, _ in part], self.vendor.merge([r for _, r in part],
+                                                                  self.config))
+
+    def _noted(self, request: VendorRequest) -> None:
+        """What the adapter left out of a delivered request (a malformed optional field, an
+        order line it could not render): counted, logged and shown in the debugger."""
+        self.counters.fields_dropped += len(request.notes)
+        log.info("%s/%s: %s%s", self.site, self.vendor.name,
+                 "" if request.is_skip else "sent without: ", "; ".join(request.notes))
+        if self.bus is not None and self.bus.active:
+            self.bus.publish("dropped", {"site": self.site, "vendor": self.vendor.name,
+                                         "notes": list(request.notes)})
+
     def _split(self, job: _Job) -> list[tuple[tuple[OutboxRow, int], VendorRequest]]:
         out = []
         for row, index in job.items:
@@ -286,7 +364,7 @@ class VendorWorker:
             out.append(((row, index), requests[index]))
         return out
 
-    async def _finish(self, job: _Job) -> None:
+    async def _finish(self, job: _Job, *, skipped: bool = False) -> None:
         """Record a delivered request: rows whose last request it was are done, others move
         their resume point past it (so a restart does not send it again)."""
         last: dict[int, int] = {}
@@ -296,7 +374,9 @@ class VendorWorker:
         for rid, index in last.items():
             if rid not in done:
                 await self.spool.mark_progress(rid, index + 1)
-        if done:
+        if done and skipped:
+            await self.spool.mark_done(done, skipped=True)
+        elif done:
             await self.spool.mark_done(done)
             self.counters.delivered += len(done)
 
@@ -342,6 +422,13 @@ class VendorWorker:
                 limiter.release()
         headers = dict(response.headers)
         outcome = self.vendor.read_response(response.status_code, headers, response.content)
+        if not outcome.ok and self.vendor.refuses_settings(response.status_code,
+                                                           request.url.split("?", 1)[0]):
+            where = self.vendor.mask(request.url.split("?", 1)[0], self.config)
+            detail = outcome.detail or f"HTTP {response.status_code}"
+            if detail == f"HTTP {response.status_code}" and response.text:
+                detail += f": {self.vendor.mask(response.text[:200], self.config)}"
+            outcome = Outcome(ok=False, retry=True, pause=True, detail=f"{detail} ({where})")
         if outcome.retry and outcome.retry_after:
             # A 429 or 503 with Retry-After speaks for the credential, not just this request.
             for limiter in self.limiters:
@@ -382,6 +469,10 @@ class Forwarder:
                 mine.append(self.limiters[key])
             self.workers.append(VendorWorker(spool, site, vendor, config, self.client, mine,
                                              self.options))
+        #: Where vendor pause states are written for `shoprelay vendors status`.
+        self.health_store = store_for(spool)
+        for worker in self.workers:
+            worker.health.store = self.health_store
         self._bus: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._maintenance: asyncio.Task[None] | None = None
@@ -401,6 +492,8 @@ class Forwarder:
 
     def start(self, *, maintenance: bool = True) -> None:
         self._loop = asyncio.get_running_loop()
+        for worker in self.workers:  # a restart begins active: the settings may be fixed
+            worker.health.save()
         self.spool.on_new_work = self._wake_threadsafe
         self._tasks = [asyncio.create_task(w.run(), name=f"deliver-{w.site}-{w.vendor.name}")
                        for w in self.workers]

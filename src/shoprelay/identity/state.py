@@ -16,6 +16,7 @@ from urllib.parse import parse_qs
 
 from shoprelay import events as ev
 from shoprelay.events import CartLine, Enrichment
+from shoprelay.vendors.base import product_ref
 
 #: How many product → recommendation-block links a visitor keeps (oldest dropped first).
 MAX_BLOCK_LINKS = 200
@@ -36,12 +37,21 @@ class VisitorState:
     name: str | None = None
     cart: list[CartLine] = field(default_factory=list)
     cart_id: str | None = None
-    #: product id → the recommendation block (`list_id`) it was last clicked in or added from.
-    blocks: dict[str, str] = field(default_factory=dict)
+    #: Counts the changes of the cart's composition (Yespo: a new GUID for every change, even
+    #: back to an earlier composition).
+    cart_version: int = 0
+    #: product id → the recommendation block it was last shown, clicked in or added from:
+    #: {"list": list_id, "vendor": who served it or None, "session": session id}. A link lasts
+    #: for the visitor's session only (CONTRACT §3); links of stored states from before
+    #: (bare list ids, no session) count as expired.
+    blocks: dict[str, Any] = field(default_factory=dict)
     session_id: str = ""
     session_started: float = 0.0
     last_seen: float = 0.0
     campaign: str | None = None
+    #: The identity facts last announced to vendors for this visitor (user_id, email, phone):
+    #: an identify repeating them sends no identity call again.
+    announced: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         # Written out rather than dataclasses.asdict (a recursive deep copy): it runs for every
@@ -49,9 +59,10 @@ class VisitorState:
         return {
             "user_id": self.user_id, "email": self.email, "phone": self.phone,
             "name": self.name, "cart": [line.to_dict() for line in self.cart],
-            "cart_id": self.cart_id, "blocks": self.blocks, "session_id": self.session_id,
+            "cart_id": self.cart_id, "cart_version": self.cart_version, "blocks": self.blocks,
+            "session_id": self.session_id,
             "session_started": self.session_started, "last_seen": self.last_seen,
-            "campaign": self.campaign,
+            "campaign": self.campaign, "announced": self.announced,
         }
 
     @classmethod
@@ -80,8 +91,13 @@ def _number(value: Any, default: float | None) -> float | None:
         return default
 
 
+def _product(props: dict[str, Any]) -> str | None:
+    """`product_id`, else `sku` (the same fallback as every vendor adapter)."""
+    return _text(product_ref(props))
+
+
 def _line(props: dict[str, Any]) -> CartLine | None:
-    product = _text(props.get("product_id", props.get("sku")))
+    product = _product(props)
     if product is None:
         return None
     quantity = _number(props.get("quantity"), 1) or 1
@@ -148,8 +164,10 @@ def apply(
 
     if name == SIGNED_OUT and kind == "track":
         # Logout ends the binding but keeps the visitor (Retail Rocket: the session id must not
-        # change on login or logout); the user's contact details go with the user.
+        # change on login or logout); the user's contact details go with the user. The next
+        # login is announced again ("при ... успешной авторизации").
         state.user_id = state.email = state.phone = state.name = None
+        state.announced = {}
     if kind == "identify":
         traits = message.get("traits") if isinstance(message.get("traits"), dict) else {}
         user_id = _text(message.get("userId"))
@@ -159,34 +177,69 @@ def apply(
         state.email = _text(traits.get("email")) or state.email
         state.phone = _text(traits.get("phone")) or state.phone
         state.name = _text(traits.get("name")) or state.name
+        brought = {"user_id": user_id, "email": _text(traits.get("email")),
+                   "phone": _text(traits.get("phone"))}
+        _announce(state, enrichment, brought)
+    elif name == ev.ORDER_COMPLETED and kind == "track":
+        # A guest checkout leaves an email on the order itself; it is the buyer's.
+        email = _text(props.get("email")) or state.email
+        if email:
+            state.email = email
+            _announce(state, enrichment, {"email": email})
 
-    product = _text(props.get("product_id", props.get("sku")))
+    product = _product(props)
     list_id = _text(props.get("list_id"))
+    list_vendor = _text(props.get("recommendation_vendor"))
+    if state.blocks and any(not isinstance(v, dict) or v.get("session") != state.session_id
+                            for v in state.blocks.values()):
+        # A new session forgets the links of the last one.
+        state.blocks = {k: v for k, v in state.blocks.items()
+                        if isinstance(v, dict) and v.get("session") == state.session_id}
+    if list_id and name == ev.PRODUCT_LIST_VIEWED:
+        enrichment.list_id, enrichment.list_vendor = list_id, list_vendor
+        shown = props.get("products") if isinstance(props.get("products"), list) else []
+        for line in shown:
+            if isinstance(line, dict) and (pid := _product(line)):
+                _link(state, pid, list_id, list_vendor)
     if product and list_id and name in (ev.PRODUCT_CLICKED, ev.PRODUCT_ADDED):
-        state.blocks.pop(product, None)
-        state.blocks[product] = list_id
-        while len(state.blocks) > MAX_BLOCK_LINKS:
-            state.blocks.pop(next(iter(state.blocks)))
+        _link(state, product, list_id, list_vendor)
     if product and name in _LIST_ID_EVENTS:
-        enrichment.list_id = list_id or state.blocks.get(product)
+        if list_id:
+            enrichment.list_id, enrichment.list_vendor = list_id, list_vendor
+        elif (link := state.blocks.get(product)) is not None:
+            enrichment.list_id, enrichment.list_vendor = link["list"], link.get("vendor")
 
     if name in (ev.PRODUCT_ADDED, ev.PRODUCT_REMOVED, ev.CART_VIEWED):
+        before = list(state.cart)
         _update_cart(state, name, props, new_id)
+        if state.cart != before:
+            state.cart_version += 1
         enrichment.cart = list(state.cart)
+        enrichment.cart_version = state.cart_version
     elif name == ev.ORDER_COMPLETED:
         lines = props.get("products") if isinstance(props.get("products"), list) else []
-        links = {}
+        links, owners = {}, {}
         for line in lines:
-            if isinstance(line, dict):
-                pid = _text(line.get("product_id", line.get("sku")))
-                if pid and (_text(line.get("list_id")) or state.blocks.get(pid)):
-                    links[pid] = _text(line.get("list_id")) or state.blocks[pid]
+            if isinstance(line, dict) and (pid := _product(line)):
+                if _text(line.get("list_id")):
+                    links[pid] = _text(line.get("list_id"))
+                    owner = _text(line.get("recommendation_vendor"))
+                elif (link := state.blocks.get(pid)) is not None:
+                    links[pid], owner = link["list"], link.get("vendor")
+                else:
+                    continue
+                if owner:
+                    owners[pid] = owner
         enrichment.extra["line_list_ids"] = links
+        if owners:
+            enrichment.extra["line_list_vendors"] = owners
         # The purchased cart is done with: the next addition starts a new cart id.
         enrichment.cart = []
         enrichment.cart_id = state.cart_id
+        enrichment.cart_version = state.cart_version + 1
         state.cart = []
         state.cart_id = None
+        state.cart_version = 0
 
     if enrichment.cart_id is None:
         enrichment.cart_id = state.cart_id
@@ -198,6 +251,22 @@ def apply(
     enrichment.session_started = state.session_started
     _context(enrichment, message)
     return enrichment
+
+
+def _link(state: VisitorState, product: str, list_id: str, vendor: str | None) -> None:
+    state.blocks.pop(product, None)
+    state.blocks[product] = {"list": list_id, "vendor": vendor, "session": state.session_id}
+    while len(state.blocks) > MAX_BLOCK_LINKS:
+        state.blocks.pop(next(iter(state.blocks)))
+
+
+def _announce(state: VisitorState, enrichment: Enrichment, brought: dict[str, Any]) -> None:
+    """Mark the event as an identity event when it brings a user id, email or phone not yet
+    announced for this visitor; identical repeats stay quiet."""
+    fresh = {k: v for k, v in brought.items() if v and state.announced.get(k) != v}
+    if fresh:
+        enrichment.new_identity = True
+        state.announced = {**state.announced, **fresh}
 
 
 def _context(enrichment: Enrichment, message: dict[str, Any]) -> None:

@@ -35,6 +35,20 @@ class _DeliveryCollector(Collector):
         requests = CounterMetricFamily("shoprelay_vendor_requests",
                                        "HTTP requests sent to vendors since start",
                                        labels=["site", "vendor"])
+        refused = CounterMetricFamily(
+            "shoprelay_vendor_refused_in_batch",
+            "Events of accepted batches the vendor did not store (dead-lettered)",
+            labels=["site", "vendor"])
+        dropped = CounterMetricFamily(
+            "shoprelay_vendor_fields_dropped",
+            "Malformed optional fields left out of vendor requests", labels=["site", "vendor"])
+        paused = GaugeMetricFamily(
+            "shoprelay_vendor_paused",
+            "1 while a vendor is paused on a credential or address failure (its work queued)",
+            labels=["site", "vendor", "reason"])
+        pauses = CounterMetricFamily("shoprelay_vendor_pauses",
+                                     "Times a vendor was paused since start",
+                                     labels=["site", "vendor"])
         for worker in getattr(self.forwarder, "workers", []):
             labels = [worker.site, worker.vendor.name]
             counters = worker.counters
@@ -42,8 +56,14 @@ class _DeliveryCollector(Collector):
             families["retried"].add_metric(labels, counters.retried)
             families["dead_lettered"].add_metric(labels, counters.dead)
             requests.add_metric(labels, counters.requests)
+            refused.add_metric(labels, getattr(counters, "refused_in_batch", 0))
+            dropped.add_metric(labels, getattr(counters, "fields_dropped", 0))
+            health = getattr(worker, "health", None)
+            if health is not None:
+                paused.add_metric([*labels, health.reason[:200]], 1 if health.paused else 0)
+                pauses.add_metric(labels, health.pauses)
         yield from families.values()
-        yield requests
+        yield from (requests, refused, dropped, paused, pauses)
         queued = GaugeMetricFamily("shoprelay_vendor_queued", "Events waiting for a vendor",
                                    labels=["vendor"])
         oldest = GaugeMetricFamily("shoprelay_vendor_oldest_queued_seconds",

@@ -66,8 +66,16 @@ class Operations:
         ages = {vendor: round(now - first, 1) for vendor, first in stats.oldest_queued.items()}
         limit = self.settings.relay.ready_max_backlog_seconds
         late = {vendor: age for vendor, age in ages.items() if age > limit}
-        body = {"status": "backlogged" if late else "ok", "oldest_queued_seconds": ages,
-                "max_backlog_seconds": limit}
+        # A paused vendor (credential or address refused) is reported, but does not make the
+        # relay unready by itself: ingest still stores every event, and taking the relay out
+        # of rotation would lose them. Its backlog still counts against the threshold.
+        paused = {f"{w.site}/{w.vendor.name}": {"reason": w.health.reason,
+                                                "since": round(w.health.since, 3)}
+                  for w in getattr(self.forwarder(), "workers", [])
+                  if getattr(w, "health", None) is not None and w.health.paused}
+        status = "backlogged" if late else "vendor_paused" if paused else "ok"
+        body = {"status": status, "oldest_queued_seconds": ages,
+                "max_backlog_seconds": limit, "paused_vendors": paused}
         return JSONResponse(body, 503 if late else 200)
 
     def _authorised(self, request: Request, *, debugger: bool = False,

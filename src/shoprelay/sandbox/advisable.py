@@ -4,10 +4,13 @@ The document names the interaction types, their fields and the batch and transfe
 no base URL, auth headers, status codes or limits. Its field notation (`Optional[str]`) is
 Python's, so the sandbox answers as a FastAPI service most plausibly would:
 
-- paths are the relay's default settings: `POST /v1/{views|cart_additions|bookmarks|ratings|
-  purchases}`, `POST /v1/purchases/batch`, `POST /v1/users/{from}/interactions/transfer/{to}`;
-  any other path is 404;
-- auth is the `x-app-id` / `x-app-secret` headers with the demo values; missing or wrong: 401;
+- where the document is silent the sandbox accepts every reasonable reading, not only the
+  relay's defaults: each type's path singular or plural (`view`/`views`, `cart_addition`,
+  `cart-additions`, ...), `POST /v1/purchase(s)/batch`, the transfer by POST, PUT or PATCH
+  with `delete_user` in the query or a JSON body; any other path is 404;
+- auth is an id/secret header pair (`x-app-id`/`x-app-secret`, `app-id`/`app-secret`,
+  `x-application-id`/..., `x-client-id`/...) or the secret as `Authorization: Bearer` beside
+  an id header, with the demo values; missing or wrong: 401;
 - a body that is not JSON or not `application/json`, a missing required field, a wrong type, an
   unknown field, `value` outside 0–5, or an empty or oversize batch: 422 with the reason
   (FastAPI's validation code);
@@ -54,6 +57,22 @@ INTERACTIONS: dict[str, set[str]] = {
     "ratings": {"value"},
     "purchases": {"price", "amount"},
 }
+#: Every reasonable spelling of each type's path (the document names "cart addition",
+#: "bookmark", ... but not the path segment): singular or plural, `_` or `-` or nothing.
+ALIASES: dict[str, str] = {}
+for _plural, _names in {
+    "views": ("view", "views"),
+    "cart_additions": ("cart_addition", "cart_additions", "cart-addition", "cart-additions",
+                       "cartaddition", "cartadditions", "cart", "carts"),
+    "bookmarks": ("bookmark", "bookmarks"),
+    "ratings": ("rating", "ratings"),
+    "purchases": ("purchase", "purchases"),
+}.items():
+    for _name in _names:
+        ALIASES[_name] = _plural
+#: Header pairs a service like this plausibly reads (id, secret); the relay's default first.
+HEADER_PAIRS = (("x-app-id", "x-app-secret"), ("app-id", "app-secret"),
+                ("x-application-id", "x-application-secret"), ("x-client-id", "x-client-secret"))
 #: Epoch milliseconds below this are seconds by mistake (it is early 1973 read as ms).
 _MIN_MS = 100_000_000_000
 _TRUE = {"true", "1", "yes", "on"}
@@ -120,9 +139,17 @@ class AdvisableSandbox(Sandbox):
         counts: dict[str, int] = {}
 
         def admit(request: Request) -> None:
-            if (request.headers.get("x-app-id") != self.app_id
-                    or request.headers.get("x-app-secret") != self.app_secret):
-                raise Refusal(401, "x-app-id / x-app-secret missing or invalid")
+            # The document names no header: any plausible pair, or the secret as a bearer
+            # token beside an id header, is accepted (docs/vendors/advisable.md lists the
+            # guess under "confirm before going live").
+            headers = request.headers
+            bearer = headers.get("authorization", "")
+            secret_ok = any(headers.get(i) == self.app_id and headers.get(s) == self.app_secret
+                            for i, s in HEADER_PAIRS)
+            bearer_ok = (bearer == f"Bearer {self.app_secret}"
+                         and any(headers.get(i) == self.app_id for i, _ in HEADER_PAIRS))
+            if not (secret_ok or bearer_ok):
+                raise Refusal(401, "app id / secret headers missing or invalid")
             wait = limiter.hit(self.app_id)
             if wait is not None:
                 raise Refusal(429, "more requests a second than this app may send",
@@ -137,9 +164,10 @@ class AdvisableSandbox(Sandbox):
                 raise Refusal(422, f"body: not valid JSON: {exc}") from None
 
         async def create(request: Request, raw: bytes) -> Response:
-            kind = request.path_params["interaction"]
+            kind = ALIASES.get(request.path_params["interaction"], "")
             if kind not in INTERACTIONS:
-                raise Refusal(404, f"Not Found: no interaction type {kind!r}")
+                raise Refusal(404, f"Not Found: no interaction type "
+                                   f"{request.path_params['interaction']!r}")
             admit(request)
             body = json_body(request, raw)
             check_interaction(kind, body)
@@ -147,6 +175,8 @@ class AdvisableSandbox(Sandbox):
             return json_response(body, 201)
 
         async def batch(request: Request, raw: bytes) -> Response:
+            if ALIASES.get(request.path_params["purchases"]) != "purchases":
+                raise Refusal(404, "Not Found: only purchases have a batch endpoint")
             admit(request)
             body = json_body(request, raw)
             if not isinstance(body, list) or not body:
@@ -166,7 +196,16 @@ class AdvisableSandbox(Sandbox):
             target = request.path_params["to_user_id"]
             if source == target:
                 raise Refusal(422, "from_user_id and to_user_id are the same user")
-            flag = request.query_params.get("delete_user", "true").lower()
+            flag = request.query_params.get("delete_user")
+            if flag is None and raw:
+                # The flag may come as a JSON body too: the document does not say which.
+                try:
+                    sent = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    sent = None
+                if isinstance(sent, dict) and "delete_user" in sent:
+                    flag = str(sent["delete_user"])
+            flag = (flag or "true").lower()
             if flag not in _TRUE | _FALSE:
                 raise Refusal(422, f"delete_user: must be a boolean, got {flag!r}")
             moved = counts.pop(source, 0)
@@ -182,9 +221,10 @@ class AdvisableSandbox(Sandbox):
             return run
 
         return [
-            Route("/v1/purchases/batch", endpoint(batch), methods=["POST"]),
+            Route("/v1/{purchases:str}/batch", endpoint(batch), methods=["POST"]),
+            # The document names the path, not the method: POST, PUT and PATCH all work.
             Route("/v1/users/{from_user_id}/interactions/transfer/{to_user_id}",
-                  endpoint(transfer), methods=["POST"]),
+                  endpoint(transfer), methods=["POST", "PUT", "PATCH"]),
             Route("/v1/{interaction}", endpoint(create), methods=["POST"]),
             # Recorded, so a wrong path setting shows up on the demo page as a refusal.
             Route("/{rest:path}", endpoint(unknown), methods=["GET", "POST", "PUT", "DELETE"]),

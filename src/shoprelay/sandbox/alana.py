@@ -30,6 +30,7 @@ import math
 import time
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -148,6 +149,11 @@ class AlanaSandbox(Sandbox):
             if len(events) > MAX_EVENTS:
                 raise Refusal(400, f"at most {MAX_EVENTS} events a request, got {len(events)}")
             problems = [(i, event_problem(e)) for i, e in enumerate(events)]
+            injected = getattr(request.state, "refuse_matches", None) or []
+            if injected:
+                problems = [(i, p if p is not None or not any(
+                    m in orjson.dumps(events[i]).decode() for m in injected)
+                    else "injected fault: event refused") for i, p in problems]
             refused = [f"events[{i}]: {p}" for i, p in problems if p is not None]
             if refused:
                 # The answer only counts; the record says which events and why.

@@ -79,6 +79,7 @@ class Fault:
     """A failure the sandbox plays instead of answering (for fault tests and the demo)."""
 
     #: "status" answers `status` (with Retry-After if set); "hang" never answers in time;
+    #: "refuse_events" lets the handler answer but refuse the events named by `matches`;
     #: "close" starts an answer and drops the connection mid-way; "delay" waits
     #: `hang_seconds`, then answers normally (a slow vendor).
     kind: str = "status"
@@ -89,6 +90,10 @@ class Fault:
     hang_seconds: float = 30.0
     #: Extra answer headers (e.g. Alana's X-RateLimit-Reset).
     headers: dict[str, str] | None = None
+    #: "refuse_events": the request is answered by the vendor's own handler, which refuses
+    #: (counts as failed) each event whose JSON contains one of these strings (Alana's
+    #: `{stored, errors}` partial answer).
+    matches: list[str] | None = None
 
 
 class SlidingWindow:
@@ -188,6 +193,9 @@ class SandboxState:
             status=200,
         )
         fault = self.next_fault()
+        if fault is not None and fault.kind == "refuse_events":
+            request.state.refuse_matches = list(fault.matches or [])
+            fault = None
         if fault is not None and fault.kind == "delay":
             self.in_flight += 1
             try:

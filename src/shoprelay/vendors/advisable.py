@@ -14,8 +14,10 @@ Choices where the document is silent or loose (docs/vendors/advisable.md has the
 - `timestamp` is sent as a string of epoch milliseconds: the document types it `Optional[str]`
   yet says a number works too; a digit string is valid under both readings, a number is not
   valid under a strict `str` schema.
-- `recommendation_id` is the relay's `list_id` (the shop is expected to put Advisable's
-  recommendation id there when it renders an Advisable block).
+- `recommendation_id` is the relay's `list_id` of a block Advisable served (the event's
+  `recommendation_vendor = "advisable"`, or the site's setting): the shop puts Advisable's
+  recommendation id there when it renders an Advisable block; other vendors' blocks are
+  never sent as one.
 - The transfer is sent with `delete_user=true` (the document's default, made explicit): after
   a binding the relay never uses that visitor id as `user_id` again, so the guest is empty.
 - `purchase_batch_size` splits very large orders: the document gives no batch limit.
@@ -37,6 +39,8 @@ from shoprelay.vendors.base import (
     Vendor,
     VendorConfig,
     VendorRequest,
+    owns_block,
+    product_ref,
     with_query,
 )
 
@@ -61,6 +65,8 @@ class AdvisableConfig(VendorConfig):
     purchase_path: str = "purchases"
     #: `delete_user` of the transfer call: remove the guest once its interactions moved.
     transfer_delete_user: bool = True
+    #: HTTP method of the transfer call: the document gives the path, not the method.
+    transfer_method: str = "POST"
     #: Most order lines in one `/purchases/batch` call (undocumented; ours).
     purchase_batch_size: int = 100
     #: Not documented by Advisable: our own ceiling, per app id.
@@ -71,9 +77,7 @@ class AdvisableConfig(VendorConfig):
 
 def _item_id(props: dict[str, Any], where: str) -> str:
     """`item_id` is a string for Advisable; `sku` stands in when there is no `product_id`."""
-    value = props.get("product_id")
-    if value is None or value == "":
-        value = props.get("sku")
+    value = product_ref(props)
     if isinstance(value, bool) or value is None:
         raise MappingError(f"{where} is required for Advisable's item_id, got {value!r}")
     if isinstance(value, float) and value.is_integer():
@@ -101,9 +105,17 @@ def _number(value: Any, where: str) -> float | int:
     return int(number) if number.is_integer() else number
 
 
-def _recommendation(props: dict[str, Any], fallback: Any) -> dict[str, str]:
-    list_id = props.get("list_id") or fallback
-    return {"recommendation_id": str(list_id)} if list_id else {}
+def _recommendation(list_id: Any, owner: str | None, config: VendorConfig) -> dict[str, str]:
+    """`recommendation_id` is "the id that was returned to you along with the recommendation
+    data": only a block Advisable served carries it (CONTRACT §3)."""
+    if not list_id or not owns_block("advisable", owner, config):
+        return {}
+    return {"recommendation_id": str(list_id)}
+
+
+def _stated(props: dict[str, Any]) -> str | None:
+    owner = props.get("recommendation_vendor")
+    return str(owner).strip() or None if owner else None
 
 
 class Advisable(Vendor):
@@ -138,6 +150,8 @@ class Advisable(Vendor):
         for key in _PATH_FIELDS:
             if not _SEGMENT.match(getattr(config, key)):
                 problems[key] = f"must be one URL path segment, got {getattr(config, key)!r}"
+        if config.transfer_method not in ("POST", "PUT", "PATCH"):
+            problems["transfer_method"] = "must be POST, PUT or PATCH"
         if config.purchase_batch_size < 1:
             problems["purchase_batch_size"] = "must be at least 1"
         if config.rate_limit_per_second < 1:
@@ -160,26 +174,43 @@ class Advisable(Vendor):
         if path is None:
             return []
         props = event.properties
+        enrichment = event.enrichment
+        if props.get("list_id"):
+            block = _recommendation(props["list_id"], _stated(props), config)
+        else:
+            block = _recommendation(enrichment.list_id, enrichment.list_vendor, config)
         body: dict[str, Any] = {
             "user_id": event.customer_id,
             "item_id": _item_id(props, "product_id"),
             "timestamp": str(ev.epoch_ms(event.timestamp)),
-            **_recommendation(props, event.enrichment.list_id),
+            **block,
         }
+        notes: list[str] = []
         if name == ev.PRODUCT_REVIEWED:
             if props.get("rating") is None:
                 # A text-only review: nothing a rating interaction can carry.
                 return []
             value = float(_number(props["rating"], "rating"))
-            if not 0 <= value <= 5:
+            # value "Should be any positive float number between 0 and 5": 0 is not positive.
+            if value == 0:
+                return [VendorRequest.skipped(
+                    "rating 0 not sent: Advisable's value must be a positive number "
+                    "between 0 and 5")]
+            if not 0 < value <= 5:
                 raise MappingError(f"rating must be between 0 and 5 for Advisable, got {value}")
             body["value"] = value
         if name == ev.PRODUCT_VIEWED and props.get("duration_ms") is not None:
-            duration = _number(props["duration_ms"], "duration_ms")
-            if duration < 0:
-                raise MappingError(f"duration_ms must not be negative, got {duration}")
-            body["duration"] = duration
-        return [self._post(f"/v1/{path}", body, config)]
+            # Optional ("The amount of time a user stared at a product (in ms)"): a bad one
+            # is left out, the view still counts.
+            try:
+                duration = _number(props["duration_ms"], "duration_ms")
+                if duration < 0:
+                    raise MappingError(f"duration_ms must not be negative, got {duration}")
+            except MappingError as exc:
+                notes.append(f"duration left out: {exc}")
+            else:
+                body["duration"] = duration
+        return [self._post(f"/v1/{path}", body, config).noted(notes)]
 
     def _purchases(self, event: StoredEvent, config: AdvisableConfig) -> list[VendorRequest]:
         props = event.properties
@@ -189,6 +220,9 @@ class Advisable(Vendor):
         list_ids = event.enrichment.extra.get("line_list_ids") or {}
         if not isinstance(list_ids, dict):
             list_ids = {}
+        owners = event.enrichment.extra.get("line_list_vendors") or {}
+        if not isinstance(owners, dict):
+            owners = {}
         stamp = str(ev.epoch_ms(event.timestamp))
         purchases = []
         for i, line in enumerate(lines):
@@ -204,8 +238,13 @@ class Advisable(Vendor):
                 raise MappingError(f"products[{i}].quantity must be positive, got {amount}")
             purchase["amount"] = amount
             # Ingest keys the map by the id as the client wrote it (`12.0`), we send `12`.
-            raw = str(line.get("product_id", line.get("sku"))).strip()
-            purchase.update(_recommendation(line, list_ids.get(item) or list_ids.get(raw)))
+            raw = str(product_ref(line)).strip()
+            if line.get("list_id"):
+                block = _recommendation(line["list_id"], _stated(line), config)
+            else:
+                key = item if item in list_ids else raw
+                block = _recommendation(list_ids.get(key), owners.get(key), config)
+            purchase.update(block)
             purchases.append(purchase)
         size = config.purchase_batch_size
         return [self._post(f"/v1/{config.purchase_path}/batch", purchases[i:i + size], config)
@@ -227,8 +266,16 @@ class Advisable(Vendor):
                 f"{quote(str(user), safe='')}")
         flag = {"delete_user": "true" if config.transfer_delete_user else "false"}
         # No body: the two ids and the flag are the whole call.
-        return [VendorRequest(method="POST", url=with_query(self.base_url(config) + path, flag),
+        return [VendorRequest(method=config.transfer_method,
+                              url=with_query(self.base_url(config) + path, flag),
                               headers=self._auth(config))]
+
+    def refuses_settings(self, status: int, url: str) -> bool:
+        """A 404 on the transfer call may name the guest user ("no such user"): that is about
+        the event. Everywhere else 401/403/404 are about the settings."""
+        if status == 404 and "/interactions/transfer/" in url:
+            return False
+        return super().refuses_settings(status, url)
 
     def _post(self, path: str, body: Any, config: AdvisableConfig) -> VendorRequest:
         return VendorRequest(method="POST", url=self.base_url(config) + path,

@@ -34,7 +34,17 @@ from shoprelay.vendors.base import (
     VendorConfig,
     VendorRequest,
     classify_status,
+    owns_block,
+    product_ref,
 )
+
+#: A key an event carries from `event_for` to `requests_for` only: what was left out.
+_NOTES = "__notes__"
+
+
+def _stated(props: dict[str, Any]) -> str | None:
+    owner = props.get("recommendation_vendor")
+    return str(owner).strip() or None if owner else None
 
 PATH = "/api/v1/events"
 #: Every Alana request may be merged with every other one of the same site: one endpoint, and
@@ -93,9 +103,7 @@ def _number(value: Any, field: str) -> int | float:
 
 
 def _product_id(props: dict[str, Any], where: str) -> str:
-    value = props.get("product_id")
-    if value is None or value == "":
-        value = props.get("sku")
+    value = product_ref(props)
     if value is None or value == "":
         raise MappingError(f"{where} has no product_id (or sku) for Alana's productId")
     return _text(value, f"{where}.product_id")
@@ -171,7 +179,8 @@ class Alana(Vendor):
         body = self.event_for(event, config)
         if body is None:
             return []
-        return [self._request([body], config)]
+        notes = body.pop(_NOTES, [])
+        return [self._request([body], config).noted(notes)]
 
     def event_for(self, event: StoredEvent, config: AlanaConfig) -> Json | None:
         """The one Alana event for a canonical event, or None when Alana has no such event."""
@@ -189,7 +198,12 @@ class Alana(Vendor):
             body["metadata"] = meta
             return body
 
-        list_id = event.enrichment.list_id or props.get("list_id")
+        # A block's id goes only to the vendor that served it (CONTRACT §3).
+        if props.get("list_id"):
+            list_id = props["list_id"] if owns_block(self.name, _stated(props), config) else None
+        else:
+            list_id = (event.enrichment.list_id if owns_block(
+                self.name, event.enrichment.list_vendor, config) else None)
         if name == ev.PAGE:
             if not _is_home(event):
                 return None
@@ -214,8 +228,14 @@ class Alana(Vendor):
             query = props.get("query")
             if query is None or (isinstance(query, str) and not query.strip()):
                 return None
+            results = props.get("results")
+            if results is not None and (isinstance(results, bool) or not isinstance(
+                    results, int | float) or not math.isfinite(results) or results < 0):
+                # Optional context: a malformed count is left out, the search still sent.
+                return {**build("search", {"query": _text(query, "query")}, _metadata(event)),
+                        _NOTES: [f"metadata.results left out: not a count: {results!r}"]}
             return build("search", {"query": _text(query, "query")},
-                         _metadata(event, results=props.get("results")))
+                         _metadata(event, results=results))
         if name == ev.PRODUCT_ADDED:
             product = _product_id(props, "Product Added")
             quantity = props.get("quantity")
@@ -271,12 +291,14 @@ class Alana(Vendor):
     def merge(self, requests: list[VendorRequest], config: VendorConfig) -> VendorRequest:
         assert isinstance(config, AlanaConfig)
         events: list[Json] = []
+        notes: list[str] = []
         for request in requests:
             events.extend(request.json["events"])
+            notes.extend(request.notes)
         if len(events) > self.max_batch:
             # Alana answers 400 to the whole batch; better to fail here, where it is a bug.
             raise ValueError(f"{len(events)} events in one Alana batch; at most {self.max_batch}")
-        return self._request(events, config)
+        return self._request(events, config).noted(notes)
 
     def read_response(self, status: int, headers: dict[str, str], body: bytes) -> Outcome:
         outcome = classify_status(status, headers)

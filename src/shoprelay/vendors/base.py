@@ -31,6 +31,9 @@ class VendorRequest:
     #: Where a vendor accepts several events in one request, the key that groups requests
     #: that may be merged (e.g. one key per endpoint); None means "send alone".
     batch_key: str | None = None
+    #: What the adapter left out of this request and why (a malformed optional field, an
+    #: order line that cannot be rendered): counted and shown in the debugger when sent.
+    notes: tuple[str, ...] = ()
 
     def body_bytes(self) -> bytes:
         return b"" if self.json is None else orjson.dumps(self.json)
@@ -40,7 +43,34 @@ class VendorRequest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VendorRequest:
+        data = dict(data)
+        data["notes"] = tuple(data.get("notes") or ())
         return cls(**data)
+
+    @classmethod
+    def skipped(cls, reason: str) -> VendorRequest:
+        """No request: the event has nothing this vendor may be sent, and `reason` says why
+        (recorded like a dropped field, then the work is done)."""
+        return cls(method="", url="", notes=(reason,))
+
+    @property
+    def is_skip(self) -> bool:
+        return not self.method
+
+    def noted(self, notes: list[str]) -> VendorRequest:
+        """This request with `notes` added (the dataclass is frozen)."""
+        if not notes:
+            return self
+        return dataclasses.replace(self, notes=(*self.notes, *notes))
+
+
+def product_ref(props: dict[str, Any]) -> Any:
+    """The one product id rule of every adapter: `product_id`, or `sku` when `product_id` is
+    absent, null or empty (Segment's spec has both; clients send either)."""
+    value = props.get("product_id")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        value = props.get("sku")
+    return value
 
 
 class MappingError(ValueError):
@@ -70,6 +100,9 @@ class Outcome:
     #: Events of a batch the vendor refused although the request succeeded (Alana `errors`).
     failed_events: int = 0
     detail: str = ""
+    #: The answer is about the settings (credentials, address), not the event: the delivery
+    #: layer pauses the vendor and keeps its work queued (shoprelay.delivery.health).
+    pause: bool = False
 
 
 @dataclass(kw_only=True)
@@ -92,6 +125,16 @@ class VendorConfig:
     hash_pii: bool = False
 
     secret_fields: ClassVar[tuple[str, ...]] = ()
+    #: The site's `recommendation_vendor` (set by the settings loader; not a vendor key).
+    site_recommendation_vendor = ""
+
+
+def owns_block(vendor: str, stated: str | None, config: VendorConfig) -> bool:
+    """CONTRACT §3: "A block's id reaches only the vendor that served the block. Which vendor
+    that is: the event's `recommendation_vendor`, else the site's `recommendation_vendor`
+    setting, else none." `stated` is the event's (or, for a product, the session link's)."""
+    owner = stated or config.site_recommendation_vendor
+    return bool(owner) and owner == vendor
 
 
 class Vendor:
@@ -127,6 +170,10 @@ class Vendor:
                 problems[name] = "must be at least 1"
         return problems
 
+    def warnings(self, config: VendorConfig, *, cookie_name: str) -> list[str]:
+        """Settings that work but deserve a look (`shoprelay check-config` prints them)."""
+        return []
+
     def wants(self, event: StoredEvent, config: VendorConfig) -> bool:
         """Whether the event may produce requests for this vendor (before rendering them)."""
         name = event.name
@@ -144,6 +191,12 @@ class Vendor:
     def read_response(self, status: int, headers: dict[str, str], body: bytes) -> Outcome:
         """Classify an answer. The default suits most HTTP APIs."""
         return classify_status(status, headers)
+
+    def refuses_settings(self, status: int, url: str) -> bool:
+        """Whether an answer condemns the settings rather than the event: 401 and 403 (the
+        key, the shop id), and 404 (the address: every path an adapter calls is the vendor's
+        own fixed endpoint). Adapters whose paths name a resource of the event override it."""
+        return status in (401, 403, 404)
 
     def base_url(self, config: VendorConfig) -> str:
         return (config.base_url or self.default_base_url).rstrip("/")

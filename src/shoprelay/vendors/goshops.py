@@ -22,7 +22,14 @@ from typing import Any, ClassVar
 
 from shoprelay import events as ev
 from shoprelay.events import StoredEvent
-from shoprelay.vendors.base import MappingError, RateLimit, Vendor, VendorConfig, VendorRequest
+from shoprelay.vendors.base import (
+    MappingError,
+    RateLimit,
+    Vendor,
+    VendorConfig,
+    VendorRequest,
+    product_ref,
+)
 
 #: Canonical event → Go Shops `data.event` (CONTRACT §3; Order Completed is per line).
 EVENTS: dict[str, str] = {
@@ -50,9 +57,7 @@ class GoShopsConfig(VendorConfig):
 
 def item_id(props: dict[str, Any], where: str = "product_id") -> str:
     """The product id as a string; `sku` stands in when a client sent no `product_id`."""
-    value = props.get("product_id")
-    if value is None or value == "":
-        value = props.get("sku")
+    value = product_ref(props)
     if isinstance(value, bool) or value is None:
         raise MappingError(f"{where} is required for Go Shops' item, got {value!r}")
     if isinstance(value, float) and value.is_integer():
@@ -101,9 +106,15 @@ class GoShops(Vendor):
 
     def requests_for(self, event: StoredEvent, config: VendorConfig) -> list[VendorRequest]:
         assert isinstance(config, GoShopsConfig)
-        return [self._request(data, config) for data in self.interactions(event, config)]
+        notes: list[str] = []
+        requests = [self._request(data, config)
+                    for data in self.interactions(event, config, notes)]
+        if notes and requests:
+            requests[-1] = requests[-1].noted(notes)
+        return requests
 
-    def interactions(self, event: StoredEvent, config: GoShopsConfig) -> list[dict[str, Any]]:
+    def interactions(self, event: StoredEvent, config: GoShopsConfig,
+                     notes: list[str] | None = None) -> list[dict[str, Any]]:
         """The `data` objects for one event, before the envelope and headers."""
         kind = EVENTS.get(event.name)
         if kind is None:
@@ -116,13 +127,22 @@ class GoShops(Vendor):
         lines = event.properties.get("products")
         if not isinstance(lines, list) or not lines:
             raise MappingError("Order Completed needs products[] for Go Shops' purchase calls")
-        data = []
+        data, problems = [], []
         for i, line in enumerate(lines):
-            if not isinstance(line, dict):
-                raise MappingError(f"products[{i}] must be an object")
-            # One request per line, not per unit: the body has no quantity to repeat.
-            data.append({"event": kind, "item": item_id(line, f"products[{i}].product_id"),
-                         "customer": customer, "date": date})
+            # One request per line, not per unit: the body has no quantity to repeat. A line
+            # that cannot be sent is left out with its reason; it does not sink the others.
+            try:
+                if not isinstance(line, dict):
+                    raise MappingError(f"products[{i}] must be an object")
+                item = item_id(line, f"products[{i}].product_id")
+            except MappingError as exc:
+                problems.append(f"products[{i}] left out: {exc}")
+                continue
+            data.append({"event": kind, "item": item, "customer": customer, "date": date})
+        if not data:
+            raise MappingError("no line of the order can be sent: " + "; ".join(problems))
+        if notes is not None:
+            notes.extend(problems)
         return data
 
     def _request(self, data: dict[str, Any], config: GoShopsConfig) -> VendorRequest:

@@ -18,9 +18,12 @@ key `ProductImpression`); docs/vendors/yespo.md lists every such choice.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
+
+import orjson
 
 from shoprelay import events as ev
 from shoprelay.events import CartLine, StoredEvent, epoch_ms
@@ -31,7 +34,35 @@ from shoprelay.vendors.base import (
     VendorConfig,
     VendorRequest,
     contact_value,
+    owns_block,
+    product_ref,
 )
+
+#: Keys a body carries from `bodies_for` to `requests_for` only.
+_NOTES = "__notes__"
+_SKIPPED = "__skipped__"
+
+
+def _stated(props: dict[str, Any]) -> str | None:
+    owner = props.get("recommendation_vendor")
+    return str(owner).strip() or None if owner else None
+
+
+SEARCH_POLICIES = ("not_found", "all")
+#: The cookie Yespo's own script (eS.JS) writes: "the cookie we need is named 'sc'".
+ES_JS_COOKIE = "sc"
+
+
+def es_js_cookie(message: dict[str, Any]) -> str | None:
+    """eS.JS's `sc` value when the client sent it as `context.sc` (a shop running eS.JS
+    beside the relay: Yespo then wants eS.JS's id, so its own events and ours are one
+    visitor); None otherwise, and the relay's visitor id is used."""
+    context = message.get("context")
+    value = context.get("sc") if isinstance(context, dict) else None
+    if isinstance(value, str) and 0 < len(value.strip()) <= 128:
+        return value.strip()
+    return None
+UNKNOWN_RESULTS = ("found", "not_found")
 
 
 @dataclass(kw_only=True)
@@ -40,6 +71,12 @@ class YespoConfig(VendorConfig):
     site_id: str
     #: Ours, not Yespo's: the document names no limit, so stay polite per site id.
     rate_limit_per_second: int = 50
+    #: Which searches become SearchRequest: "not_found" (the document: "Send it only if the
+    #: search returned no results") or "all" (for shops that want search statistics).
+    search_requests: str = "not_found"
+    #: How a search without a (readable) `results` count is taken: "found" or "not_found".
+    #: It decides whether it is sent under "not_found" and the `isFound` it carries.
+    search_unknown_results: str = "found"
 
 
 def _key(value: Any, field: str) -> str:
@@ -97,6 +134,16 @@ def _in_stock(value: Any) -> str:
     raise MappingError(f"in_stock must be true or false for Yespo, got {value!r}")
 
 
+def cart_guid(cart_id: str, lines: list[dict[str, Any]], version: int = 0) -> str:
+    """A GUID in the document's shape ("6F9619FF-8B86-D011-B42D-00CF4FC964FF") that names
+    this cart with exactly this composition: a hash of the cart id, the count of changes the
+    relay kept (so going back to an earlier composition is still a new GUID) and the lines."""
+    digest = hashlib.sha256(orjson.dumps([cart_id, version, lines],
+                                         option=orjson.OPT_SORT_KEYS))
+    hexed = digest.hexdigest()[:32].upper()
+    return f"{hexed[:8]}-{hexed[8:12]}-{hexed[12:16]}-{hexed[16:20]}-{hexed[20:]}"
+
+
 class Yespo(Vendor):
     name = "yespo"
     title = "Yespo"
@@ -118,14 +165,41 @@ class Yespo(Vendor):
         assert isinstance(config, YespoConfig)
         return [RateLimit(config.rate_limit_per_second, 1.0, scope="site_id")]
 
+    def warnings(self, config: VendorConfig, *, cookie_name: str) -> list[str]:
+        if cookie_name != ES_JS_COOKIE:
+            return []
+        return [f'relay.cookie_name is "{ES_JS_COOKIE}", the cookie Yespo\'s eS.JS writes on '
+                "the same domain: if the site also runs eS.JS, the relay's HttpOnly cookie and "
+                "eS.JS's overwrite each other and both lose the visitor. Set cookie_name to "
+                'another name (e.g. "sr_vid"); see docs/vendors/yespo.md']
+
+    def check_config(self, config: VendorConfig) -> dict[str, str]:
+        assert isinstance(config, YespoConfig)
+        problems = super().check_config(config)
+        if config.hash_pii:
+            problems["hash_pii"] = (
+                "Yespo mails the address it is given (\"Email should be sent at least in the "
+                "personal account\", to send triggers for abandoned carts): a hash cannot be "
+                "delivered to")
+        if config.search_requests not in SEARCH_POLICIES:
+            problems["search_requests"] = f"must be one of {', '.join(SEARCH_POLICIES)}"
+        if config.search_unknown_results not in UNKNOWN_RESULTS:
+            problems["search_unknown_results"] = f"must be one of {', '.join(UNKNOWN_RESULTS)}"
+        return problems
+
     def requests_for(self, event: StoredEvent, config: VendorConfig) -> list[VendorRequest]:
         assert isinstance(config, YespoConfig)
         url = self.base_url(config)
-        return [
-            VendorRequest(method="POST", url=url,
-                          headers={"Content-Type": "application/json"}, json=body)
-            for body in self.bodies_for(event, config)
-        ]
+        requests = []
+        for body in self.bodies_for(event, config):
+            if _SKIPPED in body:
+                requests.append(VendorRequest.skipped(body[_SKIPPED]))
+                continue
+            notes = body.pop(_NOTES, [])
+            requests.append(VendorRequest(method="POST", url=url,
+                                          headers={"Content-Type": "application/json"},
+                                          json=body).noted(notes))
+        return requests
 
     def bodies_for(self, event: StoredEvent, config: YespoConfig) -> list[dict[str, Any]]:
         """The request bodies for one event, in the order they must reach Yespo."""
@@ -136,33 +210,34 @@ class Yespo(Vendor):
 
         if name == ev.PRODUCT_LIST_VIEWED:
             if props.get("list_id"):
+                # "You can get the container_type in response to a request for
+                # recommendations": only Yespo's own blocks (CONTRACT §3).
+                if not owns_block(self.name, _stated(props), config):
+                    return []
                 return self._impressions(event, config)
             category = props.get("category_id")
             if category is None or category == "":
-                # The document's own example key "Babies" is a name: take the text when the
-                # shop sends no feed id.
-                category = props.get("category")
-            if category is None or category == "":
+                # categoryKey is the category's id in the feed, never its display text.
+                if props.get("category") not in (None, ""):
+                    return [{_SKIPPED: "CategoryPage not sent: no category_id (categoryKey is "
+                                        "the feed's category id; the category name is not)"}]
                 return []
             return [self._body("CategoryPage", event, config, {
                 "Category": {"categoryKey": _key(category, "category_id")}})]
         if name == ev.PRODUCT_VIEWED:
+            notes: list[str] = []
             return [self._body("ProductPage", event, config,
-                               {"Product": self._product(props, with_currency=True)})]
+                               {"Product": self._product(props, with_currency=True,
+                                                         notes=notes)}, notes=notes)]
         if name == ev.PRODUCTS_SEARCHED:
-            query = str(props.get("query") or "").strip()
-            if not query:
-                return []
-            search: dict[str, Any] = {"search": query}
-            if props.get("results") is not None:
-                found = _decimal(props["results"], "results")
-                search["isFound"] = 1 if found > 0 else 0
-            return [self._body("SearchRequest", event, config, search)]
+            return self._search(event, config)
         if name in (ev.PRODUCT_ADDED, ev.PRODUCT_REMOVED, ev.CART_VIEWED):
             return [self._status_cart(event, config)]
         if name == ev.PRODUCT_ADDED_TO_WISHLIST:
+            notes = []
             return [self._body("AddToWishlist", event, config,
-                               {"Product": self._product(props, with_currency=True)})]
+                               {"Product": self._product(props, with_currency=True,
+                                                         notes=notes)}, notes=notes)]
         if name == ev.ORDER_COMPLETED:
             return self._purchase(event, config)
         if name == ev.IDENTIFY:
@@ -191,19 +266,45 @@ class Yespo(Vendor):
         for key, kind in (("user_email", "email"), ("user_phone", "phone")):
             if key in info:
                 info[key] = contact_value(info[key], config, kind)
-        info["cookies"] = {"sc": enrichment.visitor_id}
+        info["cookies"] = {"sc": es_js_cookie(event.message) or enrichment.visitor_id}
         return info
 
     def _body(self, event_name: str, event: StoredEvent, config: YespoConfig,
-              payload: dict[str, Any] | None, key: str | None = None) -> dict[str, Any]:
+              payload: dict[str, Any] | None, key: str | None = None,
+              notes: list[str] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"GeneralInfo": self._general_info(event_name, event, config)}
         if payload is not None:
             body[key or event_name] = payload
+        if notes:
+            body[_NOTES] = notes
         return body
 
+    def _search(self, event: StoredEvent, config: YespoConfig) -> list[dict[str, Any]]:
+        """ "Send it only if the search returned no results" (search_requests = "not_found",
+        the default) or every search ("all"). `isFound`: "If the list is empty, it returns 0
+        otherwise 1"; an unknown count is taken as `search_unknown_results` says."""
+        props = event.properties
+        query = str(props.get("query") or "").strip()
+        if not query:
+            return []
+        notes: list[str] = []
+        found: bool | None = None
+        if props.get("results") is not None:
+            try:
+                found = _decimal(props["results"], "results") > 0
+            except MappingError as exc:
+                notes.append(f"results left out: {exc}")
+        if found is None:
+            found = config.search_unknown_results == "found"
+        if found and config.search_requests == "not_found":
+            return []
+        return [self._body("SearchRequest", event, config,
+                           {"search": query, "isFound": 1 if found else 0}, notes=notes)]
+
     @staticmethod
-    def _product(props: dict[str, Any], *, with_currency: bool) -> dict[str, Any]:
-        product_id = props.get("product_id", props.get("sku"))
+    def _product(props: dict[str, Any], *, with_currency: bool,
+                 notes: list[str] | None = None) -> dict[str, Any]:
+        product_id = product_ref(props)
         if props.get("price") is None:
             raise MappingError("price is required by Yespo (Product.price)")
         price = price_text(props["price"], "price")
@@ -213,7 +314,12 @@ class Yespo(Vendor):
             price = f"{price} {currency.strip().upper()}"
         product: dict[str, Any] = {"productKey": _key(product_id, "product_id"), "price": price}
         if props.get("in_stock") is not None:
-            product["isInStock"] = _in_stock(props["in_stock"])
+            try:
+                product["isInStock"] = _in_stock(props["in_stock"])
+            except MappingError as exc:  # optional: leave it out rather than lose the view
+                if notes is None:
+                    raise
+                notes.append(f"isInStock left out: {exc}")
         return product
 
     def _impressions(self, event: StoredEvent, config: YespoConfig) -> list[dict[str, Any]]:
@@ -227,7 +333,7 @@ class Yespo(Vendor):
         for i, line in enumerate(products):
             if not isinstance(line, dict):
                 raise MappingError(f"products[{i}] must be an object")
-            product_id = line.get("product_id", line.get("sku"))
+            product_id = product_ref(line)
             shown.append({"product_id": _key(product_id, f"products[{i}].product_id"),
                           "container_type": block})
         if not shown:
@@ -237,17 +343,28 @@ class Yespo(Vendor):
                            key="ProductImpression")]
 
     def _status_cart(self, event: StoredEvent, config: YespoConfig) -> dict[str, Any]:
+        """ "An event is sent after the cart status (with a new GUID) is changed"; the GUID
+        "displays the current composition of the shopping cart". So the GUID is derived from
+        the visitor's cart id and what the cart holds: every change of composition gives a new
+        one, the same cart gives the same one (a retry is byte-identical), and an empty cart
+        still sends the empty event. A line that cannot be rendered is left out with its
+        reason instead of freezing the visitor's cart at Yespo."""
         enrichment = event.enrichment
         if enrichment.cart is None:
             raise MappingError(f"{event.name} carries no cart state (enrichment.cart): "
                                "Yespo's StatusCart needs the whole cart")
-        guid = enrichment.cart_id or event.properties.get("cart_id")
-        if not guid:
+        cart_id = enrichment.cart_id or event.properties.get("cart_id")
+        if not cart_id:
             raise MappingError("StatusCart needs a cart id (enrichment.cart_id) for its GUID")
+        lines, notes = [], []
+        for i, line in enumerate(enrichment.cart):
+            try:
+                lines.append(self._cart_line(line, i))
+            except MappingError as exc:
+                notes.append(f"cart line {line.product_id!r} left out: {exc}")
         return self._body("StatusCart", event, config, {
-            "GUID": str(guid),
-            "Products": [self._cart_line(line, i) for i, line in enumerate(enrichment.cart)],
-        })
+            "GUID": cart_guid(str(cart_id), lines, enrichment.cart_version),
+            "Products": lines}, notes=notes)
 
     @staticmethod
     def _cart_line(line: CartLine, i: int) -> dict[str, Any]:
@@ -279,8 +396,7 @@ class Yespo(Vendor):
             if line.get("price") is None:
                 raise MappingError(f"products[{i}].price is required by Yespo (unit_price)")
             items.append({
-                "product_id": _key(line.get("product_id", line.get("sku")),
-                                   f"products[{i}].product_id"),
+                "product_id": _key(product_ref(line), f"products[{i}].product_id"),
                 "unit_price": price_text(line["price"], f"products[{i}].price"),
                 "quantity": _quantity(line.get("quantity"), f"products[{i}].quantity"),
             })
@@ -295,12 +411,19 @@ class Yespo(Vendor):
         return bodies
 
     def _customer_data(self, event: StoredEvent, config: YespoConfig) -> list[dict[str, Any]]:
-        if not event.enrichment.new_binding:
+        """ "Email should be sent at least in the personal account, on the page 'Thank you for
+        the order' and during registration": a CustomerData on every identify that brought a
+        user id, email or phone not yet sent for this visitor (`new_identity`; the older
+        `new_binding` too), an email-only sign-up included (externalCustomerId is "Optional").
+        The thank-you page's PurchasedItems carries the email in its GeneralInfo."""
+        enrichment = event.enrichment
+        if not (enrichment.new_identity or enrichment.new_binding):
             return []
         body = self._body("CustomerData", event, config, None)
-        if "externalCustomerId" not in body["GeneralInfo"]:
-            raise MappingError("identify bound a user but carries no userId for Yespo's "
-                               "externalCustomerId")
+        info = body["GeneralInfo"]
+        if not any(key in info for key in ("externalCustomerId", "user_email", "user_phone")):
+            raise MappingError("identify carries no userId, email or phone for Yespo's "
+                               "CustomerData (externalCustomerId / user_email / user_phone)")
         return [body]
 
     def _product_update(self, event: StoredEvent, config: YespoConfig) -> list[dict[str, Any]]:
