@@ -152,7 +152,8 @@ class RedisHealthStore:
                          json.dumps(health.to_dict()))
 
     def read_all(self) -> dict[str, dict[str, Any]]:
-        return {k: json.loads(v) for k, v in self.client.hgetall(self.key).items()}
+        stored: dict[str, str] = self.client.hgetall(self.key)  # type: ignore[assignment]
+        return {k: json.loads(v) for k, v in stored.items()}
 
 
 def store_for(spool: Any) -> FileHealthStore | RedisHealthStore | None:

@@ -159,7 +159,8 @@ def apply(
 
     kind = message.get("type")
     name = message.get("event") if kind == "track" else kind
-    props = message.get("properties") if isinstance(message.get("properties"), dict) else {}
+    raw_props = message.get("properties")
+    props: dict[str, Any] = raw_props if isinstance(raw_props, dict) else {}
     enrichment = Enrichment(visitor_id=visitor_id, received_at=received_at)
 
     if name == SIGNED_OUT and kind == "track":
@@ -169,7 +170,8 @@ def apply(
         state.user_id = state.email = state.phone = state.name = None
         state.announced = {}
     if kind == "identify":
-        traits = message.get("traits") if isinstance(message.get("traits"), dict) else {}
+        raw_traits = message.get("traits")
+        traits: dict[str, Any] = raw_traits if isinstance(raw_traits, dict) else {}
         user_id = _text(message.get("userId"))
         if user_id is not None and user_id != state.user_id:
             state.user_id = user_id
@@ -197,7 +199,8 @@ def apply(
                         if isinstance(v, dict) and v.get("session") == state.session_id}
     if list_id and name == ev.PRODUCT_LIST_VIEWED:
         enrichment.list_id, enrichment.list_vendor = list_id, list_vendor
-        shown = props.get("products") if isinstance(props.get("products"), list) else []
+        raw_shown = props.get("products")
+        shown: list[Any] = raw_shown if isinstance(raw_shown, list) else []
         for line in shown:
             if isinstance(line, dict) and (pid := _product(line)):
                 _link(state, pid, list_id, list_vendor)
@@ -217,7 +220,8 @@ def apply(
         enrichment.cart = list(state.cart)
         enrichment.cart_version = state.cart_version
     elif name == ev.ORDER_COMPLETED:
-        lines = props.get("products") if isinstance(props.get("products"), list) else []
+        raw_lines = props.get("products")
+        lines: list[Any] = raw_lines if isinstance(raw_lines, list) else []
         links, owners = {}, {}
         for line in lines:
             if isinstance(line, dict) and (pid := _product(line)):

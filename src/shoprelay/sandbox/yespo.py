@@ -134,12 +134,12 @@ def _lines(obj: dict[str, Any], key: str, schema: dict[str, tuple[bool, str]], w
         _fields(line, schema, f"{where}.{key}[{i}]")
 
 
-def check_general(info: Any, event_name: str | None = None) -> dict[str, Any]:
+def check_general(given: Any, event_name: str | None = None) -> dict[str, Any]:
     schema = dict(_GENERAL)
     if event_name == "ProductUpdate":
         # The ProductUpdate example has no visitor: it is a catalogue call.
         schema = {"eventName": (True, _S), "siteId": (True, _S)}
-    info = _fields(info, schema, "GeneralInfo", extra=frozenset({"cookies"}))
+    info: dict[str, Any] = _fields(given, schema, "GeneralInfo", extra=frozenset({"cookies"}))
     if "datetime" in info and info["datetime"] < _MIN_MS:
         raise Refusal(400, f"GeneralInfo.datetime must be milliseconds, got {info['datetime']}")
     if event_name == "ProductUpdate":
@@ -164,10 +164,11 @@ def check_event(body: Any, site_ids: frozenset[str]) -> str:
         raise Refusal(400, "expected a JSON object")
     if "GeneralInfo" not in body:
         raise Refusal(400, "GeneralInfo is required")
-    name = body["GeneralInfo"].get("eventName") if isinstance(body["GeneralInfo"], dict) else None
-    if isinstance(name, str) and name not in BODY_KEYS:
-        raise Refusal(400, f"GeneralInfo.eventName: unknown event {name!r}")
-    info = check_general(body["GeneralInfo"], name)
+    found = body["GeneralInfo"].get("eventName") if isinstance(body["GeneralInfo"], dict) else None
+    if isinstance(found, str) and found not in BODY_KEYS:
+        raise Refusal(400, f"GeneralInfo.eventName: unknown event {found!r}")
+    info = check_general(body["GeneralInfo"], found)
+    name = str(info["eventName"])
     if info["siteId"] not in site_ids:
         raise Refusal(400, f"GeneralInfo.siteId: unknown site {info['siteId']!r}")
     key = BODY_KEYS[name]

@@ -266,8 +266,8 @@ class RetailRocket(Vendor):
     def _product(props: dict[str, Any]) -> int:
         return _int(product_ref(props), "product_id")
 
-    def _order(self, event: StoredEvent, base: dict, stamp: dict,
-               config: RetailRocketConfig) -> list[tuple[str, dict]]:
+    def _order(self, event: StoredEvent, base: dict[str, Any], stamp: dict[str, Any],
+               config: RetailRocketConfig) -> list[tuple[str, dict[str, Any]]]:
         """ "Должен быть вызван для каждой товарной позиции в заказе": one `order` per line.
         A line that cannot be rendered is left out with its reason (in `_line_notes`), so it
         does not sink the good lines; an order with no good line is refused whole."""
@@ -303,8 +303,8 @@ class RetailRocket(Vendor):
         return calls
 
     @staticmethod
-    def _set_contact(event: StoredEvent, base: dict, stamp: dict,
-                     config: RetailRocketConfig) -> list[tuple[str, dict]]:
+    def _set_contact(event: StoredEvent, base: dict[str, Any], stamp: dict[str, Any],
+                     config: RetailRocketConfig) -> list[tuple[str, dict[str, Any]]]:
         """ "Метод нужно вызывать при регистрации, успешной авторизации, оформлении заказа и
         других местах интернет-магазина, когда пользователь может оставить email адрес": on
         every event that told the relay something new about who the visitor is
