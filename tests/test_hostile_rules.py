@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 from relay_fixtures import WRITE_KEY, relay_stack
 from test_identity_privacy import (
     CHROME,
@@ -115,3 +116,30 @@ def test_a_known_anonymous_id_never_hands_out_or_moves_its_visitor(tmp_path: Pat
         assert owner["v-2"] == owner["v-1"]  # still the victim's visitor
         assert owner["a-3"] == owner["a-2"] != owner["v-1"]  # the attacker's own
 
+
+
+def test_a_flood_of_cart_additions_keeps_the_cart_and_the_spool_bounded(tmp_path: Path) -> None:
+    """Two batches of 1,000 `Product Added` for one visitor grew the spool by 178 MB when the
+    whole, unbounded cart was stored with every event. The cart keeps its newest
+    MAX_CART_LINES lines; the event that pushed lines out says which."""
+    from shoprelay.identity.state import MAX_CART_LINES
+
+    with relay_stack(tmp_path, vendors=["yespo"], forward=False) as stack:
+        device = Device(stack.relay_url)
+        before = (tmp_path / "spool.db").stat().st_size
+        for batch in range(2):
+            device.send(*[{"type": "track", "event": "Product Added",
+                           "messageId": f"add-{batch}-{i}",
+                           "properties": {"product_id": f"p{batch * 1000 + i}", "price": 1,
+                                          "quantity": 1}} for i in range(1000)])
+        with sqlite3.connect(tmp_path / "spool.db") as conn:
+            conn.execute("PRAGMA wal_checkpoint(FULL)")
+            last = orjson.loads(conn.execute("SELECT data FROM messages WHERE message_id = ?",
+                                             ("add-1-999",)).fetchone()[0])
+        grown = (tmp_path / "spool.db").stat().st_size - before
+        cart = last["enrichment"]["cart"]
+        assert len(cart) == MAX_CART_LINES
+        assert cart[-1]["product_id"] == "p1999" and cart[0]["product_id"] == "p1900"
+        assert last["enrichment"]["extra"]["cart_dropped"] == ["p1899"]
+        # 2,000 events, each with at most 100 short lines: well under the 178 MB of before.
+        assert grown < 25_000_000, grown

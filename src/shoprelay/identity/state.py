@@ -18,6 +18,10 @@ from shoprelay import events as ev
 from shoprelay.events import CartLine, Enrichment
 from shoprelay.vendors.base import product_ref
 
+#: Most lines a visitor's cart keeps (beyond it the oldest line goes, recorded on the event as
+#: `cart_dropped`): the whole cart is stored with every cart event, so this bounds what one
+#: cart event stores (~7 KB) whatever a client sends.
+MAX_CART_LINES = 100
 #: How many product → recommendation-block links a visitor keeps (oldest dropped first).
 MAX_BLOCK_LINKS = 200
 _UTM = ("source", "medium", "campaign", "term", "content")
@@ -215,6 +219,10 @@ def apply(
     if name in (ev.PRODUCT_ADDED, ev.PRODUCT_REMOVED, ev.CART_VIEWED):
         before = list(state.cart)
         _update_cart(state, name, props, new_id)
+        if dropped := _cap_cart(state):
+            # A cart is stored with every cart event: unbounded, one visitor's 1,000 additions
+            # made the spool grow quadratically. The oldest lines go, and the event says so.
+            enrichment.extra["cart_dropped"] = dropped
         if state.cart != before:
             state.cart_version += 1
         enrichment.cart = list(state.cart)
@@ -288,6 +296,14 @@ def _context(enrichment: Enrichment, message: dict[str, Any]) -> None:
         kept = {k: str(v) for k, v in campaign.items()
                 if k in ("source", "medium", "name", "term", "content") and _text(v)}
         enrichment.campaign = kept or None
+
+
+def _cap_cart(state: VisitorState) -> list[str]:
+    """Keep the cart within MAX_CART_LINES, dropping the oldest lines; returns their ids."""
+    dropped = [line.product_id for line in state.cart[:-MAX_CART_LINES]]
+    if dropped:
+        state.cart = state.cart[-MAX_CART_LINES:]
+    return dropped
 
 
 def _update_cart(
