@@ -97,7 +97,7 @@
     search: loc.search,
   });
 
-  var enqueue = (msg) => {
+  var enqueue = (msg, userHash) => {
     // Held while consent is pending; dropped once the visitor has said no.
     if (answered && !allowed()) return;
     msg.messageId = uuid();
@@ -106,6 +106,8 @@
     msg.context = {
       page: pageInfo(),
       locale: nav.language,
+      // the backend's signature of the user id (a site with identify_secret needs it)
+      userHash: userHash,
     };
     seen[msg.event] = 1;
     // never grow without bound while consent is pending: keep the newest
@@ -205,13 +207,15 @@
     seen = {};
     enqueue({ type: 'page', name: name, category: category, properties: assign(pageInfo(), args.find(isObj)) });
   };
-  var identify = (id, traits) => {
+  // identify([userId], [traits], [{userHash}])
+  var identify = (id, traits, options) => {
     if (isObj(id)) {
+      options = traits;
       traits = id;
       id = null;
     }
     if (id) userId = '' + id;
-    enqueue({ type: 'identify', traits: isObj(traits) ? traits : {} });
+    enqueue({ type: 'identify', traits: isObj(traits) ? traits : {} }, options && options.userHash);
   };
   var methods = {
     page: page,

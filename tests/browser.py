@@ -46,7 +46,8 @@ class ShopStack:
 
 
 @contextmanager
-def shop_stack(tmp_path: Path, vendors: list[str] | None = None) -> Iterator[ShopStack]:
+def shop_stack(tmp_path: Path, vendors: list[str] | None = None,
+               identify_secret: str = "") -> Iterator[ShopStack]:
     from demo_shop.app import create_app as create_shop_app
 
     with ExitStack() as stack:
@@ -57,7 +58,7 @@ def shop_stack(tmp_path: Path, vendors: list[str] | None = None) -> Iterator[Sho
                                  spool_file=str(tmp_path / "spool.db"), vendors=vendors,
                                  secret="browser-test-secret-0123456789",
                                  # Headless Chromium says so in its user agent: allow it here.
-                                 forward_bots=True)
+                                 forward_bots=True, identify_secret=identify_secret)
         relay = create_app(settings, delivery=DeliveryOptions(idle_poll=0.2))
         shop = create_shop_app(relay, write_key=DEMO_WRITE_KEY, sandbox_url=sandbox_url)
         stack.enter_context(serve(shop, port=port))

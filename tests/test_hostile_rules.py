@@ -5,12 +5,15 @@ known anonymousId."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
+import pytest
 from relay_fixtures import WRITE_KEY, relay_stack
+from servers import wait_for
 from test_identity_privacy import (
     CHROME,
     Device,
@@ -19,6 +22,9 @@ from test_identity_privacy import (
     settle,
     with_server_key,
 )
+
+from shoprelay.ingest.rules import identify_signature
+from shoprelay.vendors.retailrocket import contact_external_id
 
 #: Retail Rocket takes one request per order; Go Shops one per order line (one line here).
 VENDORS = ["retailrocket", "goshops"]
@@ -143,3 +149,90 @@ def test_a_flood_of_cart_additions_keeps_the_cart_and_the_spool_bounded(tmp_path
         assert last["enrichment"]["extra"]["cart_dropped"] == ["p1899"]
         # 2,000 events, each with at most 100 short lines: well under the 178 MB of before.
         assert grown < 25_000_000, grown
+
+
+# ---- identify: a browser's user id is a claim ---------------------------------------------------
+
+IDENTIFY_SECRET = "identify-secret-0123456789"
+
+
+def contacts(stack: Any) -> list[dict[str, Any]]:
+    return [r["body"] for r in stack.received("retailrocket") if r["path"].endswith("/setContact")]
+
+
+def test_an_unsigned_browser_identify_never_moves_the_backends_binding(tmp_path: Path) -> None:
+    """Without identify_secret: the backend bound user u-9 to the victim's visitor; a browser
+    identifying as u-9 stays itself, the victim's later server orders stay the victim's, and
+    no identity call carries the claimant's email."""
+    with relay_stack(tmp_path, vendors=["retailrocket", "yespo"],
+                     adjust=with_server_key) as stack:
+        victim = Device(stack.relay_url)
+        victim.send({"type": "page", "name": "Home"})
+        server_post(stack.relay_url, {"type": "identify", "userId": "u-9", "traits": {
+            "email": "victim@example.com"}, "context": {"visitorCookie":
+                                                        victim.client.cookies["sc"]}})
+        attacker = Device(stack.relay_url)
+        attacker.send({"type": "identify", "userId": "u-9",
+                       "traits": {"email": "attacker@example.com"}})
+        server_post(stack.relay_url, order("o-9", "server-o-9", userId="u-9"))
+        stack.wait_received("retailrocket", 2)
+        time.sleep(0.8)
+        mails = [c.get("email") for c in contacts(stack)]
+        assert mails == ["victim@example.com"]
+        [placed] = [r["body"] for r in stack.received("retailrocket")
+                    if r["path"].endswith("/order")]
+        assert placed["sessionExternalId"] == victim.visitor != attacker.visitor
+        yespo = [r["body"] for r in stack.received("yespo")]
+        assert "attacker@example.com" not in orjson.dumps(yespo).decode()
+
+
+def test_with_identify_secret_only_a_signed_identify_binds(tmp_path: Path) -> None:
+    def signed(table: dict[str, Any]) -> None:
+        table["sites"]["demo"]["identify_secret"] = IDENTIFY_SECRET
+
+    with relay_stack(tmp_path, vendors=["retailrocket"], adjust=signed) as stack:
+        forger = Device(stack.relay_url).send(
+            {"type": "identify", "userId": "u-1", "traits": {"email": "x@example.com"},
+             "context": {"userHash": "0" * 64}}).json()
+        assert forger["dropped"][0]["reason"].startswith("identify not signed")
+        good = identify_signature(IDENTIFY_SECRET, "u-2")
+        Device(stack.relay_url).send(
+            {"type": "identify", "userId": "u-2", "traits": {"email": "u2@example.com"},
+             "context": {"userHash": good}})
+        stack.wait_received("retailrocket", 1)
+        time.sleep(0.8)
+        assert [(c["contactExternalId"], c["email"]) for c in contacts(stack)] == [
+            (contact_external_id("u-2"), "u2@example.com")]
+        with sqlite3.connect(tmp_path / "spool.db") as conn:
+            users = dict(conn.execute("SELECT user_id, strong FROM users"))
+            stored = [orjson.loads(r[0]) for r in conn.execute("SELECT data FROM messages")]
+        assert users == {"u-2": 1}
+        # The signature is not kept, and the forged claim was stored without its identity.
+        assert all("userHash" not in (m["message"].get("context") or {}) for m in stored)
+        assert all(m["message"].get("userId") != "u-1" for m in stored)
+
+
+@pytest.mark.browser
+def test_the_tracker_passes_the_backends_signature(tmp_path: Path, browser: Any) -> None:
+    from browser import shop_stack
+    from test_capture import loaded, new_page
+
+    with shop_stack(tmp_path, vendors=["retailrocket"],
+                    identify_secret=IDENTIFY_SECRET) as stack:
+        context, page = new_page(browser)
+        page.goto(f"{stack.shop_url}/lab/api")
+        loaded(page)
+        good = identify_signature(IDENTIFY_SECRET, "u-3")
+        page.evaluate("h => shoprelay.identify('u-3', {email: 'u3@example.com'}, "
+                      "{userHash: h})", good)
+        page.evaluate("shoprelay.identify('u-4', {email: 'u4@example.com'})")  # unsigned
+        page.evaluate("shoprelay.flush()")
+
+        def set_contacts() -> list[dict[str, Any]]:
+            return [r["body"] for r in stack.received("retailrocket")
+                    if r["path"].endswith("/setContact") and r["status"] < 300]
+
+        wait_for(set_contacts)
+        time.sleep(0.8)
+        assert [c["contactExternalId"] for c in set_contacts()] == [contact_external_id("u-3")]
+        context.close()

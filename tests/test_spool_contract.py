@@ -331,3 +331,23 @@ spool.close()
             assert answer.stdout.strip() == "claimed", answer
 
     run(backend, scenario)
+
+
+def test_a_browser_claim_never_moves_a_binding_the_backend_made(backend: Backend) -> None:
+    async def scenario(spool: Spool) -> None:
+        victim, attacker = "a" * 32, "b" * 32
+        server = RequestContext(source="server", hints=[victim])
+        await spool.ingest("s", [{"type": "identify", "messageId": "i-1", "userId": "u"}],
+                           server)
+        claim = {"type": "identify", "messageId": "i-2", "userId": "u",
+                 "traits": {"email": "claimant@example.com"}}
+        await spool.ingest("s", [claim], RequestContext(cookie_visitor=attacker))
+        order = track("Order Completed", "o-1", None, order_id="1", total=1)
+        order["userId"] = "u"
+        found = await spool.ingest("s", [order], RequestContext(source="server", hints=[""]))
+        assert found.visitor_id == victim
+        rows = {r.event.message_id: r.event.enrichment for r in await due(spool)}
+        assert rows["i-2"].claimed_identity and rows["i-2"].user_id == "u"
+        assert not rows["o-1"].claimed_identity
+
+    run(backend, scenario)

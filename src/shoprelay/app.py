@@ -18,6 +18,7 @@ from shoprelay.events import StoredEvent
 from shoprelay.identity.consent import allows
 from shoprelay.identity.cookie import VisitorCookie, new_visitor_id
 from shoprelay.ingest.routes import Ingest
+from shoprelay.ingest.rules import SitePolicy
 from shoprelay.operate.debugger import DebugBus
 from shoprelay.operate.logs import RequestIdMiddleware
 from shoprelay.operate.metrics import Metrics
@@ -60,9 +61,12 @@ def make_spool(settings: Settings, router: Router, cookie: VisitorCookie) -> Any
     (any number of processes and hosts sharing one Redis)."""
     relay = settings.relay
 
-    def order_source(site: str) -> str:
+    def policy(site: str) -> SitePolicy:
         found = settings.sites.get(site)
-        return found.order_source if found is not None else "first"
+        if found is None:
+            return SitePolicy()
+        return SitePolicy(order_source=found.order_source,
+                          identify_secret=found.identify_secret)
 
     if is_redis(relay.spool):
         from shoprelay.spool.redis import RedisSpool  # redis-py only when it is used
@@ -71,7 +75,7 @@ def make_spool(settings: Settings, router: Router, cookie: VisitorCookie) -> Any
             relay.spool, router=router,
             session_timeout=relay.session_timeout_minutes * 60.0,
             alias_for=cookie.visitor_for_anonymous_id, new_id=new_visitor_id,
-            order_source=order_source,
+            policy=policy,
             prefix=relay.redis_prefix, partitions=relay.redis_partitions,
             retention=relay.retention_hours * 3600.0,
             max_age=relay.delivery_max_age_hours * 3600.0,
@@ -83,7 +87,7 @@ def make_spool(settings: Settings, router: Router, cookie: VisitorCookie) -> Any
         spool_path(relay.spool), router=router, sync=relay.spool_sync,
         session_timeout=relay.session_timeout_minutes * 60.0,
         alias_for=cookie.visitor_for_anonymous_id, new_id=new_visitor_id,
-        order_source=order_source)
+        policy=policy)
 
 
 async def close_spool(spool: Any) -> None:

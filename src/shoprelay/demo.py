@@ -26,7 +26,8 @@ DEMO_WRITE_KEY = "pk_demo_shop"
 
 def demo_table(*, shop_origin: str, sandbox_url: str, spool_file: str,
                vendors: list[str] | None = None, secret: str | None = None,
-               forward_bots: bool = False, admin_token: str = "") -> dict[str, Any]:
+               forward_bots: bool = False, admin_token: str = "",
+               identify_secret: str = "") -> dict[str, Any]:
     """The demo's settings as a TOML-shaped table (tests adjust it before parsing)."""
     return {
         "relay": {"secret": secret or secrets.token_hex(16), "spool": f"sqlite://{spool_file}",
@@ -34,7 +35,7 @@ def demo_table(*, shop_origin: str, sandbox_url: str, spool_file: str,
                   # Everything comes from 127.0.0.1 here (browser, tests, load tools).
                   "ingest_per_ip_per_minute": 0},
         "sites": {"demo": {"write_key": DEMO_WRITE_KEY, "allowed_origins": [shop_origin],
-                           "forward_bots": forward_bots,
+                           "forward_bots": forward_bots, "identify_secret": identify_secret,
                            "vendors": demo_vendor_settings(sandbox_url, vendors)}},
     }
 

@@ -62,6 +62,9 @@ class Enrichment:
     #: Order Completed with a new email. Identity calls (Retail Rocket setContact, Yespo
     #: CustomerData) go on these, and identical repeats do not.
     new_identity: bool = False
+    #: The user id is an unsigned browser claim the shop did not vouch for (its backend bound
+    #: that user to another visitor): adapters send no identity call carrying an email.
+    claimed_identity: bool = False
     email: str | None = None
     phone: str | None = None
     name: str | None = None

@@ -122,6 +122,9 @@ class SiteSettings:
     #: first) or "server" (only the backend's, through the server API; browser copies are
     #: stored and sent nowhere, so the public write key cannot squat an order id).
     order_source: str = "first"
+    #: With it, a browser identify binds only when it carries `context.userHash`, the hex
+    #: HMAC-SHA256 of the user id under this secret (rendered into the page by the backend).
+    identify_secret: str = ""
     #: Who serves the site's recommendation blocks when an event does not say (CONTRACT §4):
     #: a vendor table name, or "" (then a block without `recommendation_vendor` is no one's).
     recommendation_vendor: str = ""
@@ -205,6 +208,12 @@ def parse(
             problems.append(Problem(f"{where}.server_key",
                                     "must be a secret of at least 16 characters, "
                                     "different from the write key"))
+        if site.identify_secret and (len(site.identify_secret) < 16
+                                     or site.identify_secret in (site.write_key,
+                                                                 site.server_key)):
+            problems.append(Problem(f"{where}.identify_secret",
+                                    "must be a secret of at least 16 characters, different "
+                                    "from the write and server keys"))
         if site.order_source not in ORDER_SOURCES:
             problems.append(Problem(f"{where}.order_source",
                                     f"must be one of {', '.join(ORDER_SOURCES)}"))

@@ -56,6 +56,9 @@ class VisitorState:
     #: The identity facts last announced to vendors for this visitor (user_id, email, phone):
     #: an identify repeating them sends no identity call again.
     announced: dict[str, str] = field(default_factory=dict)
+    #: The visitor's user id is an unsigned browser claim on a user the shop's backend (or a
+    #: signed identify) bound to another visitor: no identity call carrying an email.
+    claimed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         # Written out rather than dataclasses.asdict (a recursive deep copy): it runs for every
@@ -66,7 +69,7 @@ class VisitorState:
             "cart_id": self.cart_id, "cart_version": self.cart_version, "blocks": self.blocks,
             "session_id": self.session_id,
             "session_started": self.session_started, "last_seen": self.last_seen,
-            "campaign": self.campaign, "announced": self.announced,
+            "campaign": self.campaign, "announced": self.announced, "claimed": self.claimed,
         }
 
     @classmethod

@@ -11,6 +11,8 @@ reads it and folds again (the fold has no side effects until the plan is written
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -65,6 +67,38 @@ ORDER_SOURCES = ("first", "server")
 
 
 @dataclass(frozen=True, slots=True)
+class SitePolicy:
+    """The site settings the rules read (kept apart from `Settings` so the rules stay pure)."""
+
+    order_source: str = "first"
+    #: With it, a browser identify binds only when `context.userHash` is the hex HMAC-SHA256
+    #: of the user id under this secret (rendered into the page by the shop's backend).
+    identify_secret: str = ""
+
+
+def identify_signature(secret: str, user_id: str) -> str:
+    """What the shop's backend renders beside a user id (Intercom's identity verification)."""
+    return hmac.new(secret.encode(), user_id.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class UserBinding:
+    """Which visitor a user id is bound to, and whether the shop vouched for it (`strong`:
+    made by the server API or by a signed identify, so an unsigned browser claim never moves
+    it)."""
+
+    visitor_id: str
+    strong: bool = False
+
+    def encode(self) -> str:
+        return self.visitor_id + ("!" if self.strong else "")
+
+    @classmethod
+    def decode(cls, text: str) -> UserBinding:
+        return cls(text[:-1], True) if text.endswith("!") else cls(text, False)
+
+
+@dataclass(frozen=True, slots=True)
 class OrderRecord:
     """What the relay remembers of an order id: the vendors its copies were sent to so far
     (None: every vendor, as recorded by an older release)."""
@@ -97,7 +131,7 @@ class Snapshot(Protocol):
 
     def alias(self, anonymous_id: str) -> str | None: ...
 
-    def user(self, user_id: str) -> str | None: ...
+    def user(self, user_id: str) -> UserBinding | None: ...
 
     def message_seen(self, message_id: str) -> bool: ...
 
@@ -118,6 +152,19 @@ class Missing(Exception):  # noqa: N818 - a request for more data, not an error
         self.key = key
 
 
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """An identify's user id and how far it is believed (see `IngestRules._identify_claim`)."""
+
+    user_id: str | None = None
+    strong: bool = False
+    #: Refused for want of a signature: the message binds nothing.
+    unsigned: bool = False
+    #: Unsigned, and the user is strongly bound to another visitor.
+    conflict: bool = False
+    refusal: str | None = None
+
+
 @dataclass(slots=True)
 class StoredMessage:
     """One accepted, new message as it is to be stored, with the vendors that get it."""
@@ -134,8 +181,8 @@ class IngestPlan:
     result: IngestResult
     #: anonymousId → visitor id, new or moved.
     aliases: dict[str, str] = field(default_factory=dict)
-    #: user id → visitor id, for new bindings.
-    users: dict[str, str] = field(default_factory=dict)
+    #: user id → its binding, new or changed.
+    users: dict[str, UserBinding] = field(default_factory=dict)
     #: The states of the visitors this request changed.
     states: dict[str, VisitorState] = field(default_factory=dict)
     stored: list[StoredMessage] = field(default_factory=list)
@@ -173,20 +220,20 @@ class IngestRules:
 
     def __init__(self, *, router: Router, session_timeout: float,
                  alias_for: Callable[[str, str], str], new_id: Callable[[], str],
-                 order_source: Callable[[str], str] | None = None) -> None:
+                 policy: Callable[[str], SitePolicy] | None = None) -> None:
         self.router = router
         self.session_timeout = session_timeout
         self.alias_for = alias_for
         self.new_id = new_id
-        #: site → "first" (default) or "server" (see `_order_vendors`).
-        self.order_source = order_source or (lambda site: "first")
+        #: site → its order source and identify secret (defaults: "first", none).
+        self.policy = policy or (lambda site: SitePolicy())
 
     @staticmethod
     def keys(messages: list[dict[str, Any]], context: RequestContext) -> Keys:
         anonymous = [m["anonymousId"] for m in messages
                      if isinstance(m.get("anonymousId"), str) and m["anonymousId"]]
         users = [str(m["userId"]) for i, m in enumerate(messages)
-                 if m.get("userId") and context.hint(i) == ""]
+                 if m.get("userId") and (context.hint(i) == "" or m.get("type") == "identify")]
         visitors = [v for v in (context.cookie_visitor, *(context.hints or ())) if v]
         return Keys(list(dict.fromkeys(anonymous)), list(dict.fromkeys(users)),
                     [str(m["messageId"]) for m in messages],
@@ -228,15 +275,30 @@ class IngestRules:
                 # An order copy may still be refused after the fold (its vendors depend on
                 # the event): fold a copy, kept only if the order is stored.
                 state = VisitorState.from_dict(state.to_dict())
+            claim = self._identify_claim(site, message, visitor, context, snapshot, plan)
+            if claim.refusal is not None:
+                plan.result.dropped.append((index, claim.refusal))
+            if claim.unsigned:
+                # Stored as the client sent it but for the identity it claims: binds nothing.
+                message = {k: v for k, v in message.items() if k not in ("userId", "traits")}
             enrichment = apply(state, message, visitor_id=visitor, received_at=received_at,
                                session_timeout=self.session_timeout, new_id=self.new_id)
+            if claim.user_id is not None and enrichment.user_id == claim.user_id:
+                if claim.conflict:
+                    state.claimed = True
+                elif claim.strong or enrichment.new_binding:
+                    plan.users[claim.user_id] = UserBinding(visitor, claim.strong)
+                    state.claimed = False
+            if state.user_id is None:
+                state.claimed = False  # logged out: no claim left
+            enrichment.claimed_identity = state.claimed
             enrichment.ip = context.ip
             enrichment.user_agent = context.user_agent
             enrichment.bot = context.bot
             enrichment.source = context.source
             enrichment.consent = context.consent.get(index)
             event = StoredEvent(site, message, enrichment)
-            vendors = self.router(event)
+            vendors = [] if claim.unsigned else self.router(event)
             if order_id is not None:
                 vendors, refusal = self._order_vendors(site, order_id, vendors, context,
                                                        snapshot, plan, message_id)
@@ -246,12 +308,40 @@ class IngestRules:
                         plan.result.duplicates += 1
                         continue
             seen_messages.add(message_id)
-            if enrichment.new_binding and enrichment.user_id:
-                plan.users[enrichment.user_id] = visitor
             plan.states[visitor] = state
             plan.stored.append(StoredMessage(visitor, event, vendors))
         plan.result.stored = len(plan.stored)
         return plan
+
+    def _identify_claim(self, site: str, message: dict[str, Any], visitor: str,
+                        context: RequestContext, snapshot: Snapshot,
+                        plan: IngestPlan) -> _Claim:
+        """How far an identify's user id is believed. The server API and a signed browser
+        identify bind (strongly); an unsigned browser identify is a claim: refused outright
+        where the site requires signatures, else it binds weakly and never moves a strong
+        binding of that user to another visitor (the visitor is then marked as claiming,
+        and vendors get no identity call carrying its email)."""
+        user_id = message.get("userId") if message.get("type") == "identify" else None
+        if not user_id:
+            return _Claim()
+        user_id = str(user_id)
+        context_part = message.get("context")
+        given = context_part.pop("userHash", None) if isinstance(context_part, dict) else None
+        if context.source == "server":
+            return _Claim(user_id, strong=True)
+        secret = self.policy(site).identify_secret
+        if secret and isinstance(given, str) and hmac.compare_digest(
+                given.lower(), identify_signature(secret, user_id)):
+            return _Claim(user_id, strong=True)
+        if secret:
+            return _Claim(user_id, unsigned=True,
+                          refusal="identify not signed: it binds nothing (this site requires "
+                                  "context.userHash, identify_secret)")
+        bound = plan.users.get(user_id) or snapshot.user(user_id)
+        if bound is not None and bound.strong and bound.visitor_id != visitor:
+            # Stored and sent (it is still this visitor's identify), but the binding stays.
+            return _Claim(user_id, conflict=True)
+        return _Claim(user_id)
 
     def _order_vendors(self, site: str, order_id: str, vendors: list[str],
                        context: RequestContext, snapshot: Snapshot, plan: IngestPlan,
@@ -265,7 +355,7 @@ class IngestRules:
         so a browser holding the public write key cannot squat an order id."""
         record = plan.orders.get(order_id) or snapshot.order(order_id)
         already = frozenset() if record is None else record.vendors
-        if context.source == "browser" and self.order_source(site) == "server":
+        if context.source == "browser" and self.policy(site).order_source == "server":
             vendors, refusal = [], ('held back: this site takes orders from its backend only '
                                     '(order_source = "server")')
         elif already is None:  # an older release's record: every vendor had it
@@ -288,7 +378,8 @@ class IngestRules:
         known = context.cookie_visitor or hint
         user_id = message.get("userId")
         if not known and user_id and hint == "":
-            known = plan.users.get(str(user_id)) or snapshot.user(str(user_id))
+            binding = plan.users.get(str(user_id)) or snapshot.user(str(user_id))
+            known = binding.visitor_id if binding is not None else None
         anonymous_id = message.get("anonymousId")
         if not isinstance(anonymous_id, str) or not anonymous_id:
             return known or ""

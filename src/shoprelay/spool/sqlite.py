@@ -33,7 +33,13 @@ import orjson
 
 from shoprelay.events import StoredEvent
 from shoprelay.identity.state import VisitorState
-from shoprelay.ingest.rules import IngestRules, OrderRecord, RequestContext
+from shoprelay.ingest.rules import (
+    IngestRules,
+    OrderRecord,
+    RequestContext,
+    SitePolicy,
+    UserBinding,
+)
 from shoprelay.spool.base import (
     DEAD,
     DELIVERED,
@@ -89,6 +95,8 @@ CREATE TABLE IF NOT EXISTS users (
     site TEXT NOT NULL,
     user_id TEXT NOT NULL,
     visitor_id TEXT NOT NULL,
+    -- 1: made by the server API or a signed identify (an unsigned claim never moves it).
+    strong INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (site, user_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS orders (
@@ -149,6 +157,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
         # Orders are forgotten with their messages; those recorded before are dated now.
         conn.execute("ALTER TABLE orders ADD COLUMN received_at REAL NOT NULL DEFAULT 0")
         conn.execute("UPDATE orders SET received_at = ?", (time.time(),))
+    if "strong" not in {row[1] for row in conn.execute("PRAGMA table_info(users)")}:
+        conn.execute("ALTER TABLE users ADD COLUMN strong INTEGER NOT NULL DEFAULT 0")
     if "vendors" not in {row[1] for row in conn.execute("PRAGMA table_info(orders)")}:
         conn.execute("ALTER TABLE orders ADD COLUMN vendors TEXT")
     conn.execute(_ORDERS_INDEX)
@@ -180,8 +190,10 @@ class _Snapshot:
         return self._one("SELECT visitor_id FROM aliases WHERE site=? AND anonymous_id=?",
                          anonymous_id)
 
-    def user(self, user_id: str) -> str | None:
-        return self._one("SELECT visitor_id FROM users WHERE site=? AND user_id=?", user_id)
+    def user(self, user_id: str) -> UserBinding | None:
+        row = self._conn.execute("SELECT visitor_id, strong FROM users WHERE site=? AND "
+                                 "user_id=?", (self._site, user_id)).fetchone()
+        return None if row is None else UserBinding(str(row[0]), bool(row[1]))
 
     def message_seen(self, message_id: str) -> bool:
         return self._one("SELECT 1 FROM messages WHERE site=? AND message_id=?",
@@ -209,12 +221,12 @@ class SqliteSpool:
         session_timeout: float = 1800.0,
         alias_for: Callable[[str, str], str],
         new_id: Callable[[], str],
-        order_source: Callable[[str], str] | None = None,
+        policy: Callable[[str], SitePolicy] | None = None,
     ) -> None:
         self.path = path
         self._sync = sync
         self.rules = IngestRules(router=router, session_timeout=session_timeout,
-                                 alias_for=alias_for, new_id=new_id, order_source=order_source)
+                                 alias_for=alias_for, new_id=new_id, policy=policy)
         self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._states: OrderedDict[tuple[str, str], VisitorState] = OrderedDict()
         self._writer: threading.Thread | None = None
@@ -391,8 +403,9 @@ class SqliteSpool:
                                received_at)
         conn.executemany("INSERT OR REPLACE INTO aliases VALUES (?, ?, ?)",
                          [(site, a, v) for a, v in plan.aliases.items()])
-        conn.executemany("INSERT OR REPLACE INTO users VALUES (?, ?, ?)",
-                         [(site, u, v) for u, v in plan.users.items()])
+        conn.executemany("INSERT OR REPLACE INTO users (site, user_id, visitor_id, strong) "
+                         "VALUES (?, ?, ?, ?)",
+                         [(site, u, b.visitor_id, int(b.strong)) for u, b in plan.users.items()])
         conn.executemany(
             "INSERT OR REPLACE INTO orders (site, order_id, message_id, received_at, vendors) "
             "VALUES (?, ?, ?, ?, ?)",

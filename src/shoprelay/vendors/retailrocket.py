@@ -311,7 +311,9 @@ class RetailRocket(Vendor):
         (`enrichment.new_identity`: a new user id, email or phone; an order with an email).
         `contactExternalId` is the user id, or the email for a guest who left only that."""
         enrichment = event.enrichment
-        if not (enrichment.new_identity or enrichment.new_binding):
+        if not (enrichment.new_identity or enrichment.new_binding) or enrichment.claimed_identity:
+            # A claim the shop did not vouch for gets no contact: Retail Rocket would mail
+            # the claimant's address as that user.
             return []
         traits = event.traits if event.type == "identify" else {}
         user_id = enrichment.user_id or (event.message.get("userId")

@@ -262,6 +262,10 @@ class Yespo(Vendor):
             "user_email": enrichment.email or traits.get("email"),
             "user_name": enrichment.name or traits.get("name"),
         }
+        if enrichment.claimed_identity:
+            # An unsigned claim on a user the shop bound elsewhere: Yespo mails whatever
+            # address it holds for the customer, so none from the claimant goes with the id.
+            known["user_email"] = known["user_phone"] = None
         info.update({k: str(v) for k, v in known.items() if v not in (None, "")})
         for key, kind in (("user_email", "email"), ("user_phone", "phone")):
             if key in info:
@@ -417,7 +421,7 @@ class Yespo(Vendor):
         `new_binding` too), an email-only sign-up included (externalCustomerId is "Optional").
         The thank-you page's PurchasedItems carries the email in its GeneralInfo."""
         enrichment = event.enrichment
-        if not (enrichment.new_identity or enrichment.new_binding):
+        if not (enrichment.new_identity or enrichment.new_binding) or enrichment.claimed_identity:
             return []
         body = self._body("CustomerData", event, config, None)
         info = body["GeneralInfo"]

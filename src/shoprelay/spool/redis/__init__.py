@@ -28,7 +28,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from shoprelay.ingest.rules import IngestRules, RequestContext
+from shoprelay.ingest.rules import IngestRules, RequestContext, SitePolicy
 from shoprelay.spool.base import DeadLetter, IngestResult, OutboxRow, Router, SpoolStats
 from shoprelay.spool.redis.context import RedisContext
 from shoprelay.spool.redis.deadletters import DeadLetters
@@ -58,12 +58,12 @@ class RedisSpool:
         max_age: float = 24 * 3600.0,
         lease_seconds: float = 10.0,
         state_ttl: float = 730 * 86400.0,
-        order_source: Callable[[str], str] | None = None,
+        policy: Callable[[str], SitePolicy] | None = None,
     ) -> None:
         self.url = url
         self.path = url  # what the app logs as "spool"
         self.rules = IngestRules(router=router, session_timeout=session_timeout,
-                                 alias_for=alias_for, new_id=new_id, order_source=order_source)
+                                 alias_for=alias_for, new_id=new_id, policy=policy)
         self._keys = KeySpace(prefix, partitions)
         self._ctx = RedisContext(
             redis=aioredis.Redis.from_url(url, decode_responses=True),

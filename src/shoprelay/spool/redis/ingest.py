@@ -27,6 +27,7 @@ from shoprelay.ingest.rules import (
     Missing,
     OrderRecord,
     RequestContext,
+    UserBinding,
 )
 from shoprelay.spool.base import IngestResult
 from shoprelay.spool.redis.context import RedisContext
@@ -55,8 +56,9 @@ class _Snapshot:
     def alias(self, anonymous_id: str) -> str | None:
         return self._get("alias", anonymous_id)
 
-    def user(self, user_id: str) -> str | None:
-        return self._get("user", user_id)
+    def user(self, user_id: str) -> UserBinding | None:
+        raw = self._get("user", user_id)
+        return None if raw is None else UserBinding.decode(raw)
 
     def message_seen(self, message_id: str) -> bool:
         return self._get("msg", message_id) is not None
@@ -137,7 +139,8 @@ class Ingest:
         k = self._ctx.keys.k
         found = [known.get(k("alias", site, a)) or self._alias_for(site, a)
                  for a in keys.anonymous_ids]
-        found += [v for u in keys.user_ids if (v := known.get(k("user", site, u)))]
+        found += [UserBinding.decode(v).visitor_id for u in keys.user_ids
+                  if (v := known.get(k("user", site, u)))]
         return list(dict.fromkeys(found))
 
     async def _commit(self, pipe: Any, site: str, plan: IngestPlan, received_at: float) -> None:
@@ -157,8 +160,8 @@ class Ingest:
         dedup_ttl = ctx.dedup_ttl or 0
         for anonymous_id, visitor in plan.aliases.items():
             ops += ("S", k("alias", site, anonymous_id), visitor, state_ttl)
-        for user_id, visitor in plan.users.items():
-            ops += ("S", k("user", site, user_id), visitor, state_ttl)
+        for user_id, binding in plan.users.items():
+            ops += ("S", k("user", site, user_id), binding.encode(), state_ttl)
         for visitor, state in plan.states.items():
             ops += ("S", k("st", site, visitor), orjson.dumps(state.to_dict()), state_ttl)
         for order_id, record in plan.orders.items():
