@@ -10,12 +10,14 @@ event. Go Shops: "401: Unauthorized x-api-key ausente o inválido".
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 from servers import wait_for
 from test_delivery_support import (
     clear_faults,
@@ -64,7 +66,8 @@ def ready(url: str) -> dict:
 
 
 def test_401_for_a_while_then_accepted_delivers_everything_and_dead_letters_nothing(
-        tmp_path: Path) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="shoprelay.delivery")
     with sandbox() as sb:
         cfg = write_settings(tmp_path / "s.toml", spool=tmp_path / "spool.db", sandbox_url=sb,
                              vendors=["goshops", "retailrocket"],
@@ -95,6 +98,11 @@ def test_401_for_a_while_then_accepted_delivers_everything_and_dead_letters_noth
             code, rows = vendors_status(cfg)
             assert code == 0 and {row["state"] for row in rows} == {"active"}
     assert dead_letters(cfg) == []
+    # One log line per change of state, however many probes were refused in between.
+    changes = [r.getMessage() for r in caplog.records
+               if "vendor shop/goshops" in r.getMessage()]
+    assert len(changes) == 2, changes
+    assert "paused" in changes[0] and "401" in changes[0] and "resumed" in changes[1]
 
 
 def test_wrong_key_then_restart_with_the_fixed_key_loses_nothing(tmp_path: Path) -> None:
