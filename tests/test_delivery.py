@@ -11,6 +11,17 @@ from relay_fixtures import WRITE_KEY, relay_stack, track
 from servers import free_port, wait_for
 
 
+def one_call_each(table: dict) -> None:
+    """Retail Rocket batches into visitorEvents by default; these tests count its calls one
+    request each (the batching has its own tests below)."""
+    for site in table["sites"].values():
+        site["vendors"]["retailrocket"]["visitor_events"] = False
+
+
+#: The same for the settings files of test_delivery_support.
+ONE_CALL_EACH = {"retailrocket": {"visitor_events": False}}
+
+
 def post(url: str, batch: list[dict], cookies: dict | None = None) -> httpx.Response:
     answer = httpx.post(f"{url}/v1/batch", json={"batch": batch, "writeKey": WRITE_KEY},
                         cookies=cookies)
@@ -19,7 +30,7 @@ def post(url: str, batch: list[dict], cookies: dict | None = None) -> httpx.Resp
 
 
 def test_events_are_forwarded_once_even_when_resent(tmp_path: Path) -> None:
-    with relay_stack(tmp_path, vendors=["retailrocket"]) as stack:
+    with relay_stack(tmp_path, vendors=["retailrocket"], adjust=one_call_each) as stack:
         batch = [track("Product Viewed", "view-1", product_id=11),
                  track("Product List Viewed", "cat-1", category_id=7),
                  track("Products Searched", "search-1", query="boots"),
@@ -40,11 +51,12 @@ def test_events_are_forwarded_once_even_when_resent(tmp_path: Path) -> None:
 def test_undelivered_work_resumes_after_restart(tmp_path: Path) -> None:
     sandbox_port = free_port()
     with relay_stack(tmp_path, vendors=["retailrocket"], forward=False,
-                     sandbox_port=sandbox_port) as stack:
+                     sandbox_port=sandbox_port, adjust=one_call_each) as stack:
         post(stack.relay_url, [track("Product Viewed", f"v{i}", product_id=i) for i in range(5)])
         assert stack.received("retailrocket") == []
     # Same spool file, now with delivery running.
-    with relay_stack(tmp_path, vendors=["retailrocket"], sandbox_port=sandbox_port) as stack:
+    with relay_stack(tmp_path, vendors=["retailrocket"], sandbox_port=sandbox_port,
+                     adjust=one_call_each) as stack:
         records = stack.wait_received("retailrocket", 5)
         assert sorted(r["body"]["productId"] for r in records) == [0, 1, 2, 3, 4]
 
@@ -76,7 +88,7 @@ def test_per_visitor_order_holds_under_retries(tmp_path: Path) -> None:
     s = _support()
     with s.sandbox() as sb:
         cfg = s.write_settings(tmp_path / "s.toml", spool=tmp_path / "spool.db", sandbox_url=sb,
-                               vendors=["retailrocket"])
+                               vendors=["retailrocket"], overrides=ONE_CALL_EACH)
         s.fault(sb, "retailrocket", kind="status", status=503, count=12)
         with s.relay(cfg) as r:
             for start in range(0, 40, 8):
@@ -91,7 +103,7 @@ def test_per_visitor_order_holds_under_retries(tmp_path: Path) -> None:
             assert products == sorted(products) and len(products) == 10
 
 
-def test_retail_rocket_visitor_events_batches_one_at_a_time_in_order(tmp_path: Path) -> None:
+def test_retail_rocket_visitor_events_batches_keep_the_visitors_order(tmp_path: Path) -> None:
     s = _support()
     with s.sandbox() as sb:
         cfg = s.write_settings(tmp_path / "s.toml", spool=tmp_path / "spool.db", sandbox_url=sb,
@@ -179,7 +191,7 @@ def test_a_4xx_goes_to_the_dead_letter_at_once_with_status_request_and_answer(
     s = _support()
     with s.sandbox() as sb:
         cfg = s.write_settings(tmp_path / "s.toml", spool=tmp_path / "spool.db", sandbox_url=sb,
-                               vendors=["retailrocket"])
+                               vendors=["retailrocket"], overrides=ONE_CALL_EACH)
         s.fault(sb, "retailrocket", kind="status", status=422, count=1)
         with s.relay(cfg) as r:
             s.post(r.url, [s.view(1, visitor="a"), s.view(2, visitor="a")])

@@ -45,7 +45,7 @@ TOKEN = "scaleout-admin-token-0123456789"
 def redis_settings(tmp_path: Path, sandbox_url: str, prefix: str, **relay: Any) -> Path:
     return write_settings(
         tmp_path / "s.toml", spool=tmp_path / "unused.db", sandbox_url=sandbox_url,
-        vendors=relay.pop("vendors", None),
+        vendors=relay.pop("vendors", None), overrides=relay.pop("overrides", None),
         relay={"spool": URL, "redis_prefix": prefix, "redis_lease_seconds": 2.0,
                "admin_token": TOKEN, **relay})
 
@@ -205,7 +205,9 @@ def shoprelay(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_deadletter_and_spool_commands_on_redis(tmp_path: Path, prefix: str) -> None:
     with sandbox() as sb:
-        cfg = redis_settings(tmp_path, sb, prefix, vendors=["retailrocket", "goshops"])
+        # One call per event, so each 400 lands on one event (no visitorEvents batch).
+        cfg = redis_settings(tmp_path, sb, prefix, vendors=["retailrocket", "goshops"],
+                             overrides={"retailrocket": {"visitor_events": False}})
         fault(sb, "retailrocket", kind="status", status=400, count=2)
         with relay(cfg) as r:
             post(r.url, [view(i, visitor="a") for i in range(3)])
@@ -235,6 +237,11 @@ def test_deadletter_and_spool_commands_on_redis(tmp_path: Path, prefix: str) -> 
             assert sorted(counts.values()) == [1, 1, 1]
             assert orjson.loads(shoprelay("deadletter", "list", "--config", str(cfg),
                                           "--json").stdout) == []
+            # Vendor states are kept in Redis beside the spool for the command line.
+            status = shoprelay("vendors", "status", "--config", str(cfg), "--json")
+            assert status.returncode == 0, status.stderr
+            assert {(row["vendor"], row["state"]) for row in orjson.loads(status.stdout)} == {
+                ("retailrocket", "active"), ("goshops", "active")}
 
 
 def test_uvicorn_workers_share_one_redis(tmp_path: Path, prefix: str) -> None:

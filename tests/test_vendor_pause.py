@@ -10,12 +10,15 @@ event. Go Shops: "401: Unauthorized x-api-key ausente o inválido".
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 from servers import wait_for
 from test_delivery_support import (
     clear_faults,
@@ -64,7 +67,8 @@ def ready(url: str) -> dict:
 
 
 def test_401_for_a_while_then_accepted_delivers_everything_and_dead_letters_nothing(
-        tmp_path: Path) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="shoprelay.delivery")
     with sandbox() as sb:
         cfg = write_settings(tmp_path / "s.toml", spool=tmp_path / "spool.db", sandbox_url=sb,
                              vendors=["goshops", "retailrocket"],
@@ -95,6 +99,11 @@ def test_401_for_a_while_then_accepted_delivers_everything_and_dead_letters_noth
             code, rows = vendors_status(cfg)
             assert code == 0 and {row["state"] for row in rows} == {"active"}
     assert dead_letters(cfg) == []
+    # One log line per change of state, however many probes were refused in between.
+    changes = [r.getMessage() for r in caplog.records
+               if "vendor shop/goshops" in r.getMessage()]
+    assert len(changes) == 2, changes
+    assert "paused" in changes[0] and "401" in changes[0] and "resumed" in changes[1]
 
 
 def test_wrong_key_then_restart_with_the_fixed_key_loses_nothing(tmp_path: Path) -> None:
@@ -189,4 +198,43 @@ def test_a_retail_rocket_backlog_above_its_limit_drains(tmp_path: Path) -> None:
                 seen.setdefault(body["sessionExternalId"], []).append(body["productId"])
         assert all(ids == sorted(ids) for ids in seen.values())
         assert not records(sb, "retailrocket", accepted=False)
+    assert dead_letters(cfg) == []
+
+
+def test_a_malformed_optional_field_is_dropped_shown_in_the_debugger_and_counted(
+        tmp_path: Path) -> None:
+    # Yespo's isInStock is optional; "maybe" is no stock flag. The view still reaches Yespo,
+    # without it, and the drop is visible: the live debugger and a metric.
+    token = "adm-token-0123456789"
+    auth = {"Authorization": f"Bearer {token}"}
+    with sandbox() as sb:
+        cfg = write_settings(tmp_path / "s.toml", spool=tmp_path / "spool.db", sandbox_url=sb,
+                             vendors=["yespo"], relay={"admin_token": token})
+        with relay(cfg, OPTIONS) as r:
+            seen: list[dict] = []
+
+            def listen() -> None:
+                with httpx.stream("GET", f"{r.url}/debug/stream", headers=auth,
+                                  timeout=20) as stream:
+                    for line in stream.iter_lines():
+                        if line.startswith(": connected"):
+                            seen.append({"kind": "connected"})
+                        if line.startswith("data: "):
+                            entry = orjson.loads(line[6:])
+                            seen.append(entry)
+                            if entry["kind"] == "dropped":
+                                return
+
+            reader = threading.Thread(target=listen, daemon=True)
+            reader.start()
+            wait_for(lambda: seen)
+            post(r.url, [view(1, in_stock="maybe")])
+            [record] = wait_for(lambda: records(sb, "yespo"))
+            assert "isInStock" not in record["body"]["ProductPage"]["Product"]
+            reader.join(timeout=20)
+            [dropped] = [e for e in seen if e["kind"] == "dropped"]
+            assert dropped["vendor"] == "yespo" and "isInStock" in dropped["notes"][0]
+            metrics = httpx.get(f"{r.url}/metrics", headers=auth).text
+            assert 'shoprelay_vendor_fields_dropped_total{site="shop",vendor="yespo"} 1.0' \
+                in metrics
     assert dead_letters(cfg) == []

@@ -239,8 +239,10 @@ def cmd_vendors(args: argparse.Namespace) -> int:
         sys.stdout.write(orjson.dumps(rows).decode() + "\n")
     else:
         for row in rows:
-            since = (f"\tfor {now - row['since']:.0f} s" if row["since"] and
-                     row["state"] == "paused" else "")
+            since = ""
+            if row["since"] and row["state"] == "paused":
+                began = datetime.fromtimestamp(row["since"], UTC).isoformat(timespec="seconds")
+                since = f"\tsince {began} ({now - row['since']:.0f} s)"
             reason = f"\t{row['reason']}" if row["reason"] else ""
             print(f"{row['site']}/{row['vendor']}\t{row['state']}{since}\t"
                   f"queued={row['queued']}\tdead={row['dead']}{reason}")

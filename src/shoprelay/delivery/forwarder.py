@@ -354,8 +354,12 @@ class VendorWorker:
         log.info("%s/%s: %s%s", self.site, self.vendor.name,
                  "" if request.is_skip else "sent without: ", "; ".join(request.notes))
         if self.bus is not None and self.bus.active:
-            self.bus.publish("dropped", {"site": self.site, "vendor": self.vendor.name,
-                                         "notes": list(request.notes)})
+            # Shaped like a vendor exchange, so the debugger page shows it as one line.
+            what = "not sent" if request.is_skip else "sent without"
+            self.bus.publish("dropped", {
+                "site": self.site, "vendor": self.vendor.name, "method": what,
+                "url": "; ".join(request.notes)[:300], "status": "recorded",
+                "notes": list(request.notes), "body": list(request.notes), "answer": None})
 
     def _split(self, job: _Job) -> list[tuple[tuple[OutboxRow, int], VendorRequest]]:
         out = []
