@@ -132,9 +132,14 @@ def test_rudderstack_sdk_delivers_through_the_relay(tmp_path: Path, browser: Any
                         analytics.track('Product Viewed', {product_id: '101', price: 89,
                                                            currency: 'USD'});
                         analytics.identify('u-rs', {email: 'rs@example.com'});
-                        analytics.track('Product Added', {product_id: '101', price: 89,
-                                                          quantity: 1, currency: 'USD'});
-                        resolve(analytics.getAnonymousId());
+                        // The XHR queue sends one request per event, several at once: a
+                        // track sent in the same tick may reach the relay before the
+                        // identify. A moment later, as after a real login, it cannot.
+                        setTimeout(() => {
+                            analytics.track('Product Added', {product_id: '101', price: 89,
+                                                              quantity: 1, currency: 'USD'});
+                            resolve(analytics.getAnonymousId());
+                        }, 500);
                     }});
             })""", [DEMO_WRITE_KEY, stack.shop_url, options, SOURCE_CONFIG])
 

@@ -96,7 +96,7 @@ class VendorWorker:
         self,
         spool: Spool,
         site: str,
-        vendor: Vendor,
+        vendor: Vendor[Any],
         config: VendorConfig,
         client: httpx.AsyncClient,
         limiters: list[Limiter],
@@ -446,7 +446,7 @@ class VendorWorker:
 class Forwarder:
     """Starts one worker per configured (site, vendor) and wakes them when work arrives."""
 
-    def __init__(self, spool: Spool, targets: Iterable[tuple[str, Vendor, VendorConfig]],
+    def __init__(self, spool: Spool, targets: Iterable[tuple[str, Vendor[Any], VendorConfig]],
                  options: DeliveryOptions | None = None, *,
                  limiter_factory: Callable[[int, float, str], Any] | None = None) -> None:
         self.spool = spool
@@ -460,8 +460,7 @@ class Forwarder:
             mine = []
             for limit in vendor.rate_limits(config):
                 # Buckets are per credential, so two sites sharing a key share its limit.
-                scope_value = "+".join(str(getattr(config, part, "")) for part in
-                                       limit.scope.split("+"))
+                scope_value = vendor.scope_key(limit, config)
                 key = (vendor.name, limit.scope, f"{scope_value}/{limit.per_seconds}")
                 if key not in self.limiters:
                     # A factory (the Redis spool's) makes limiters shared by every process;

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from typing import Any
 
 from shoprelay.vendors.base import Vendor
 
 _NOT_ADAPTERS = {"base"}
 
 
-def _discover() -> dict[str, Vendor]:
-    found: dict[str, Vendor] = {}
+def _discover() -> dict[str, Vendor[Any]]:
+    found: dict[str, Vendor[Any]] = {}
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
         if info.name in _NOT_ADAPTERS or info.name.startswith("_"):
             continue
@@ -26,6 +27,6 @@ def _discover() -> dict[str, Vendor]:
     return found
 
 
-VENDORS: dict[str, Vendor] = _discover()
+VENDORS: dict[str, Vendor[Any]] = _discover()
 
 __all__ = ["VENDORS", "Vendor"]

@@ -118,7 +118,7 @@ def _stated(props: dict[str, Any]) -> str | None:
     return str(owner).strip() or None if owner else None
 
 
-class Advisable(Vendor):
+class Advisable(Vendor[AdvisableConfig]):
     name = "advisable"
     title = "Advisable"
     config_class = AdvisableConfig
@@ -131,13 +131,11 @@ class Advisable(Vendor):
         }
     )
 
-    def rate_limits(self, config: VendorConfig) -> list[RateLimit]:
-        assert isinstance(config, AdvisableConfig)
+    def rate_limits(self, config: AdvisableConfig) -> list[RateLimit]:
         return [RateLimit(config.rate_limit_per_second, 1.0, scope="app_id")]
 
-    def check_config(self, config: VendorConfig) -> dict[str, str]:
+    def config_problems(self, config: AdvisableConfig) -> dict[str, str]:
         """Value problems the type-checking loader cannot see: {key: reason}."""
-        assert isinstance(config, AdvisableConfig)
         problems: dict[str, str] = {}
         path = urlsplit(config.base_url).path.rstrip("/")
         if path.endswith("/v1"):
@@ -152,14 +150,9 @@ class Advisable(Vendor):
                 problems[key] = f"must be one URL path segment, got {getattr(config, key)!r}"
         if config.transfer_method not in ("POST", "PUT", "PATCH"):
             problems["transfer_method"] = "must be POST, PUT or PATCH"
-        if config.purchase_batch_size < 1:
-            problems["purchase_batch_size"] = "must be at least 1"
-        if config.rate_limit_per_second < 1:
-            problems["rate_limit_per_second"] = "must be at least 1"
         return problems
 
-    def requests_for(self, event: StoredEvent, config: VendorConfig) -> list[VendorRequest]:
-        assert isinstance(config, AdvisableConfig)
+    def requests_for(self, event: StoredEvent, config: AdvisableConfig) -> list[VendorRequest]:
         name = event.name
         if name == ev.IDENTIFY:
             return self._transfer(event, config)

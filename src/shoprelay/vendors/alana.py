@@ -154,7 +154,7 @@ def reset_seconds(value: str, now: float) -> float | None:
     return max(0.0, number)
 
 
-class Alana(Vendor):
+class Alana(Vendor[AlanaConfig]):
     name = "alana"
     title = "Alana"
     config_class = AlanaConfig
@@ -167,15 +167,13 @@ class Alana(Vendor):
     )
     max_batch = 100
 
-    def rate_limits(self, config: VendorConfig) -> list[RateLimit]:
-        assert isinstance(config, AlanaConfig)
+    def rate_limits(self, config: AlanaConfig) -> list[RateLimit]:
         return [
             RateLimit(max(1, config.requests_per_minute), 60.0, scope="api_key"),
             RateLimit(max(1, config.requests_per_minute_per_ip), 60.0, scope="api_key+ip"),
         ]
 
-    def requests_for(self, event: StoredEvent, config: VendorConfig) -> list[VendorRequest]:
-        assert isinstance(config, AlanaConfig)
+    def requests_for(self, event: StoredEvent, config: AlanaConfig) -> list[VendorRequest]:
         body = self.event_for(event, config)
         if body is None:
             return []
@@ -288,8 +286,7 @@ class Alana(Vendor):
             batch_key=BATCH_KEY,
         )
 
-    def merge(self, requests: list[VendorRequest], config: VendorConfig) -> VendorRequest:
-        assert isinstance(config, AlanaConfig)
+    def merge(self, requests: list[VendorRequest], config: AlanaConfig) -> VendorRequest:
         events: list[Json] = []
         notes: list[str] = []
         for request in requests:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 from urllib.parse import urlencode
 
 import orjson
@@ -137,14 +137,24 @@ def owns_block(vendor: str, stated: str | None, config: VendorConfig) -> bool:
     return bool(owner) and owner == vendor
 
 
-class Vendor:
-    """Base class of an adapter. Subclasses set the class attributes and `requests_for`."""
+C = TypeVar("C", bound=VendorConfig)
+
+#: A rate-limit scope part that is no settings key: the relay's own egress address (one
+#: bucket per process; Alana limits per key *and* IP).
+EGRESS_IP = "ip"
+
+
+class Vendor(Generic[C]):
+    """Base class of an adapter, generic in its settings type (`Vendor[GoShopsConfig]`): the
+    adapter's methods get its own config class, checked once by the settings loader.
+    Subclasses set the class attributes and `requests_for`."""
 
     #: The settings table name (`[sites.X.vendors.<name>]`).
     name: ClassVar[str]
     #: Human name for pages and logs.
     title: ClassVar[str]
-    config_class: ClassVar[type[VendorConfig]] = VendorConfig
+    #: The settings class of this adapter's table (the loader builds and type-checks it).
+    config_class: type[C]
     #: Production base URL used when the settings give none ("" = base_url is required).
     default_base_url: ClassVar[str] = ""
     #: Canonical event names this adapter may turn into requests (cheap filter at ingest).
@@ -152,39 +162,58 @@ class Vendor:
     #: Most events one request may carry (1 = no batching).
     max_batch: ClassVar[int] = 1
 
-    def rate_limits(self, config: VendorConfig) -> list[RateLimit]:
+    def rate_limits(self, config: C) -> list[RateLimit]:
         """The vendor's documented limits, possibly raised or lowered by settings."""
         return []
 
-    def check_config(self, config: VendorConfig) -> dict[str, str]:
+    def check_config(self, config: C) -> dict[str, str]:
         """Value problems the type-checking settings loader cannot see: {key: reason}.
 
-        The default refuses non-positive numbers in the common `rate_limit*` / `*batch_size`
-        settings; adapters extend it with their own rules.
-        """
+        Owned by the base, so every adapter gets the same checks: non-positive numbers in
+        the common `rate_limit*` / `requests_per*` / `*batch_size` settings, and each declared
+        rate-limit scope naming settings keys (a misspelt scope would silently share one
+        bucket between credentials); then the adapter's own `config_problems`."""
         problems = {}
         for name, value in vars(config).items():
             numeric = isinstance(value, int | float) and not isinstance(value, bool)
             limit_like = name.startswith(("rate_limit", "requests_per")) or "batch_size" in name
             if numeric and limit_like and value < 1:
                 problems[name] = "must be at least 1"
+        fields = set(vars(config))
+        for limit in self.rate_limits(config):
+            unknown = [part for part in limit.scope.split("+")
+                       if part != EGRESS_IP and part not in fields]
+            if unknown:
+                problems.setdefault("rate_limit", f"the adapter's limit scope {limit.scope!r} "
+                                                  f"names no settings key {unknown}")
+        problems.update(self.config_problems(config))
         return problems
 
-    def warnings(self, config: VendorConfig, *, cookie_name: str) -> list[str]:
+    def config_problems(self, config: C) -> dict[str, str]:
+        """The adapter's own value rules (e.g. an enum-like setting): {key: reason}."""
+        return {}
+
+    def scope_key(self, limit: RateLimit, config: C) -> str:
+        """The bucket a limit counts in: the values of its scope's settings keys, so two sites
+        sharing a credential share its limit."""
+        return "+".join(EGRESS_IP if part == EGRESS_IP else str(getattr(config, part))
+                        for part in limit.scope.split("+"))
+
+    def warnings(self, config: C, *, cookie_name: str) -> list[str]:
         """Settings that work but deserve a look (`shoprelay check-config` prints them)."""
         return []
 
-    def wants(self, event: StoredEvent, config: VendorConfig) -> bool:
+    def wants(self, event: StoredEvent, config: C) -> bool:
         """Whether the event may produce requests for this vendor (before rendering them)."""
         name = event.name
         if name not in self.handles:
             return False
         return not config.events or name in config.events
 
-    def requests_for(self, event: StoredEvent, config: VendorConfig) -> list[VendorRequest]:
+    def requests_for(self, event: StoredEvent, config: C) -> list[VendorRequest]:
         raise NotImplementedError
 
-    def merge(self, requests: list[VendorRequest], config: VendorConfig) -> VendorRequest:
+    def merge(self, requests: list[VendorRequest], config: C) -> VendorRequest:
         """Merge requests sharing a `batch_key` into one (only called when max_batch > 1)."""
         raise NotImplementedError
 
@@ -198,10 +227,10 @@ class Vendor:
         own fixed endpoint). Adapters whose paths name a resource of the event override it."""
         return status in (401, 403, 404)
 
-    def base_url(self, config: VendorConfig) -> str:
+    def base_url(self, config: C) -> str:
         return (config.base_url or self.default_base_url).rstrip("/")
 
-    def mask(self, text: str, config: VendorConfig) -> str:
+    def mask(self, text: str, config: C) -> str:
         """Hide this vendor's secrets in a string (a URL, a body, an answer, an error) before
         it is shown, in every encoding they may have taken there (see shoprelay.masking)."""
         values = [getattr(config, name, "") for name in type(config).secret_fields]

@@ -81,31 +81,26 @@ def format_date(moment: datetime, date_format: str) -> str | int:
     raise MappingError(f"date_format must be one of {', '.join(DATE_FORMATS)}, got {date_format!r}")
 
 
-class GoShops(Vendor):
+class GoShops(Vendor[GoShopsConfig]):
     name = "goshops"
     title = "Go Shops"
     config_class = GoShopsConfig
     default_base_url = "https://go-discover.goshops.com"
     handles = frozenset(EVENTS)
 
-    def rate_limits(self, config: VendorConfig) -> list[RateLimit]:
-        assert isinstance(config, GoShopsConfig)
+    def rate_limits(self, config: GoShopsConfig) -> list[RateLimit]:
         return [RateLimit(config.rate_limit_per_second, 1.0, scope="api_key")]
 
-    def check_config(self, config: VendorConfig) -> dict[str, str]:
+    def config_problems(self, config: GoShopsConfig) -> dict[str, str]:
         """Value problems the type-checking loader cannot see: {key: reason}."""
-        assert isinstance(config, GoShopsConfig)
         problems: dict[str, str] = {}
         if config.date_format not in DATE_FORMATS:
             problems["date_format"] = (
                 f"must be one of {', '.join(DATE_FORMATS)}, got {config.date_format!r}"
             )
-        if config.rate_limit_per_second < 1:
-            problems["rate_limit_per_second"] = "must be at least 1"
         return problems
 
-    def requests_for(self, event: StoredEvent, config: VendorConfig) -> list[VendorRequest]:
-        assert isinstance(config, GoShopsConfig)
+    def requests_for(self, event: StoredEvent, config: GoShopsConfig) -> list[VendorRequest]:
         notes: list[str] = []
         requests = [self._request(data, config)
                     for data in self.interactions(event, config, notes)]

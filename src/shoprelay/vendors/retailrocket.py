@@ -164,7 +164,7 @@ def _number(value: Any, field: str) -> float | int:
     return int(number) if number.is_integer() else number
 
 
-class RetailRocket(Vendor):
+class RetailRocket(Vendor[RetailRocketConfig]):
     name = "retailrocket"
     title = "Retail Rocket"
     config_class = RetailRocketConfig
@@ -178,13 +178,11 @@ class RetailRocket(Vendor):
     )
     max_batch = 50
 
-    def rate_limits(self, config: VendorConfig) -> list[RateLimit]:
-        assert isinstance(config, RetailRocketConfig)
+    def rate_limits(self, config: RetailRocketConfig) -> list[RateLimit]:
         return [RateLimit(config.rate_limit_per_second, 1.0, scope="partner_id")]
 
-    def check_config(self, config: VendorConfig) -> dict[str, str]:
-        assert isinstance(config, RetailRocketConfig)
-        problems = super().check_config(config)
+    def config_problems(self, config: RetailRocketConfig) -> dict[str, str]:
+        problems: dict[str, str] = {}
         if config.hash_pii:
             problems["hash_pii"] = (
                 "Retail Rocket mails the address setContact gives it (\"Привязка каналов "
@@ -194,8 +192,7 @@ class RetailRocket(Vendor):
             problems["batch_lanes"] = "must be at least 1"
         return problems
 
-    def requests_for(self, event: StoredEvent, config: VendorConfig) -> list[VendorRequest]:
-        assert isinstance(config, RetailRocketConfig)
+    def requests_for(self, event: StoredEvent, config: RetailRocketConfig) -> list[VendorRequest]:
         calls = self.calls_for(event, config)
         requests = []
         for method, body in calls:
@@ -355,8 +352,7 @@ class RetailRocket(Vendor):
     def _auth(config: RetailRocketConfig) -> dict[str, str]:
         return {"apiKey": config.api_key, "partnerId": config.partner_id}
 
-    def merge(self, requests: list[VendorRequest], config: VendorConfig) -> VendorRequest:
-        assert isinstance(config, RetailRocketConfig)
+    def merge(self, requests: list[VendorRequest], config: RetailRocketConfig) -> VendorRequest:
         envelopes = []
         for request in requests:
             method = request.url.split("?", 1)[0].rsplit("/", 1)[-1]

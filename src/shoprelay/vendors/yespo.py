@@ -144,7 +144,7 @@ def cart_guid(cart_id: str, lines: list[dict[str, Any]], version: int = 0) -> st
     return f"{hexed[:8]}-{hexed[8:12]}-{hexed[12:16]}-{hexed[16:20]}-{hexed[20:]}"
 
 
-class Yespo(Vendor):
+class Yespo(Vendor[YespoConfig]):
     name = "yespo"
     title = "Yespo"
     config_class = YespoConfig
@@ -161,11 +161,10 @@ class Yespo(Vendor):
     #: The tracker takes one event per request.
     max_batch = 1
 
-    def rate_limits(self, config: VendorConfig) -> list[RateLimit]:
-        assert isinstance(config, YespoConfig)
+    def rate_limits(self, config: YespoConfig) -> list[RateLimit]:
         return [RateLimit(config.rate_limit_per_second, 1.0, scope="site_id")]
 
-    def warnings(self, config: VendorConfig, *, cookie_name: str) -> list[str]:
+    def warnings(self, config: YespoConfig, *, cookie_name: str) -> list[str]:
         if cookie_name != ES_JS_COOKIE:
             return []
         return [f'relay.cookie_name is "{ES_JS_COOKIE}", the cookie Yespo\'s eS.JS writes on '
@@ -173,9 +172,8 @@ class Yespo(Vendor):
                 "eS.JS's overwrite each other and both lose the visitor. Set cookie_name to "
                 'another name (e.g. "sr_vid"); see docs/vendors/yespo.md']
 
-    def check_config(self, config: VendorConfig) -> dict[str, str]:
-        assert isinstance(config, YespoConfig)
-        problems = super().check_config(config)
+    def config_problems(self, config: YespoConfig) -> dict[str, str]:
+        problems: dict[str, str] = {}
         if config.hash_pii:
             problems["hash_pii"] = (
                 "Yespo mails the address it is given (\"Email should be sent at least in the "
@@ -187,8 +185,7 @@ class Yespo(Vendor):
             problems["search_unknown_results"] = f"must be one of {', '.join(UNKNOWN_RESULTS)}"
         return problems
 
-    def requests_for(self, event: StoredEvent, config: VendorConfig) -> list[VendorRequest]:
-        assert isinstance(config, YespoConfig)
+    def requests_for(self, event: StoredEvent, config: YespoConfig) -> list[VendorRequest]:
         url = self.base_url(config)
         requests = []
         for body in self.bodies_for(event, config):
