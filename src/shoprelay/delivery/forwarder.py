@@ -25,13 +25,15 @@ import orjson
 
 from shoprelay.delivery.limits import Limiter, SlidingWindowLimiter
 from shoprelay.delivery.retry import FIRST_DELAY, MAX_DELAY, backoff
-from shoprelay.spool.base import OutboxRow, Spool
+from shoprelay.spool.base import EXCHANGE_CHARS, OutboxRow, Spool
 from shoprelay.vendors.base import MappingError, Outcome, Vendor, VendorConfig, VendorRequest
 
 log = logging.getLogger("shoprelay.delivery")
 
 #: Rows fetched per round.
 ROUND_SIZE = 500
+#: A dead letter keeps more of its failed request than a trace keeps of a delivered one.
+EXCHANGE_KEPT_FOR_DEAD = 1_000_000
 
 
 @dataclass(slots=True)
@@ -251,7 +253,8 @@ class VendorWorker:
                 rows = job.rows
                 ids = [row.id for row in rows]
                 if outcome.ok:
-                    await self._finish(job)
+                    await self._finish(job, status, self._shown(job.request),
+                                       self._answer(answer))
                     if outcome.failed_events:
                         log.warning("%s accepted the request but refused %d event(s): %s",
                                     self.vendor.name, outcome.failed_events, outcome.detail)
@@ -260,7 +263,9 @@ class VendorWorker:
                     delay = backoff(attempts, outcome.retry_after,
                                     first=self.options.first_retry, cap=self.options.max_retry)
                     await self.spool.mark_retry(ids, next_at=time.time() + delay, status=status,
-                                                error=outcome.detail)
+                                                error=outcome.detail,
+                                                request=self._shown(job.request),
+                                                response=self._answer(answer))
                     self.counters.retried += len(ids)
                     # The rest of this lane waits: order per visitor matters more than speed.
                     return
@@ -271,13 +276,21 @@ class VendorWorker:
                              self.vendor.name, len(rows), outcome.detail)
                     jobs[:0] = [_Job([item], r) for item, r in self._split(job)]
                 else:
-                    request_text = self.vendor.mask(
-                        f"{job.request.method} {job.request.url}\n"
-                        f"{job.request.body_bytes().decode('utf-8', 'replace')}", self.config)
+                    request_text = self._shown(job.request, EXCHANGE_KEPT_FOR_DEAD)
                     await self.spool.mark_dead(ids, status=status, error=outcome.detail,
                                                response=answer[:4000], request=request_text)
                     self.counters.dead += len(ids)
                     parked.update(ids)
+
+    def _shown(self, request: VendorRequest, limit: int = EXCHANGE_CHARS) -> str:
+        """The request as a trace shows it: method, URL and body, secrets masked, cut short
+        (it is kept per work row within the retention). Masked before it is cut: a secret
+        cut in two would no longer be recognised."""
+        body = request.body_bytes().decode("utf-8", "replace")
+        return self.vendor.mask(f"{request.method} {request.url}\n{body}", self.config)[:limit]
+
+    def _answer(self, answer: str) -> str:
+        return self.vendor.mask(answer, self.config)[:EXCHANGE_CHARS]
 
     def _split(self, job: _Job) -> list[tuple[tuple[OutboxRow, int], VendorRequest]]:
         out = []
@@ -286,7 +299,8 @@ class VendorWorker:
             out.append(((row, index), requests[index]))
         return out
 
-    async def _finish(self, job: _Job) -> None:
+    async def _finish(self, job: _Job, status: int | None = None, request: str = "",
+                      response: str = "") -> None:
         """Record a delivered request: rows whose last request it was are done, others move
         their resume point past it (so a restart does not send it again)."""
         last: dict[int, int] = {}
@@ -297,7 +311,8 @@ class VendorWorker:
             if rid not in done:
                 await self.spool.mark_progress(rid, index + 1)
         if done:
-            await self.spool.mark_done(done)
+            await self.spool.mark_done(done, status=status, request=request,
+                                       response=response)
             self.counters.delivered += len(done)
 
     async def _send(self, request: VendorRequest) -> tuple[Outcome, int | None, str]:
