@@ -413,3 +413,25 @@ def test_backfill_claims_each_message_once_per_vendor_and_resumes(backend: Backe
         assert await due(spool, "yespo") == []
 
     run(backend, scenario)
+
+
+def test_vendor_figures_count_the_queue_and_the_last_hour(backend: Backend) -> None:
+    async def scenario(spool: Spool) -> None:
+        start = time.time()
+        await spool.ingest("s", [view(1, "a"), view(2, "b"), view(3, "c"), view(4, "d")],
+                           BROWSER)
+        rows = {r.event.message_id: r for r in await due(spool)}
+        await spool.mark_retry([rows["m1"].id], next_at=time.time() + 60, status=503,
+                               error="busy")
+        await spool.mark_done([rows["m2"].id], status=200)
+        await spool.mark_dead([rows["m3"].id], status=400, error="bad field")
+        figures = {(f.site, f.vendor): f for f in await spool.vendor_figures(time.time())}
+        goshops, alana = figures["s", "goshops"], figures["s", "alana"]
+        assert (goshops.queued, goshops.delivered_hour, goshops.retried_hour,
+                goshops.dead_hour, goshops.sent_minute) == (2, 1, 1, 1, 3)
+        assert goshops.last_error == "bad field"
+        assert goshops.oldest_queued_at is not None and goshops.oldest_queued_at >= start - 1
+        assert goshops.last_delivered_at is not None
+        assert (alana.queued, alana.delivered_hour, alana.last_error) == (4, 0, "")
+
+    run(backend, scenario)

@@ -114,6 +114,29 @@ class HistoryItem:
 
 
 @dataclass(slots=True)
+class VendorFigures:
+    """One (site, vendor)'s delivery at a glance, as the spool knows it (so every process and
+    the command line see the same): its queue, and what happened in the last hour/minute."""
+
+    site: str
+    vendor: str
+    queued: int = 0
+    oldest_queued_at: float | None = None
+    #: Queued work parked until a retry (SQLite knows it; Redis tells 0 and relies on the
+    #: last error being newer than the last delivery).
+    retry_waiting: int = 0
+    next_retry_at: float | None = None
+    delivered_hour: int = 0
+    retried_hour: int = 0
+    dead_hour: int = 0
+    #: Work rows that got a vendor answer in the last minute (delivered, retried, dead).
+    sent_minute: int = 0
+    last_error: str = ""
+    last_error_at: float | None = None
+    last_delivered_at: float | None = None
+
+
+@dataclass(slots=True)
 class SpoolStats:
     messages: int = 0
     #: vendor → state name → count
@@ -214,6 +237,11 @@ class Spool(Protocol):
     async def stats(self) -> SpoolStats: ...
 
     async def prune(self, older_than: float) -> int: ...
+
+    async def vendor_figures(self, now: float) -> list[VendorFigures]:
+        """Per (site, vendor): queue, delivered / retried / dead in the hour before `now`,
+        answers in its last minute, the last error."""
+        ...
 
     # ---- traces and backfill ---------------------------------------------------------------
 

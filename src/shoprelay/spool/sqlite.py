@@ -48,6 +48,7 @@ from shoprelay.spool.base import (
     OutboxRow,
     Router,
     SpoolStats,
+    VendorFigures,
     WorkRecord,
 )
 
@@ -761,3 +762,51 @@ class SqliteSpool:
                  vendor, BACKFILL, site, message_id)).close()
 
         await self._write(run)
+
+    async def vendor_figures(self, now: float) -> list[VendorFigures]:
+        """Three grouped queries on the indexes delivery already keeps (outbox_due for the
+        queue, outbox_done for the last hour's fates, outbox_parked for retries)."""
+        hour, minute = now - 3600, now - 60
+
+        def run(conn: sqlite3.Connection) -> list[VendorFigures]:
+            figures: dict[tuple[str, str], VendorFigures] = {}
+
+            def of(site: str, vendor: str) -> VendorFigures:
+                return figures.setdefault((site, vendor), VendorFigures(site, vendor))
+
+            for site, vendor, count, oldest, parked, next_retry in conn.execute(
+                    "SELECT site, vendor, COUNT(*), MIN(created_at), SUM(next_at > ?), "
+                    "MIN(CASE WHEN next_at > ? THEN next_at END) FROM outbox WHERE state = 0 "
+                    "GROUP BY site, vendor", (now, now)):
+                row = of(site, vendor)
+                row.queued, row.oldest_queued_at = count, oldest
+                row.retry_waiting, row.next_retry_at = parked or 0, next_retry
+            for site, vendor, state, count, recent, retried, last in conn.execute(
+                    "SELECT site, vendor, state, COUNT(*), SUM(updated_at >= ?), "
+                    "SUM(attempts > 1), MAX(updated_at) FROM outbox WHERE state IN (?, ?) "
+                    "AND updated_at >= ? GROUP BY site, vendor, state",
+                    (minute, DELIVERED, DEAD, hour)):
+                row = of(site, vendor)
+                row.sent_minute += recent or 0
+                row.retried_hour += retried or 0
+                if state == DELIVERED:
+                    row.delivered_hour, row.last_delivered_at = count, last
+                else:
+                    row.dead_hour = count
+            for site, vendor, count, recent in conn.execute(
+                    "SELECT site, vendor, COUNT(*), SUM(updated_at >= ?) FROM outbox "
+                    "WHERE state = 0 AND next_at > 0 AND updated_at >= ? GROUP BY site, vendor",
+                    (minute, hour)):
+                row = of(site, vendor)
+                row.retried_hour += count
+                row.sent_minute += recent or 0
+            # SQLite answers the bare column (error) from the row holding MAX(updated_at).
+            for site, vendor, error, at in conn.execute(
+                    "SELECT site, vendor, error, MAX(updated_at) FROM outbox "
+                    "WHERE state IN (0, ?) AND updated_at >= ? AND error IS NOT NULL "
+                    "GROUP BY site, vendor", (DEAD, hour)):
+                row = of(site, vendor)
+                row.last_error, row.last_error_at = error, at
+            return sorted(figures.values(), key=lambda f: (f.site, f.vendor))
+
+        return await self._read(run)

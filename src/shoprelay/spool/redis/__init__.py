@@ -38,6 +38,7 @@ from shoprelay.spool.base import (
     OutboxRow,
     Router,
     SpoolStats,
+    VendorFigures,
 )
 from shoprelay.spool.redis.context import RedisContext
 from shoprelay.spool.redis.deadletters import DeadLetters
@@ -205,6 +206,9 @@ class RedisSpool:
         """Trim finished stream entries and dead letters older than `older_than`."""
         await self._traces.prune(older_than)
         return await self._maintenance.prune(older_than)
+
+    async def vendor_figures(self, now: float) -> list[VendorFigures]:
+        return await self._traces.vendor_figures(now, await self._maintenance.queues())
 
     async def find_messages(self, site: str, *, message_id: str | None = None,
                             order_id: str | None = None, visitor_id: str | None = None,

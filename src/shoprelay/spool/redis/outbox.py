@@ -93,11 +93,23 @@ class Outbox:
         self._partitions.forget(entry)
 
     def _trace(self, pipe: Any, entry: Entry, fate: dict[str, Any]) -> None:
-        """Set this work's field in its message's trace (see `spool.redis.trace`)."""
+        """Set this work's field in its message's trace (see `spool.redis.trace`), and count
+        the fate for the vendor's health figures (see `spool.redis.trace.vendor_figures`)."""
+        now = time.time()
+        site, vendor = site_of(entry.stream), vendor_of(entry.stream)
+        kind = "retried" if fate["s"] == "queued" else fate["s"]
+        minute = self._ctx.k("hc", str(int(now // 60)))
+        pipe.hincrby(minute, f"{site}|{vendor}|{kind}", 1)
+        pipe.expire(minute, 7260)
+        last = self._ctx.k("hl", site, vendor)
+        if fate["s"] == "delivered":
+            pipe.hset(last, "ok", repr(now))
+        elif fate.get("e"):
+            pipe.hset(last, mapping={"error": fate["e"], "error_at": repr(now)})
         if entry.event is None:
             return
         key = self._ctx.k("tr", entry.event.site, entry.event.message_id)
-        pipe.hset(key, vendor_of(entry.stream), orjson.dumps({**fate, "t": time.time()}))
+        pipe.hset(key, vendor, orjson.dumps({**fate, "t": now}))
         pipe.expire(key, self._ctx.event_ttl or 86400 * 30)
 
     async def mark_done(self, ids: list[int], *, skipped: bool = False,

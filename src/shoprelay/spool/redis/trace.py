@@ -26,6 +26,7 @@ from shoprelay.spool.base import (
     STATE_NAMES,
     HistoryItem,
     MessageRecord,
+    VendorFigures,
     WorkRecord,
 )
 from shoprelay.spool.redis.context import RedisContext
@@ -134,6 +135,46 @@ class Traces:
                                   "b": 1}
         await self._ctx.redis.hset(self._ctx.k("tr", site, message_id), vendor,
                                    orjson.dumps(record))
+
+    async def vendor_figures(self, now: float,
+                             queues: list[tuple[str, str, int, float | None]]
+                             ) -> list[VendorFigures]:
+        """The last hour from the per-minute counters `outbox` keeps (`hc:MINUTE`, field
+        SITE|VENDOR|FATE), the last error and delivery from `hl:SITE:VENDOR`, and the queue
+        per (site, vendor) as `Maintenance.queues` counted it."""
+        redis, k = self._ctx.redis, self._ctx.k
+        figures: dict[tuple[str, str], VendorFigures] = {}
+        for site, vendor, queued, oldest in queues:
+            row = figures.setdefault((site, vendor), VendorFigures(site, vendor))
+            row.queued += queued
+            if oldest is not None:
+                row.oldest_queued_at = min(row.oldest_queued_at or oldest, oldest)
+        current = int(now // 60)
+        async with redis.pipeline(transaction=False) as pipe:
+            for minute in range(current - 60, current + 1):
+                pipe.hgetall(k("hc", str(minute)))
+            buckets = await pipe.execute()
+        for minute, bucket in zip(range(current - 60, current + 1), buckets, strict=True):
+            for field, value in bucket.items():
+                site, vendor, kind = field.split("|")
+                row = figures.setdefault((site, vendor), VendorFigures(site, vendor))
+                count = int(value)
+                if minute >= current - 1:  # the current and the previous minute bucket
+                    row.sent_minute += count
+                if minute == current - 60:
+                    continue  # only for the minute figure's border
+                if kind == "delivered":
+                    row.delivered_hour += count
+                elif kind == "retried":
+                    row.retried_hour += count
+                elif kind == "dead":
+                    row.dead_hour += count
+        for row in figures.values():
+            last = await redis.hgetall(k("hl", row.site, row.vendor))
+            row.last_delivered_at = float(last["ok"]) if "ok" in last else None
+            if "error_at" in last and float(last["error_at"]) >= now - 3600:
+                row.last_error, row.last_error_at = last["error"], float(last["error_at"])
+        return sorted(figures.values(), key=lambda f: (f.site, f.vendor))
 
     async def prune(self, older_than: float) -> None:
         """Trim every site's history to retention (the timelines of visitors expire)."""
