@@ -1,4 +1,5 @@
-"""The `shoprelay` command (CONTRACT §5): serve, demo, check-config, deadletter."""
+"""The `shoprelay` command (CONTRACT §5): serve, demo, check-config, deadletter, spool; trace,
+vendors status and backfill live in cli_trace."""
 
 from __future__ import annotations
 
@@ -196,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     spool.add_argument("--hours", type=float, help="prune: finished work older than this "
                        "(default: retention_hours)")
     spool.set_defaults(func=cmd_spool)
+
+    from shoprelay.cli_trace import register  # trace, vendors status, backfill
+
+    register(sub)
     return parser
 
 
