@@ -31,6 +31,10 @@ from shoprelay.vendors import VENDORS
 log = logging.getLogger("shoprelay")
 
 
+#: The header naming a vendor request's messages (`relay.vendor_message_id_header`).
+MESSAGE_ID_HEADER = "X-Shoprelay-Message-Ids"
+
+
 def spool_path(url: str) -> str:
     """The file of a `sqlite://` spool URL: what follows the `//`, so the contract's
     `sqlite:///var/lib/shoprelay/spool.db` is the absolute /var/lib/shoprelay/spool.db and
@@ -178,6 +182,8 @@ def create_app(settings: Settings, *, delivery: DeliveryOptions | None = None,
         timeout=relay.delivery_timeout_seconds, concurrency=relay.delivery_concurrency,
         max_age=relay.delivery_max_age_hours * 3600.0,
         retention=relay.retention_hours * 3600.0)
+    if relay.vendor_message_id_header:  # a setting, whoever made the delivery options
+        delivery.message_id_header = MESSAGE_ID_HEADER
     metrics = Metrics()
     bus = DebugBus()
     ingest = Ingest(settings, spool, cookie, metrics, bus)

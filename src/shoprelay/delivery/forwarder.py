@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -53,6 +54,9 @@ class DeliveryOptions:
     retention: float = 168 * 3600.0
     #: How often retention runs and the spool's size is logged.
     maintenance_interval: float = 300.0
+    #: Send each request's messageIds in this header ("" = none): the demo's sandboxes use it
+    #: to link a vendor request to the messages behind it (`relay.vendor_message_id_header`).
+    message_id_header: str = ""
 
 
 @dataclass(slots=True)
@@ -175,6 +179,11 @@ class VendorWorker:
             rendered.append((row, remaining))
         if skipped:
             await self.spool.mark_done(skipped, skipped=True)
+            if self.bus is not None and self.bus.active:
+                self.bus.publish("outcome", {
+                    "site": self.site, "vendor": self.vendor.name, "outcome": "skipped",
+                    "reason": "the adapter renders no request for this event",
+                    "messageIds": [r.event.message_id for r in rows if r.id in skipped]})
 
         # Lanes: a visitor's rows always share a lane; a batch key joins every lane it touches.
         batching = self.vendor.max_batch > 1
@@ -249,7 +258,7 @@ class VendorWorker:
                     return
                 if any(row.id in parked for row, _ in job.items):
                     continue
-                outcome, status, answer = await self._send(job.request)
+                outcome, status, answer = await self._send(job)
                 rows = job.rows
                 ids = [row.id for row in rows]
                 if outcome.ok:
@@ -315,15 +324,22 @@ class VendorWorker:
                                        response=response)
             self.counters.delivered += len(done)
 
-    async def _send(self, request: VendorRequest) -> tuple[Outcome, int | None, str]:
+    async def _send(self, job: _Job) -> tuple[Outcome, int | None, str]:
+        request = job.request
+        ids = [row.event.message_id for row in job.rows]
+        header = self.options.message_id_header
+        if header:
+            request = dataclasses.replace(request,
+                                          headers={**request.headers, header: ",".join(ids)})
         outcome, status, answer = await self._exchange(request)
         if self.bus is not None and self.bus.active:
-            self._publish(request, outcome, status, answer)
+            self._publish(request, outcome, status, answer, ids)
         return outcome, status, answer
 
     def _publish(self, request: VendorRequest, outcome: Outcome, status: int | None,
-                 answer: str) -> None:
-        """Show the exchange in the live debugger, with the vendor's secrets masked."""
+                 answer: str, message_ids: list[str]) -> None:
+        """Show the exchange in the live debugger, with the vendor's secrets masked, and the
+        messages it carried (the debugger's per-vendor columns)."""
         body = self.vendor.mask(request.body_bytes().decode("utf-8", "replace"), self.config)
         try:
             shown: Any = orjson.loads(body) if body else None
@@ -333,7 +349,7 @@ class VendorWorker:
             "site": self.site, "vendor": self.vendor.name, "method": request.method,
             "url": self.vendor.mask(request.url, self.config), "body": shown,
             "status": status, "ok": outcome.ok, "retry": outcome.retry,
-            "detail": outcome.detail,
+            "detail": outcome.detail, "messageIds": message_ids,
             "answer": self.vendor.mask(answer[:2000], self.config)})
 
     async def _exchange(self, request: VendorRequest) -> tuple[Outcome, int | None, str]:

@@ -19,7 +19,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from shoprelay.operate import health, openapi, trace
-from shoprelay.operate.debugger import PAGE, DebugBus
+from shoprelay.operate.debugger import DebugBus
+from shoprelay.operate.debugger import page as debugger_page
 from shoprelay.operate.metrics import CONTENT_TYPE, Metrics
 from shoprelay.settings import Settings
 
@@ -130,7 +131,8 @@ class Operations:
     async def debug_page(self, request: Request) -> Response:
         if not self._authorised(request):
             return self._refusal()
-        return HTMLResponse(PAGE, headers={"Cache-Control": "no-store"})
+        vendors = {name: sorted(site.vendors) for name, site in self.settings.sites.items()}
+        return HTMLResponse(debugger_page(vendors), headers={"Cache-Control": "no-store"})
 
     async def debug_stream(self, request: Request) -> Response:
         if not self._authorised(request):
