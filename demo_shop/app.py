@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from html import escape
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 import httpx
 from starlette.applications import Starlette
@@ -618,14 +618,21 @@ def create_app(
                 status = str(rec.get("status", ""))
                 if rec.get("error"):
                     status += f"<br>{escape(str(rec['error']))}"
+                # The relay names the messages behind each request (the demo turns on
+                # `vendor_message_id_header`): each links to its trace.
+                headers = rec.get("headers") or {}
+                ids = [i for i in str(headers.get("x-shoprelay-message-ids", "")).split(",") if i]
+                links = "<br>".join(
+                    f'<a href="/demo/trace/{escape(quote(i, safe=""))}" '
+                    f'data-testid="message-link">{escape(i[:13])}</a>' for i in ids)
                 rows.append(
                     f'<tr class="{"refused" if refused else "accepted"}"><td>{when}</td>'
                     f"<td>{escape(str(rec.get('method', '')))}</td><td>{escape(path)}</td>"
-                    f"<td><pre>{escape(body)}</pre></td><td>{status}</td></tr>"
+                    f"<td><pre>{escape(body)}</pre></td><td>{status}</td><td>{links}</td></tr>"
                 )
             table = (
                 "<table><tr><th>Time</th><th>Method</th><th>Path</th><th>Body</th>"
-                f"<th>Status</th></tr>{''.join(rows)}</table>"
+                f"<th>Status</th><th>Message</th></tr>{''.join(rows)}</table>"
                 if rows
                 else '<p class="muted">Nothing received yet.</p>'
             )
@@ -647,6 +654,39 @@ def create_app(
 .then(function(h){{document.getElementById('vendors').innerHTML=h}}).catch(function(){{}})}},2000)</script>"""
         return page(session, title="What vendors received", page_name="Vendors", body=body)
 
+    async def trace_page(request: Request) -> Response:
+        """What became of one message at every vendor (the relay's trace), for the links on
+        the vendors page. The demo runs on 127.0.0.1 only, so it needs no admin token."""
+        from shoprelay.app import route_reasons
+        from shoprelay.operate.trace import find_traces
+
+        session = session_of(request)
+        message_id = request.path_params["message_id"]
+        relay_state = getattr(relay_app, "state", None)
+        spool = getattr(relay_state, "spool", None)
+        settings = getattr(relay_state, "settings", None)
+        if spool is None or settings is None:
+            return not_found(session, "this relay keeps no traces")
+        found = await find_traces(settings, spool, route_reasons(settings),
+                                  message_id=message_id)
+        if not found:
+            return not_found(session, f"message {message_id} is not in the spool")
+        trace = found[0]
+        rows = "".join(
+            f'<tr data-testid="trace-{escape(vendor)}"><td>{escape(vendor)}</td>'
+            f'<td>{escape(o["outcome"])}</td><td>{escape(str(o.get("status") or ""))}</td>'
+            f'<td>{escape(o.get("reason") or "")}</td>'
+            f'<td><pre>{escape(o.get("request") or "")}</pre></td></tr>'
+            for vendor, o in trace["vendors"].items())
+        message = json.dumps(trace.get("message"), indent=2, ensure_ascii=False)
+        body = f"""<h1>Trace of {escape(message_id)}</h1>
+<p class="muted">{escape(str(trace.get("event")))} at {escape(str(trace["received_at"]))},
+visitor {escape(str(trace["visitor_id"]))}</p>
+<table><tr><th>Vendor</th><th>Outcome</th><th>Status</th><th>Reason</th><th>Request</th></tr>
+{rows}</table><h2>Message</h2><pre>{escape(message)}</pre>
+<p><a href="/demo/vendors">Back to what vendors received</a></p>"""
+        return page(session, title=f"Trace of {message_id}", page_name="Trace", body=body)
+
     async def vendors_fragment(request: Request) -> Response:
         data, error = await fetch_vendor_requests()
         return HTMLResponse(vendor_tables(data, error), headers={"Cache-Control": "no-store"})
@@ -664,6 +704,7 @@ def create_app(
         Route("/login", login, methods=["GET", "POST"]),
         Route("/demo/vendors", vendors),
         Route("/demo/vendors/fragment", vendors_fragment),
+        Route("/demo/trace/{message_id}", trace_page),
         # Pages in the shapes other storefronts describe themselves in (auto-capture).
         *LAB_ROUTES,
         # Last, so the shop's own routes win and everything else (/s.js, /v1/*) is the relay.

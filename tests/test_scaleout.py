@@ -241,7 +241,7 @@ def test_deadletter_and_spool_commands_on_redis(tmp_path: Path, prefix: str) -> 
             status = shoprelay("vendors", "status", "--config", str(cfg), "--json")
             assert status.returncode == 0, status.stderr
             assert {(row["vendor"], row["state"]) for row in orjson.loads(status.stdout)} == {
-                ("retailrocket", "active"), ("goshops", "active")}
+                ("retailrocket", "delivering"), ("goshops", "delivering")}
 
 
 def test_uvicorn_workers_share_one_redis(tmp_path: Path, prefix: str) -> None:

@@ -19,7 +19,7 @@ import redis
 
 from shoprelay.identity.cookie import VisitorCookie, new_visitor_id
 from shoprelay.ingest.rules import RequestContext
-from shoprelay.spool.base import Spool
+from shoprelay.spool.base import DELIVERED, Spool
 from shoprelay.spool.redis import RedisSpool
 from shoprelay.spool.sqlite import SqliteSpool
 
@@ -349,5 +349,109 @@ def test_a_browser_claim_never_moves_a_binding_the_backend_made(backend: Backend
         rows = {r.event.message_id: r.event.enrichment for r in await due(spool)}
         assert rows["i-2"].claimed_identity and rows["i-2"].user_id == "u"
         assert not rows["o-1"].claimed_identity
+
+    run(backend, scenario)
+
+
+def test_a_trace_finds_messages_with_their_work_exchanges_and_notes(backend: Backend) -> None:
+    """By messageId, order id and visitor (newest first): each vendor's state with its last
+    exchange, and the copies not stored (a resend, a duplicate order copy) as notes."""
+    async def scenario(spool: Spool) -> None:
+        result = await spool.ingest("s", [view(1), view(2)], BROWSER)
+        await spool.ingest("s", [view(1)], BROWSER)  # a resend
+        order = track("Order Completed", "o-1", order_id="42", total=5)
+        await spool.ingest("s", [order], BROWSER)
+        await spool.ingest("s", [dict(order, messageId="o-2")], BROWSER)
+        rows = {(r.event.message_id, r.vendor): r for r in await due(spool)
+                + await due(spool, "alana")}
+        await spool.mark_done([rows["m1", "goshops"].id], status=200, request="POST /g",
+                              response='{"ok":true}')
+        retry_at = time.time() + 60
+        await spool.mark_retry([rows["m1", "alana"].id], next_at=retry_at, status=503,
+                               error="busy", request="POST /a", response="later")
+        await spool.mark_dead([rows["m2", "goshops"].id], status=400, error="bad field",
+                              response="no", request="POST /g2")
+
+        [m1] = await spool.find_messages("s", message_id="m1")
+        assert m1.visitor_id == result.visitor_id and m1.event is not None
+        assert m1.event.properties["product_id"] == "1"
+        done, waiting = m1.work["goshops"], m1.work["alana"]
+        assert (done.state, done.status, done.request, done.response) == (
+            "delivered", 200, "POST /g", '{"ok":true}')
+        assert (waiting.state, waiting.status, waiting.error, waiting.attempts) == (
+            "queued", 503, "busy", 1)
+        assert waiting.next_at == pytest.approx(retry_at)
+        assert [n for _, n in m1.notes] == [
+            "deduplicated: a resend of this messageId (stored once, sent once)"]
+        [m2] = await spool.find_messages("s", message_id="m2")
+        assert (m2.work["goshops"].state, m2.work["goshops"].error) == ("dead", "bad field")
+
+        by_order = await spool.find_messages("s", order_id="42")
+        assert {r.message_id for r in by_order} == {"o-1", "o-2"}
+        dropped = next(r for r in by_order if r.message_id == "o-2")
+        assert dropped.event is None and dropped.work == {}
+        assert dropped.notes[0][1] == ("deduplicated: order 42 was already reported by "
+                                       "message o-1")
+        timeline = await spool.find_messages("s", visitor_id=result.visitor_id)
+        assert [r.message_id for r in timeline] == ["o-1", "m2", "m1"]
+        assert await spool.find_messages("s", message_id="nope") == []
+        assert await spool.find_messages("t", message_id="m1") == []
+
+    run(backend, scenario)
+
+
+def test_backfill_claims_each_message_once_per_vendor_and_resumes(backend: Backend) -> None:
+    """History comes in acceptance order within the window; a claim is made once per
+    (message, vendor), never for a message the vendor has work for; an unsettled claim is
+    handed out again (resume), a settled one never."""
+    async def scenario(spool: Spool) -> None:
+        start = time.time()
+        await spool.ingest("s", [view(1, "a"), view(2, "b"), view(3, "a")], BROWSER)
+        await spool.ingest("t", [view(9)], BROWSER)
+        items: list[Any] = []
+        cursor = 0
+        while True:
+            page, cursor = await spool.history("s", since=start - 1, until=time.time() + 1,
+                                               cursor=cursor, limit=2)
+            if not page:
+                break
+            items += page
+        assert [i.message_id for i in items] == ["m1", "m2", "m3"]
+        assert items[0].vendors == {"goshops": "queued", "alana": "queued"}
+        assert (await spool.history("s", since=time.time() + 5, until=time.time() + 9))[0] == []
+
+        assert await spool.claim_backfill("s", "goshops", items) == []  # it has work for all
+        first = await spool.claim_backfill("s", "yespo", items[:2])
+        assert first == ["m1", "m2"]
+        await spool.settle_backfill("s", "yespo", "m1", state=DELIVERED, status=200,
+                                    request="POST /y", response="ok")
+        # Stopped before m2 was sent: a second run gets m2 again and m3 new, never m1.
+        assert await spool.claim_backfill("s", "yespo", items) == ["m2", "m3"]
+        [m1] = await spool.find_messages("s", message_id="m1")
+        assert (m1.work["yespo"].state, m1.work["yespo"].request) == ("delivered", "POST /y")
+        # Backfill work is never handed to the live path.
+        assert await due(spool, "yespo") == []
+
+    run(backend, scenario)
+
+
+def test_vendor_figures_count_the_queue_and_the_last_hour(backend: Backend) -> None:
+    async def scenario(spool: Spool) -> None:
+        start = time.time()
+        await spool.ingest("s", [view(1, "a"), view(2, "b"), view(3, "c"), view(4, "d")],
+                           BROWSER)
+        rows = {r.event.message_id: r for r in await due(spool)}
+        await spool.mark_retry([rows["m1"].id], next_at=time.time() + 60, status=503,
+                               error="busy")
+        await spool.mark_done([rows["m2"].id], status=200)
+        await spool.mark_dead([rows["m3"].id], status=400, error="bad field")
+        figures = {(f.site, f.vendor): f for f in await spool.vendor_figures(time.time())}
+        goshops, alana = figures["s", "goshops"], figures["s", "alana"]
+        assert (goshops.queued, goshops.delivered_hour, goshops.retried_hour,
+                goshops.dead_hour, goshops.sent_minute) == (2, 1, 1, 1, 3)
+        assert goshops.last_error == "bad field"
+        assert goshops.oldest_queued_at is not None and goshops.oldest_queued_at >= start - 1
+        assert goshops.last_delivered_at is not None
+        assert (alana.queued, alana.delivered_hour, alana.last_error) == (4, 0, "")
 
     run(backend, scenario)

@@ -97,7 +97,7 @@ def test_401_for_a_while_then_accepted_delivers_everything_and_dead_letters_noth
             assert set(counts) == set(range(30))
             wait_for(lambda: not ready(r.url)["paused_vendors"])
             code, rows = vendors_status(cfg)
-            assert code == 0 and {row["state"] for row in rows} == {"active"}
+            assert code == 0 and {row["state"] for row in rows} == {"delivering"}
     assert dead_letters(cfg) == []
     # One log line per change of state, however many probes were refused in between.
     changes = [r.getMessage() for r in caplog.records

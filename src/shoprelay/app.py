@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -30,6 +30,10 @@ from shoprelay.tracker import TrackerScript
 from shoprelay.vendors import VENDORS
 
 log = logging.getLogger("shoprelay")
+
+
+#: The header naming a vendor request's messages (`relay.vendor_message_id_header`).
+MESSAGE_ID_HEADER = "X-Shoprelay-Message-Ids"
 
 
 def spool_path(url: str) -> str:
@@ -117,22 +121,53 @@ def limiter_factory(settings: Settings, spool: Any) -> Any:
     return make
 
 
-def make_router(settings: Settings) -> Router:
-    """Which vendors get an event: enabled, mapping it, allowed by consent, not a held bot."""
-    enabled = {
+#: Given a stored event: every vendor configured for its site → None (it gets the event) or
+#: the reason it does not.
+RouteReasons = Callable[[StoredEvent], dict[str, str | None]]
+
+
+def route_reasons(settings: Settings) -> RouteReasons:
+    """Why each configured vendor does (None) or does not get an event: the router's rules,
+    written once, so a trace recomputes "why not" with the very functions that decided it."""
+    configured = {
         name: [(vendor_name, VENDORS[vendor_name], config)
-               for vendor_name, config in site.vendors.items() if config.enabled]
+               for vendor_name, config in site.vendors.items()]
         for name, site in settings.sites.items()
     }
 
-    def route(event: StoredEvent) -> list[str]:
+    def reasons(event: StoredEvent) -> dict[str, str | None]:
         site = settings.sites.get(event.site)
-        if site is None or (event.enrichment.bot and not site.forward_bots):
-            return []
+        if site is None:
+            return {}
+        held = event.enrichment.bot and not site.forward_bots
         consent = event.enrichment.consent
-        return [name for name, vendor, config in enabled.get(event.site, [])
-                if vendor.wants(event, config)
-                and allows(consent, config.consent, required=site.consent_required)]
+        out: dict[str, str | None] = {}
+        for name, vendor, config in configured.get(event.site, []):
+            if not config.enabled:
+                out[name] = "vendor disabled (enabled = false)"
+            elif held:
+                out[name] = "held back as a bot (forward_bots = false)"
+            elif event.name not in vendor.handles:
+                out[name] = f"no mapping: {name} has no mapping for {event.name!r}"
+            elif not vendor.wants(event, config):
+                out[name] = f"not in {name}'s events allow-list"
+            elif not allows(consent, config.consent, required=site.consent_required):
+                stated = None if consent is None else consent.get(config.consent)
+                why = "refused" if stated is False else "not given (consent_required = true)"
+                out[name] = f"consent {why} for category {config.consent!r}"
+            else:
+                out[name] = None
+        return out
+
+    return reasons
+
+
+def make_router(settings: Settings) -> Router:
+    """Which vendors get an event: enabled, mapping it, allowed by consent, not a held bot."""
+    reasons = route_reasons(settings)
+
+    def route(event: StoredEvent) -> list[str]:
+        return [name for name, reason in reasons(event).items() if reason is None]
 
     return route
 
@@ -154,6 +189,8 @@ def create_app(settings: Settings, *, delivery: DeliveryOptions | None = None,
         timeout=relay.delivery_timeout_seconds, concurrency=relay.delivery_concurrency,
         max_age=relay.delivery_max_age_hours * 3600.0,
         retention=relay.retention_hours * 3600.0)
+    if relay.vendor_message_id_header:  # a setting, whoever made the delivery options
+        delivery.message_id_header = MESSAGE_ID_HEADER
     metrics = Metrics()
     bus = DebugBus()
     ingest = Ingest(settings, spool, cookie, metrics, bus)

@@ -1,5 +1,5 @@
 """The `shoprelay` command (CONTRACT §5): serve, demo, check-config, deadletter, spool,
-debug-link, vendors."""
+debug-link; trace, vendors (status, contact-id) and backfill live in cli_trace."""
 
 from __future__ import annotations
 
@@ -196,59 +196,6 @@ def _health_store(settings: Settings) -> Any:
     return FileHealthStore(spool_path(relay.spool) + ".vendors.json")
 
 
-def cmd_vendors(args: argparse.Namespace) -> int:
-    """`vendors status`: each configured vendor's state as the relay last recorded it
-    (active, or paused with the reason), with its queued and dead-lettered counts.
-    `vendors contact-id`: Retail Rocket's contactExternalId for a user id, and back."""
-    if args.action == "contact-id":
-        from shoprelay.vendors.retailrocket import contact_external_id, user_id_of_contact
-
-        for value in args.values:
-            user = user_id_of_contact(value)
-            if user is not None and user != value:
-                print(f"{value}\tcontact id of user {user!r}")
-            else:
-                print(f"{value}\tuser {value!r} -> contactExternalId "
-                      f"{contact_external_id(value)}")
-        return 0
-    import time
-
-    if not args.config:
-        print("shoprelay: vendors status needs --config FILE", file=sys.stderr)
-        return 2
-    settings = _load(args.config)
-    try:
-        states = _health_store(settings).read_all()
-    except Exception as exc:  # Redis down: say so rather than print a traceback
-        print(f"shoprelay: cannot read vendor states: {exc}", file=sys.stderr)
-        return 1
-    stats = asyncio.run(_with_spool(settings, lambda s: s.stats()))
-    now = time.time()
-    rows = []
-    for site in settings.sites.values():
-        for name, config in site.vendors.items():
-            state = states.get(f"{site.name}/{name}", {})
-            counts = stats.counts.get(name, {})
-            rows.append({
-                "site": site.name, "vendor": name,
-                "state": "disabled" if not config.enabled else state.get("state", "unknown"),
-                "reason": state.get("reason", ""), "since": state.get("since"),
-                "queued": counts.get("queued", 0), "dead": counts.get("dead", 0),
-            })
-    if args.json:
-        sys.stdout.write(orjson.dumps(rows).decode() + "\n")
-    else:
-        for row in rows:
-            since = ""
-            if row["since"] and row["state"] == "paused":
-                began = datetime.fromtimestamp(row["since"], UTC).isoformat(timespec="seconds")
-                since = f"\tsince {began} ({now - row['since']:.0f} s)"
-            reason = f"\t{row['reason']}" if row["reason"] else ""
-            print(f"{row['site']}/{row['vendor']}\t{row['state']}{since}\t"
-                  f"queued={row['queued']}\tdead={row['dead']}{reason}")
-    return 3 if any(row["state"] == "paused" for row in rows) else 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shoprelay", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -294,13 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_argument("--base-url", default="", help="the relay's public address, e.g. "
                       "https://shop.example/t (default: print the path only)")
     link.set_defaults(func=cmd_debug_link)
-    vendors = sub.add_parser("vendors", help="vendor states (paused on refused credentials "
-                             "or address); Retail Rocket contact ids")
-    vendors.add_argument("action", choices=["status", "contact-id"])
-    vendors.add_argument("values", nargs="*", help="contact-id: user ids or contact ids")
-    vendors.add_argument("--config", help="settings file (status)")
-    vendors.add_argument("--json", action="store_true", help="status as JSON")
-    vendors.set_defaults(func=cmd_vendors)
+    from shoprelay.cli_trace import register  # trace, vendors, backfill
+
+    register(sub)
     return parser
 
 

@@ -32,6 +32,8 @@ def demo_table(*, shop_origin: str, sandbox_url: str, spool_file: str,
     return {
         "relay": {"secret": secret or secrets.token_hex(16), "spool": f"sqlite://{spool_file}",
                   "spool_sync": "normal", "admin_token": admin_token,
+                  # The vendors page links each request to its messages (demo only).
+                  "vendor_message_id_header": True,
                   # Everything comes from 127.0.0.1 here (browser, tests, load tools).
                   "ingest_per_ip_per_minute": 0},
         "sites": {"demo": {"write_key": DEMO_WRITE_KEY, "allowed_origins": [shop_origin],

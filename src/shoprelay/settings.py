@@ -72,6 +72,11 @@ class RelaySettings:
     #: Delivered work (and its messages) is pruned after this many hours; dedup remembers
     #: message ids for as long.
     retention_hours: float = 168.0
+    #: Send each vendor request's messageIds in `X-Shoprelay-Message-Ids` (the demo does, so
+    #: its "what vendors received" page links requests to messages); off for real vendors.
+    vendor_message_id_header: bool = False
+    #: `shoprelay backfill` takes at most this share of each vendor rate limit (0 < x <= 1).
+    backfill_share: float = 0.5
     #: On SIGTERM, seconds to let requests in flight finish before stopping.
     shutdown_grace_seconds: float = 10.0
     #: Bearer token for /metrics and the live debugger (/debug); empty = those routes are off.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -27,13 +28,15 @@ import orjson
 from shoprelay.delivery.health import VendorHealth, store_for
 from shoprelay.delivery.limits import Limiter, SlidingWindowLimiter
 from shoprelay.delivery.retry import FIRST_DELAY, MAX_DELAY, backoff
-from shoprelay.spool.base import OutboxRow, Spool
+from shoprelay.spool.base import EXCHANGE_CHARS, OutboxRow, Spool
 from shoprelay.vendors.base import MappingError, Outcome, Vendor, VendorConfig, VendorRequest
 
 log = logging.getLogger("shoprelay.delivery")
 
 #: Rows fetched per round.
 ROUND_SIZE = 500
+#: A dead letter keeps more of its failed request than a trace keeps of a delivered one.
+EXCHANGE_KEPT_FOR_DEAD = 1_000_000
 
 
 @dataclass(slots=True)
@@ -57,6 +60,9 @@ class DeliveryOptions:
     #: doubling up to `probe_max` (shoprelay.delivery.health).
     probe_first: float = 2.0
     probe_max: float = 30.0
+    #: Send each request's messageIds in this header ("" = none): the demo's sandboxes use it
+    #: to link a vendor request to the messages behind it (`relay.vendor_message_id_header`).
+    message_id_header: str = ""
 
 
 @dataclass(slots=True)
@@ -191,6 +197,11 @@ class VendorWorker:
             rendered.append((row, remaining))
         if skipped:
             await self.spool.mark_done(skipped, skipped=True)
+            if self.bus is not None and self.bus.active:
+                self.bus.publish("outcome", {
+                    "site": self.site, "vendor": self.vendor.name, "outcome": "skipped",
+                    "reason": "the adapter renders no request for this event",
+                    "messageIds": [r.event.message_id for r in rows if r.id in skipped]})
 
         # Lanes: a visitor's rows always share a lane; a batch key joins every lane it touches.
         batching = self.vendor.max_batch > 1
@@ -272,7 +283,7 @@ class VendorWorker:
                     continue
                 if self.health.paused and not self.health.take_probe():
                     return  # the work stays queued as it is until the vendor accepts again
-                outcome, status, answer = await self._send(job.request)
+                outcome, status, answer = await self._send(job)
                 if outcome.pause or (outcome.retry and self.health.paused):
                     # Held, not failed: the rows keep their place and their attempt count.
                     self.health.pause(status, outcome.detail)
@@ -283,7 +294,8 @@ class VendorWorker:
                 if outcome.ok and outcome.failed_events:
                     await self._partly_refused(job, jobs, outcome, status, answer, parked)
                 elif outcome.ok:
-                    await self._finish(job)
+                    await self._finish(job, status=status, request=self._shown(job.request),
+                                       response=self._answer(answer))
                     if job.request.notes:
                         self._noted(job.request)
                 elif outcome.retry:
@@ -291,7 +303,9 @@ class VendorWorker:
                     delay = backoff(attempts, outcome.retry_after,
                                     first=self.options.first_retry, cap=self.options.max_retry)
                     await self.spool.mark_retry(ids, next_at=time.time() + delay, status=status,
-                                                error=outcome.detail)
+                                                error=outcome.detail,
+                                                request=self._shown(job.request),
+                                                response=self._answer(answer))
                     self.counters.retried += len(ids)
                     # The rest of this lane waits: order per visitor matters more than speed.
                     return
@@ -302,9 +316,7 @@ class VendorWorker:
                              self.vendor.name, len(rows), outcome.detail)
                     jobs[:0] = [_Job([item], r) for item, r in self._split(job)]
                 else:
-                    request_text = self.vendor.mask(
-                        f"{job.request.method} {job.request.url}\n"
-                        f"{job.request.body_bytes().decode('utf-8', 'replace')}", self.config)
+                    request_text = self._shown(job.request, EXCHANGE_KEPT_FOR_DEAD)
                     await self.spool.mark_dead(ids, status=status, error=outcome.detail,
                                                response=answer[:4000], request=request_text)
                     self.counters.dead += len(ids)
@@ -325,9 +337,7 @@ class VendorWorker:
             log.warning("%s stored none of %d event(s): %s", self.vendor.name, len(items),
                         outcome.detail)
             ids = [row.id for row in job.rows]
-            request_text = self.vendor.mask(
-                f"{job.request.method} {job.request.url}\n"
-                f"{job.request.body_bytes().decode('utf-8', 'replace')}", self.config)
+            request_text = self._shown(job.request, EXCHANGE_KEPT_FOR_DEAD)
             await self.spool.mark_dead(ids, status=status, error=outcome.detail,
                                        response=answer[:4000], request=request_text)
             self.counters.dead += len(ids)
@@ -361,6 +371,16 @@ class VendorWorker:
                 "url": "; ".join(request.notes)[:300], "status": "recorded",
                 "notes": list(request.notes), "body": list(request.notes), "answer": None})
 
+    def _shown(self, request: VendorRequest, limit: int = EXCHANGE_CHARS) -> str:
+        """The request as a trace shows it: method, URL and body, secrets masked, cut short
+        (it is kept per work row within the retention). Masked before it is cut: a secret
+        cut in two would no longer be recognised."""
+        body = request.body_bytes().decode("utf-8", "replace")
+        return self.vendor.mask(f"{request.method} {request.url}\n{body}", self.config)[:limit]
+
+    def _answer(self, answer: str) -> str:
+        return self.vendor.mask(answer, self.config)[:EXCHANGE_CHARS]
+
     def _split(self, job: _Job) -> list[tuple[tuple[OutboxRow, int], VendorRequest]]:
         out = []
         for row, index in job.items:
@@ -368,7 +388,8 @@ class VendorWorker:
             out.append(((row, index), requests[index]))
         return out
 
-    async def _finish(self, job: _Job, *, skipped: bool = False) -> None:
+    async def _finish(self, job: _Job, *, skipped: bool = False, status: int | None = None,
+                      request: str = "", response: str = "") -> None:
         """Record a delivered request: rows whose last request it was are done, others move
         their resume point past it (so a restart does not send it again)."""
         last: dict[int, int] = {}
@@ -378,21 +399,27 @@ class VendorWorker:
         for rid, index in last.items():
             if rid not in done:
                 await self.spool.mark_progress(rid, index + 1)
-        if done and skipped:
-            await self.spool.mark_done(done, skipped=True)
-        elif done:
-            await self.spool.mark_done(done)
+        if done:
+            await self.spool.mark_done(done, skipped=skipped, status=status, request=request,
+                                       response=response)
             self.counters.delivered += len(done)
 
-    async def _send(self, request: VendorRequest) -> tuple[Outcome, int | None, str]:
+    async def _send(self, job: _Job) -> tuple[Outcome, int | None, str]:
+        request = job.request
+        ids = [row.event.message_id for row in job.rows]
+        header = self.options.message_id_header
+        if header:
+            request = dataclasses.replace(request,
+                                          headers={**request.headers, header: ",".join(ids)})
         outcome, status, answer = await self._exchange(request)
         if self.bus is not None and self.bus.active:
-            self._publish(request, outcome, status, answer)
+            self._publish(request, outcome, status, answer, ids)
         return outcome, status, answer
 
     def _publish(self, request: VendorRequest, outcome: Outcome, status: int | None,
-                 answer: str) -> None:
-        """Show the exchange in the live debugger, with the vendor's secrets masked."""
+                 answer: str, message_ids: list[str]) -> None:
+        """Show the exchange in the live debugger, with the vendor's secrets masked, and the
+        messages it carried (the debugger's per-vendor columns)."""
         body = self.vendor.mask(request.body_bytes().decode("utf-8", "replace"), self.config)
         try:
             shown: Any = orjson.loads(body) if body else None
@@ -402,7 +429,7 @@ class VendorWorker:
             "site": self.site, "vendor": self.vendor.name, "method": request.method,
             "url": self.vendor.mask(request.url, self.config), "body": shown,
             "status": status, "ok": outcome.ok, "retry": outcome.retry,
-            "detail": outcome.detail,
+            "detail": outcome.detail, "messageIds": message_ids,
             "answer": self.vendor.mask(answer[:2000], self.config)})
 
     async def _exchange(self, request: VendorRequest) -> tuple[Outcome, int | None, str]:
@@ -492,6 +519,14 @@ class Forwarder:
         self._bus = bus
         for worker in self.workers:
             worker.bus = bus
+
+    def pause_reason(self, site: str, vendor: str) -> str | None:
+        """Why (site, vendor) is paused on a credential or address failure, or None (the
+        trace and the health page read this)."""
+        for worker in self.workers:
+            if worker.site == site and worker.vendor.name == vendor and worker.health.paused:
+                return worker.health.reason or "paused"
+        return None
 
     def start(self, *, maintenance: bool = True) -> None:
         self._loop = asyncio.get_running_loop()

@@ -188,6 +188,9 @@ class IngestPlan:
     stored: list[StoredMessage] = field(default_factory=list)
     #: order id → what to remember of it after this request.
     orders: dict[str, OrderRecord] = field(default_factory=dict)
+    #: (messageId, note, order id or None) on copies not stored, for a trace: resends
+    #: deduplicated, order copies dropped as duplicates. Rare, so cheap to keep.
+    notes: list[tuple[str, str, str | None]] = field(default_factory=list)
 
     @property
     def work(self) -> int:
@@ -266,6 +269,8 @@ class IngestRules:
             message_id = str(message["messageId"])
             if message_id in seen_messages or snapshot.message_seen(message_id):
                 plan.result.duplicates += 1  # a resend: stored once, answered as accepted
+                plan.notes.append((message_id, "deduplicated: a resend of this messageId "
+                                               "(stored once, sent once)", None))
                 continue
             state = plan.states.get(visitor)
             if state is None:
@@ -306,6 +311,10 @@ class IngestRules:
                     plan.result.dropped.append((index, refusal))
                     if refusal.startswith("duplicate"):
                         plan.result.duplicates += 1
+                        record = plan.orders.get(order_id) or snapshot.order(order_id)
+                        first = f" by message {record.message_id}" if record else ""
+                        plan.notes.append((message_id, f"deduplicated: order {order_id} was "
+                                                       f"already reported{first}", order_id))
                         continue
             seen_messages.add(message_id)
             plan.states[visitor] = state

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -51,31 +52,14 @@ class DebugBus:
             self._subscribers.discard(queue)
 
 
-PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>shoprelay debugger</title>
-<style>body{font:14px system-ui,sans-serif;margin:1.5em;background:#fafafa}
-.ev{border:1px solid #ddd;background:#fff;margin:.4em 0;padding:.4em .6em;border-radius:4px}
-.ev.refused{border-color:#d33;background:#fff3f3}.k{font-weight:600;margin-right:.6em}
-pre{margin:.3em 0 0;white-space:pre-wrap;font-size:12px}</style></head>
-<body><h1>shoprelay live debugger</h1>
-<p>Incoming messages and, per vendor, the requests sent and the answers. Newest on top.</p>
-<div id="log"></div>
-<script>
-const log = document.getElementById("log");
-// Same origin: the debugger cookie goes with it (the admin token never sits in a URL).
-const source = new EventSource("/debug/stream");
-source.onmessage = (e) => {
-  const d = JSON.parse(e.data);
-  const div = document.createElement("div");
-  div.className = "ev" + (d.kind === "vendor" && !(d.status >= 200 && d.status < 300)
-                          ? " refused" : "");
-  const title = d.kind === "message"
-    ? `message ${d.site} ${d.type} ${d.event || ""}`
-    : `${d.vendor} ${d.method} ${d.url} → ${d.status === null ? d.error : d.status}`;
-  div.innerHTML = "<span class=k></span><pre></pre>";
-  div.querySelector(".k").textContent = new Date(d.at * 1000).toLocaleTimeString() + " " + title;
-  div.querySelector("pre").textContent = JSON.stringify(d.kind === "message" ? d.message
-    : {request: d.body, answer: d.answer}, null, 2);
-  log.prepend(div);
-  while (log.children.length > 300) log.lastChild.remove();
-};
-</script></body></html>"""
+def page(vendors: dict[str, list[str]]) -> str:
+    """The debugger page for these sites' vendors (one column each)."""
+    data = orjson.dumps(vendors).decode().replace("</", "<\\/")
+    return PAGE.replace("__VENDORS__", data)
+
+
+#: Event-centric: one row per incoming message, one column per vendor whose cell follows that
+#: vendor's outcome as it happens (first from the message's trace, then from each exchange on
+#: the stream); filters by visitor, event and vendor; a click shows the whole trace. The admin
+#: token, if the page was opened with one, goes in a header (never in a fetched URL).
+PAGE = (Path(__file__).parent / "debugger.html").read_text(encoding="utf-8")

@@ -1,4 +1,5 @@
-"""Operator routes: /healthz, /readyz, /metrics, /debug (live debugger), /openapi.json.
+"""Operator routes: /healthz, /readyz, /metrics, /debug (live debugger), /debug/trace (one
+message's trace), /admin/health (vendor health page and .json), /openapi.json.
 
 /healthz and /readyz are open (load balancers call them); /metrics and /debug need the admin
 token (`relay.admin_token`) as a bearer token. A browser cannot send that header, so the
@@ -25,8 +26,9 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
-from shoprelay.operate import admin, openapi
-from shoprelay.operate.debugger import PAGE, DebugBus
+from shoprelay.operate import admin, health, openapi, trace
+from shoprelay.operate.debugger import DebugBus
+from shoprelay.operate.debugger import page as debugger_page
 from shoprelay.operate.metrics import CONTENT_TYPE, Metrics
 from shoprelay.settings import Settings
 
@@ -42,6 +44,7 @@ class Operations:
         self._openapi = openapi.document()
         self._trusted = [ipaddress.ip_network(p, strict=False)
                          for p in settings.relay.trusted_proxies]
+        self._reasons: Any = None
 
     def routes(self) -> list[Route]:
         return [
@@ -50,6 +53,12 @@ class Operations:
             Route("/metrics", self.metrics_page, methods=["GET"]),
             Route("/debug", self.debug_page, methods=["GET"]),
             Route("/debug/stream", self.debug_stream, methods=["GET"]),
+            Route("/debug/trace", self.debug_trace, methods=["GET"]),
+            # Under /debug too, where the debugger's cookie lets a browser in.
+            Route("/debug/health", self.health_page, methods=["GET"]),
+            Route("/debug/health.json", self.health_json, methods=["GET"]),
+            Route("/admin/health", self.health_page, methods=["GET"]),
+            Route("/admin/health.json", self.health_json, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
         ]
 
@@ -115,8 +124,48 @@ class Operations:
         if not self._authorised(request):
             return self._refusal()
         stats = await self.spool.stats()
-        return Response(self.metrics.render(self.forwarder(), stats),
-                        media_type=CONTENT_TYPE)
+        body = self.metrics.render(self.forwarder(), stats)
+        body += health.render_metrics(await self._health()).encode()
+        return Response(body, media_type=CONTENT_TYPE)
+
+    async def _health(self) -> list[dict[str, Any]]:
+        now = time.time()
+        return health.vendor_status(self.settings, await self.spool.vendor_figures(now),
+                                    trace.pauses_of(self.forwarder()), now)
+
+    async def health_page(self, request: Request) -> Response:
+        if not self._authorised(request, debugger=True):
+            return self._refusal()
+        return HTMLResponse(health.render_html(await self._health(), time.time()),
+                            headers={"Cache-Control": "no-store"})
+
+    async def health_json(self, request: Request) -> Response:
+        if not self._authorised(request, debugger=True):
+            return self._refusal()
+        return JSONResponse({"vendors": await self._health()},
+                            headers={"Cache-Control": "no-store"})
+
+    async def debug_trace(self, request: Request) -> Response:
+        """`?message_id=` | `?order_id=` | `?visitor_id=` (with optional `&site=`): the
+        traces found, newest first (what `shoprelay trace --json` prints)."""
+        if not self._authorised(request, debugger=True):
+            return self._refusal()
+        query = request.query_params
+        keys = {k: query.get(k) for k in ("message_id", "order_id", "visitor_id")}
+        if sum(v is not None for v in keys.values()) != 1:
+            return JSONResponse({"error": "give one of message_id, order_id, visitor_id"}, 400)
+        site = query.get("site")
+        if site is not None and site not in self.settings.sites:
+            return JSONResponse({"error": f"no site {site!r}"}, 404)
+        if self._reasons is None:
+            from shoprelay.app import route_reasons  # the app imports this module
+
+            self._reasons = route_reasons(self.settings)
+        found = await trace.find_traces(
+            self.settings, self.spool, self._reasons, site=site,
+            pauses=trace.pauses_of(self.forwarder()), message_id=keys["message_id"],
+            order_id=keys["order_id"], visitor_id=keys["visitor_id"])
+        return JSONResponse({"traces": found}, headers={"Cache-Control": "no-store"})
 
     async def debug_page(self, request: Request) -> Response:
         token = self.settings.relay.admin_token
@@ -131,8 +180,9 @@ class Operations:
             return response
         if not self._authorised(request, debugger=True):
             return self._refusal(hint=bool(token))
-        return HTMLResponse(PAGE, headers={"Cache-Control": "no-store",
-                                           "Referrer-Policy": "no-referrer"})
+        vendors = {name: sorted(site.vendors) for name, site in self.settings.sites.items()}
+        return HTMLResponse(debugger_page(vendors), headers={"Cache-Control": "no-store",
+                                                             "Referrer-Policy": "no-referrer"})
 
     async def debug_stream(self, request: Request) -> Response:
         if not self._authorised(request, debugger=True, query_token=True):

@@ -13,9 +13,13 @@ from shoprelay.ingest.rules import IngestResult, RequestContext, Router
 
 __all__ = ["IngestResult", "RequestContext", "Router"]
 
-#: Outbox states.
-PENDING, DELIVERED, DEAD, SKIPPED = 0, 1, 2, 3
-STATE_NAMES = {PENDING: "queued", DELIVERED: "delivered", DEAD: "dead", SKIPPED: "skipped"}
+#: Outbox states. BACKFILL: claimed by a backfill (`shoprelay backfill`), not yet settled;
+#: the live path never hands such work out.
+PENDING, DELIVERED, DEAD, SKIPPED, BACKFILL = 0, 1, 2, 3, 4
+STATE_NAMES = {PENDING: "queued", DELIVERED: "delivered", DEAD: "dead", SKIPPED: "skipped",
+               BACKFILL: "backfill"}
+#: The longest vendor answer and request kept per work row for a trace (its last exchange).
+EXCHANGE_CHARS = 500
 
 @dataclass(slots=True)
 class OutboxRow:
@@ -57,6 +61,79 @@ class DeadLetter:
             "failed_at": self.failed_at, "event": self.event.name,
             "messageId": self.event.message_id,
         }
+
+
+@dataclass(slots=True)
+class WorkRecord:
+    """What became of one message at one vendor so far: its work row's state and its last
+    exchange with the vendor (request masked, answer cut to `EXCHANGE_CHARS`)."""
+
+    vendor: str
+    state: str
+    attempts: int = 0
+    #: When a retry is due (0: not waiting).
+    next_at: float = 0.0
+    status: int | None = None
+    error: str = ""
+    request: str = ""
+    response: str = ""
+    updated_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"vendor": self.vendor, "state": self.state, "attempts": self.attempts,
+                "next_at": self.next_at or None, "status": self.status, "error": self.error,
+                "request": self.request, "response": self.response,
+                "updated_at": self.updated_at or None}
+
+
+@dataclass(slots=True)
+class MessageRecord:
+    """A message as a trace finds it: the stored event (None when no copy was stored, e.g. an
+    order copy dropped as a duplicate), its work per vendor, and notes on copies not stored."""
+
+    site: str
+    message_id: str
+    visitor_id: str
+    received_at: float
+    event: StoredEvent | None
+    work: dict[str, WorkRecord] = field(default_factory=dict)
+    #: (time, text): resends deduplicated, order copies dropped.
+    notes: list[tuple[float, str]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class HistoryItem:
+    """One stored message of a site's history, in the order it was accepted (a backfill's
+    input), with the vendors that already have work for it."""
+
+    message_id: str
+    visitor_id: str
+    received_at: float
+    event: StoredEvent
+    vendors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class VendorFigures:
+    """One (site, vendor)'s delivery at a glance, as the spool knows it (so every process and
+    the command line see the same): its queue, and what happened in the last hour/minute."""
+
+    site: str
+    vendor: str
+    queued: int = 0
+    oldest_queued_at: float | None = None
+    #: Queued work parked until a retry (SQLite knows it; Redis tells 0 and relies on the
+    #: last error being newer than the last delivery).
+    retry_waiting: int = 0
+    next_retry_at: float | None = None
+    delivered_hour: int = 0
+    retried_hour: int = 0
+    dead_hour: int = 0
+    #: Work rows that got a vendor answer in the last minute (delivered, retried, dead).
+    sent_minute: int = 0
+    last_error: str = ""
+    last_error_at: float | None = None
+    last_delivered_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -138,12 +215,16 @@ class Spool(Protocol):
     async def next_due_at(self, site: str, vendor: str) -> float | None: ...
 
     async def mark_done(self, ids: list[int], *, skipped: bool = False,
-                        status: int | None = None) -> None: ...
+                        status: int | None = None, request: str = "",
+                        response: str = "") -> None:
+        """Record delivered (or skipped) work; `request` (masked) and `response` are the last
+        exchange, kept for a trace within the retention."""
+        ...
 
     async def mark_progress(self, row_id: int, sent: int) -> None: ...
 
     async def mark_retry(self, ids: list[int], *, next_at: float, status: int | None,
-                         error: str) -> None: ...
+                         error: str, request: str = "", response: str = "") -> None: ...
 
     async def mark_dead(self, ids: list[int], *, status: int | None, error: str,
                         response: str = "", request: str = "") -> None: ...
@@ -156,3 +237,37 @@ class Spool(Protocol):
     async def stats(self) -> SpoolStats: ...
 
     async def prune(self, older_than: float) -> int: ...
+
+    async def vendor_figures(self, now: float) -> list[VendorFigures]:
+        """Per (site, vendor): queue, delivered / retried / dead in the hour before `now`,
+        answers in its last minute, the last error."""
+        ...
+
+    # ---- traces and backfill ---------------------------------------------------------------
+
+    async def find_messages(self, site: str, *, message_id: str | None = None,
+                            order_id: str | None = None, visitor_id: str | None = None,
+                            limit: int = 20) -> list[MessageRecord]:
+        """Stored messages by messageId, by the order id they reported, or by visitor (newest
+        first), each with its work per vendor and its notes."""
+        ...
+
+    async def history(self, site: str, *, since: float, until: float, cursor: int = 0,
+                      limit: int = 500) -> tuple[list[HistoryItem], int]:
+        """The site's stored messages accepted in [since, until), in acceptance order, a page
+        at a time: pass the returned cursor back for the next page (empty list: done)."""
+        ...
+
+    async def claim_backfill(self, site: str, vendor: str,
+                             items: list[HistoryItem]) -> list[str]:
+        """Create backfill work for (message, vendor) where none exists, atomically per pair,
+        and return the messageIds a backfill is to send: those just claimed and those claimed
+        by an earlier, unfinished backfill. A message the vendor has any work for is never
+        returned, so running a backfill twice sends nothing new."""
+        ...
+
+    async def settle_backfill(self, site: str, vendor: str, message_id: str, *, state: int,
+                              status: int | None = None, error: str = "", request: str = "",
+                              response: str = "") -> None:
+        """Record the fate of backfill work (DELIVERED, SKIPPED or DEAD) and its exchange."""
+        ...

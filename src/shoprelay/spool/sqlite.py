@@ -41,15 +41,21 @@ from shoprelay.ingest.rules import (
     UserBinding,
 )
 from shoprelay.spool.base import (
+    BACKFILL,
     DEAD,
     DELIVERED,
     PENDING,
     SKIPPED,
+    STATE_NAMES,
     DeadLetter,
+    HistoryItem,
     IngestResult,
+    MessageRecord,
     OutboxRow,
     Router,
     SpoolStats,
+    VendorFigures,
+    WorkRecord,
 )
 
 _SCHEMA = """
@@ -118,6 +124,15 @@ CREATE TABLE IF NOT EXISTS aliases (
 CREATE INDEX IF NOT EXISTS visitors_seen ON visitors (updated_at);
 CREATE INDEX IF NOT EXISTS aliases_visitor ON aliases (site, visitor_id);
 CREATE INDEX IF NOT EXISTS users_visitor ON users (site, visitor_id);
+-- Traces: copies not stored (resends, duplicate order copies), kept within retention.
+CREATE TABLE IF NOT EXISTS notes (
+    site TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    note TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notes_message ON notes (site, message_id);
+CREATE INDEX IF NOT EXISTS notes_time ON notes (at);
 """
 #: Made after `_migrate` (an older file's orders table gains its column there first).
 _ORDERS_INDEX = "CREATE INDEX IF NOT EXISTS orders_time ON orders (received_at)"
@@ -162,6 +177,17 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if "vendors" not in {row[1] for row in conn.execute("PRAGMA table_info(orders)")}:
         conn.execute("ALTER TABLE orders ADD COLUMN vendors TEXT")
     conn.execute(_ORDERS_INDEX)
+    # A trace looks a message's work up; a backfill claims work once per (message, vendor).
+    # Message ids only grow, so this index is appended to (cheap); an index of messages by
+    # visitor (random keys) was measured at +30 % of the writer's time per message in the
+    # best runs and is not kept: a trace by visitor scans newest first (bench/trace_cost.py).
+    try:
+        conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS outbox_message ON outbox "
+                     "(message, vendor)")
+    except sqlite3.IntegrityError:  # an odd older file: look-ups still work, unindexed claims
+        log.warning("spool: outbox has two rows for one (message, vendor); no unique index")
+        conn.execute("CREATE INDEX IF NOT EXISTS outbox_message_any ON outbox "
+                     "(message, vendor)")
     # Replaced by the partial `outbox_parked`: it cost every insert and made `due` quadratic
     # in a visitor's backlog.
     conn.execute("DROP INDEX IF EXISTS outbox_visitor")
@@ -426,6 +452,9 @@ class SqliteSpool:
                     "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
                     [(rowid, site, v, stored.visitor_id, received_at, received_at)
                      for v in stored.vendors])
+        if plan.notes:
+            conn.executemany("INSERT INTO notes VALUES (?, ?, ?, ?)",
+                             [(site, m, received_at, note) for m, note, _ in plan.notes])
         conn.executemany("INSERT OR REPLACE INTO visitors VALUES (?, ?, ?, ?)",
                          [(site, visitor, orjson.dumps(state.to_dict()), received_at)
                           for visitor, state in plan.states.items()])
@@ -481,23 +510,27 @@ class SqliteSpool:
         await self._write(run)
 
     async def mark_done(self, ids: list[int], *, skipped: bool = False,
-                        status: int | None = None) -> None:
+                        status: int | None = None, request: str = "",
+                        response: str = "") -> None:
         now = time.time()
         state = SKIPPED if skipped else DELIVERED
         await self._write_many(
-            "UPDATE outbox SET state=?, status=?, attempts=attempts+1, updated_at=?, error=NULL "
-            "WHERE id=?", [(state, status, now, i) for i in ids])
+            "UPDATE outbox SET state=?, status=?, attempts=attempts+1, updated_at=?, error=NULL, "
+            "request=?, response=? WHERE id=?",
+            [(state, status, now, request or None, response or None, i) for i in ids])
 
     async def mark_progress(self, row_id: int, sent: int) -> None:
         await self._write_many("UPDATE outbox SET sent=?, updated_at=? WHERE id=?",
                                [(sent, time.time(), row_id)])
 
     async def mark_retry(self, ids: list[int], *, next_at: float, status: int | None,
-                         error: str) -> None:
+                         error: str, request: str = "", response: str = "") -> None:
         now = time.time()
         await self._write_many(
-            "UPDATE outbox SET attempts=attempts+1, next_at=?, status=?, error=?, updated_at=? "
-            "WHERE id=?", [(next_at, status, error, now, i) for i in ids])
+            "UPDATE outbox SET attempts=attempts+1, next_at=?, status=?, error=?, updated_at=?, "
+            "request=?, response=? WHERE id=?",
+            [(next_at, status, error, now, request or None, response or None, i)
+             for i in ids])
 
     async def mark_dead(self, ids: list[int], *, status: int | None, error: str,
                         response: str = "", request: str = "") -> None:
@@ -616,10 +649,180 @@ class SqliteSpool:
                 "DELETE FROM orders WHERE (site, order_id) IN (SELECT site, order_id FROM orders "
                 "WHERE received_at < ? LIMIT ?)", (older_than, chunk)).rowcount
 
+        def notes(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM notes WHERE rowid IN (SELECT rowid FROM notes WHERE at < ? "
+                "LIMIT ?)", (older_than, chunk)).rowcount
+
         removed = 0
         while (count := await self._write(outbox)) > 0:
             removed += count
-        for step in (messages, visitors, orders):
+        for step in (messages, visitors, orders, notes):
             while await self._write(step) > 0:
                 pass
         return removed
+
+    # ---- traces and backfill ---------------------------------------------------------------
+
+    async def find_messages(self, site: str, *, message_id: str | None = None,
+                            order_id: str | None = None, visitor_id: str | None = None,
+                            limit: int = 20) -> list[MessageRecord]:
+        """Stored messages (newest first) with their work per vendor and their notes."""
+        def run(conn: sqlite3.Connection) -> list[MessageRecord]:
+            ids: list[str] = []
+            if message_id is not None:
+                ids = [message_id]
+            elif order_id is not None:
+                ids = [r[0] for r in conn.execute(
+                    "SELECT message_id FROM orders WHERE site=? AND order_id=?",
+                    (site, order_id))]
+                # Copies dropped as duplicates of that order were noted under their own ids.
+                ids += [r[0] for r in conn.execute(
+                    "SELECT message_id FROM notes WHERE site=? AND note LIKE ? ORDER BY at",
+                    (site, f"%order {order_id} was %"))]
+            query = ("SELECT id, message_id, visitor_id, received_at, data FROM messages "
+                     "WHERE site=? AND ")
+            if visitor_id is not None:
+                # No index by visitor (it would cost every ingest): newest first, stopping
+                # at `limit`, so an active visitor is found at once, an old one in a scan.
+                rows = conn.execute(query + "visitor_id=? ORDER BY id DESC LIMIT ?",
+                                    (site, visitor_id, limit)).fetchall()
+            else:
+                rows = [row for m in dict.fromkeys(ids)
+                        for row in conn.execute(query + "message_id=?", (site, m))]
+                rows.sort(key=lambda r: -r[0])
+            found = {r[1] for r in rows}
+            records = [self._record(conn, site, r) for r in rows]
+            for missing in dict.fromkeys(ids):  # not stored, but noted
+                if missing not in found:
+                    notes = self._notes(conn, site, missing)
+                    if notes:
+                        records.append(MessageRecord(site, missing, "", notes[0][0], None,
+                                                     notes=notes))
+            return records[:limit]
+
+        return await self._read(run)
+
+    @staticmethod
+    def _notes(conn: sqlite3.Connection, site: str, message_id: str) -> list[tuple[float, str]]:
+        return [(r[0], r[1]) for r in conn.execute(
+            "SELECT at, note FROM notes WHERE site=? AND message_id=? ORDER BY at",
+            (site, message_id))]
+
+    def _record(self, conn: sqlite3.Connection, site: str, row: Any) -> MessageRecord:
+        work = {
+            r[0]: WorkRecord(vendor=r[0], state=STATE_NAMES.get(r[1], str(r[1])),
+                             attempts=r[2], next_at=r[3] if r[1] in (PENDING, BACKFILL) else 0.0,
+                             status=r[4], error=r[5] or "", request=r[6] or "",
+                             response=r[7] or "", updated_at=r[8])
+            for r in conn.execute(
+                "SELECT vendor, state, attempts, next_at, status, error, request, response, "
+                "updated_at FROM outbox WHERE message=? ORDER BY id", (row[0],))
+        }
+        return MessageRecord(site, row[1], row[2], row[3],
+                             StoredEvent.from_dict(orjson.loads(row[4])), work,
+                             self._notes(conn, site, row[1]))
+
+    async def history(self, site: str, *, since: float, until: float, cursor: int = 0,
+                      limit: int = 500) -> tuple[list[HistoryItem], int]:
+        """Pages of stored messages in acceptance (rowid) order; the cursor is the last rowid."""
+        def run(conn: sqlite3.Connection) -> tuple[list[HistoryItem], int]:
+            rows = conn.execute(
+                "SELECT id, message_id, visitor_id, received_at, data FROM messages "
+                "WHERE site=? AND id > ? AND received_at >= ? AND received_at < ? "
+                "ORDER BY id LIMIT ?", (site, cursor, since, until, limit)).fetchall()
+            items = []
+            for r in rows:
+                vendors = {v: STATE_NAMES.get(st, str(st)) for v, st in conn.execute(
+                    "SELECT vendor, state FROM outbox WHERE message=?", (r[0],))}
+                items.append(HistoryItem(r[1], r[2], r[3],
+                                         StoredEvent.from_dict(orjson.loads(r[4])), vendors))
+            return items, (rows[-1][0] if rows else cursor)
+
+        return await self._read(run)
+
+    async def claim_backfill(self, site: str, vendor: str,
+                             items: list[HistoryItem]) -> list[str]:
+        """One outbox row per (message, vendor), state BACKFILL: the unique index makes the
+        claim atomic, and `due` never hands such a row to the live path."""
+        def run(conn: sqlite3.Connection) -> list[str]:
+            now = time.time()
+            mine: list[str] = []
+            for item in items:
+                row = conn.execute("SELECT id FROM messages WHERE site=? AND message_id=?",
+                                   (site, item.message_id)).fetchone()
+                if row is None:
+                    continue  # pruned meanwhile
+                cursor = conn.execute(
+                    "INSERT OR IGNORE INTO outbox (message, site, vendor, visitor_id, state, "
+                    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (row[0], site, vendor, item.visitor_id, BACKFILL, now, now))
+                if cursor.rowcount:
+                    mine.append(item.message_id)
+                elif conn.execute("SELECT 1 FROM outbox WHERE message=? AND vendor=? AND "
+                                  "state=?", (row[0], vendor, BACKFILL)).fetchone():
+                    mine.append(item.message_id)  # claimed by a backfill that stopped
+            return mine
+
+        return await self._write(run)
+
+    async def settle_backfill(self, site: str, vendor: str, message_id: str, *, state: int,
+                              status: int | None = None, error: str = "", request: str = "",
+                              response: str = "") -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE outbox SET state=?, status=?, error=?, request=?, response=?, "
+                "attempts=attempts+1, updated_at=? WHERE vendor=? AND state=? AND message = "
+                "(SELECT id FROM messages WHERE site=? AND message_id=?)",
+                (state, status, error or None, request or None, response or None, time.time(),
+                 vendor, BACKFILL, site, message_id)).close()
+
+        await self._write(run)
+
+    async def vendor_figures(self, now: float) -> list[VendorFigures]:
+        """Three grouped queries on the indexes delivery already keeps (outbox_due for the
+        queue, outbox_done for the last hour's fates, outbox_parked for retries)."""
+        hour, minute = now - 3600, now - 60
+
+        def run(conn: sqlite3.Connection) -> list[VendorFigures]:
+            figures: dict[tuple[str, str], VendorFigures] = {}
+
+            def of(site: str, vendor: str) -> VendorFigures:
+                return figures.setdefault((site, vendor), VendorFigures(site, vendor))
+
+            for site, vendor, count, oldest, parked, next_retry in conn.execute(
+                    "SELECT site, vendor, COUNT(*), MIN(created_at), SUM(next_at > ?), "
+                    "MIN(CASE WHEN next_at > ? THEN next_at END) FROM outbox WHERE state = 0 "
+                    "GROUP BY site, vendor", (now, now)):
+                row = of(site, vendor)
+                row.queued, row.oldest_queued_at = count, oldest
+                row.retry_waiting, row.next_retry_at = parked or 0, next_retry
+            for site, vendor, state, count, recent, retried, last in conn.execute(
+                    "SELECT site, vendor, state, COUNT(*), SUM(updated_at >= ?), "
+                    "SUM(attempts > 1), MAX(updated_at) FROM outbox WHERE state IN (?, ?) "
+                    "AND updated_at >= ? GROUP BY site, vendor, state",
+                    (minute, DELIVERED, DEAD, hour)):
+                row = of(site, vendor)
+                row.sent_minute += recent or 0
+                row.retried_hour += retried or 0
+                if state == DELIVERED:
+                    row.delivered_hour, row.last_delivered_at = count, last
+                else:
+                    row.dead_hour = count
+            for site, vendor, count, recent in conn.execute(
+                    "SELECT site, vendor, COUNT(*), SUM(updated_at >= ?) FROM outbox "
+                    "WHERE state = 0 AND next_at > 0 AND updated_at >= ? GROUP BY site, vendor",
+                    (minute, hour)):
+                row = of(site, vendor)
+                row.retried_hour += count
+                row.sent_minute += recent or 0
+            # SQLite answers the bare column (error) from the row holding MAX(updated_at).
+            for site, vendor, error, at in conn.execute(
+                    "SELECT site, vendor, error, MAX(updated_at) FROM outbox "
+                    "WHERE state IN (0, ?) AND updated_at >= ? AND error IS NOT NULL "
+                    "GROUP BY site, vendor", (DEAD, hour)):
+                row = of(site, vendor)
+                row.last_error, row.last_error_at = error, at
+            return sorted(figures.values(), key=lambda f: (f.site, f.vendor))
+
+        return await self._read(run)

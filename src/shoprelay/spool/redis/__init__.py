@@ -10,7 +10,8 @@ everything that must be shared. One module per job, each with its part of the de
   process's work first, handing partitions on), the read-ahead buffer, the wake-up channel;
 - `outbox`: due work and each row's fate (XACK, retry state, dead letter);
 - `deadletters`: listing and replaying dead letters;
-- `maintenance`: statistics, retention (prune), forgetting old consumers, wiping a prefix.
+- `maintenance`: statistics, retention (prune), forgetting old consumers, wiping a prefix;
+- `trace`: what became of a message at each vendor, a site's history, backfill claims.
 
 They share one `RedisContext` (connection, key names, this process's id, lease time, TTLs,
 the new-work callback); `RedisSpool` composes them behind the `Spool` interface.
@@ -29,7 +30,16 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from shoprelay.ingest.rules import IngestRules, RequestContext, SitePolicy
-from shoprelay.spool.base import DeadLetter, IngestResult, OutboxRow, Router, SpoolStats
+from shoprelay.spool.base import (
+    DeadLetter,
+    HistoryItem,
+    IngestResult,
+    MessageRecord,
+    OutboxRow,
+    Router,
+    SpoolStats,
+    VendorFigures,
+)
 from shoprelay.spool.redis.context import RedisContext
 from shoprelay.spool.redis.deadletters import DeadLetters
 from shoprelay.spool.redis.ingest import Ingest
@@ -37,6 +47,7 @@ from shoprelay.spool.redis.keys import KeySpace
 from shoprelay.spool.redis.maintenance import Maintenance
 from shoprelay.spool.redis.outbox import Outbox
 from shoprelay.spool.redis.partitions import Partitions, Queue
+from shoprelay.spool.redis.trace import Traces
 
 __all__ = ["RedisSpool"]
 
@@ -79,6 +90,7 @@ class RedisSpool:
         self._outbox = Outbox(self._ctx, self._partitions)
         self._dead = DeadLetters(self._ctx)
         self._maintenance = Maintenance(self._ctx)
+        self._traces = Traces(self._ctx)
 
     # ---- what the app, the command line and the tests read -----------------------------------
 
@@ -161,15 +173,18 @@ class RedisSpool:
         return await self._outbox.next_due_at(site, vendor)
 
     async def mark_done(self, ids: list[int], *, skipped: bool = False,
-                        status: int | None = None) -> None:
-        await self._outbox.mark_done(ids, skipped=skipped, status=status)
+                        status: int | None = None, request: str = "",
+                        response: str = "") -> None:
+        await self._outbox.mark_done(ids, skipped=skipped, status=status, request=request,
+                                     response=response)
 
     async def mark_progress(self, row_id: int, sent: int) -> None:
         await self._outbox.mark_progress(row_id, sent)
 
     async def mark_retry(self, ids: list[int], *, next_at: float, status: int | None,
-                         error: str) -> None:
-        await self._outbox.mark_retry(ids, next_at=next_at, status=status, error=error)
+                         error: str, request: str = "", response: str = "") -> None:
+        await self._outbox.mark_retry(ids, next_at=next_at, status=status, error=error,
+                                      request=request, response=response)
 
     async def mark_dead(self, ids: list[int], *, status: int | None, error: str,
                         response: str = "", request: str = "") -> None:
@@ -189,7 +204,34 @@ class RedisSpool:
 
     async def prune(self, older_than: float) -> int:
         """Trim finished stream entries and dead letters older than `older_than`."""
+        await self._traces.prune(older_than)
         return await self._maintenance.prune(older_than)
+
+    async def vendor_figures(self, now: float) -> list[VendorFigures]:
+        return await self._traces.vendor_figures(now, await self._maintenance.queues())
+
+    async def find_messages(self, site: str, *, message_id: str | None = None,
+                            order_id: str | None = None, visitor_id: str | None = None,
+                            limit: int = 20) -> list[MessageRecord]:
+        return await self._traces.find_messages(site, message_id=message_id,
+                                                order_id=order_id, visitor_id=visitor_id,
+                                                limit=limit)
+
+    async def history(self, site: str, *, since: float, until: float, cursor: int = 0,
+                      limit: int = 500) -> tuple[list[HistoryItem], int]:
+        return await self._traces.history(site, since=since, until=until, cursor=cursor,
+                                          limit=limit)
+
+    async def claim_backfill(self, site: str, vendor: str,
+                             items: list[HistoryItem]) -> list[str]:
+        return await self._traces.claim_backfill(site, vendor, items)
+
+    async def settle_backfill(self, site: str, vendor: str, message_id: str, *, state: int,
+                              status: int | None = None, error: str = "", request: str = "",
+                              response: str = "") -> None:
+        await self._traces.settle_backfill(site, vendor, message_id, state=state,
+                                           status=status, error=error, request=request,
+                                           response=response)
 
     async def delete_all(self) -> int:
         """Remove every key under this spool's prefix (tests and tools; never the relay)."""

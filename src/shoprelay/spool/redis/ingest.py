@@ -33,6 +33,9 @@ from shoprelay.spool.base import IngestResult
 from shoprelay.spool.redis.context import RedisContext
 from shoprelay.spool.redis.keys import COMMIT
 
+#: A message's trace field for a vendor before delivery has touched it.
+_QUEUED = orjson.dumps({"s": "queued"})
+
 #: An ingest transaction that keeps failing on contention is tried this often before giving up.
 _INGEST_TRIES = 100
 
@@ -173,13 +176,23 @@ class Ingest:
             event_id, next_id = next_id, next_id + 1
             event_key = k("ev", site, str(event_id))
             ops += ("S", event_key, orjson.dumps(event.to_dict()), event_ttl,
-                    "S", k("msg", site, event.message_id), event_key, dedup_ttl)
+                    "S", k("msg", site, event.message_id), event_key, dedup_ttl,
+                    # For traces and backfill: the visitor's and the site's timelines.
+                    "Z", k("vm", site, stored.visitor_id), stamp, event.message_id, event_ttl,
+                    "Z", k("hist", site), stamp, str(event_id), 0)
             partition = ctx.keys.partition_of(stored.visitor_id)
+            trace = k("tr", site, event.message_id)
             for vendor in stored.vendors:
                 work_id, next_id = next_id, next_id + 1
                 stream = ctx.keys.stream_key(site, vendor, partition)
                 streams.add(stream)
-                ops += ("X", stream, work_id, event_key, stored.visitor_id, stamp)
+                ops += ("X", stream, work_id, event_key, stored.visitor_id, stamp,
+                        "F", trace, vendor, _QUEUED, event_ttl)
+        for message_id, note, noted_order in plan.notes:
+            ops += ("L", k("note", site, message_id),
+                    orjson.dumps([received_at, note]), event_ttl)
+            if noted_order is not None:
+                ops += ("L", k("on", site, noted_order), message_id, event_ttl)
         if plan.stored:
             ops += ("H", k("counts"), "messages", len(plan.stored))
         for stream in streams:

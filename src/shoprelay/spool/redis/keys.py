@@ -15,6 +15,10 @@ Every key starts with the spool's prefix (`redis_prefix`, default "shoprelay:"):
   `lease:SITE:VENDOR:pN` the partition's lease (value = the holder's `proc_id`);
 - `work:ID` a work id's retry state, `seq` the id counter, `counts` the state counters;
 - `dead` dead-letter records by work id, `dead:time` their failure times;
+- `tr:SITE:MESSAGE_ID` a message's trace (hash: vendor → its work's state and last exchange),
+  `note:SITE:MESSAGE_ID` notes on copies not stored, `vm:SITE:VISITOR` a visitor's messages
+  and `hist:SITE` a site's events (sorted sets by arrival time), `on:SITE:ORDER_ID` the order
+  copies dropped as duplicates: for `shoprelay trace` and `backfill`, all with the event TTL;
 - `procs` the live processes (a sorted set of heartbeat deadlines), `wake` the pub/sub channel
   that announces new work; `rl:…` belongs to the shared vendor limiter.
 """
@@ -38,7 +42,9 @@ return 0
 """
 #: An ingest's writes, as a flat list of operations (run inside MULTI, after the WATCH check):
 #: S key value ttl (SET, ttl 0 = none) | X stream work event visitor time (XADD) |
-#: H key field n (HINCRBY) | A key member (SADD) | P channel message (PUBLISH).
+#: H key field n (HINCRBY) | A key member (SADD) | P channel message (PUBLISH) |
+#: F key field value ttl (HSET) | Z key score member ttl (ZADD) | L key value ttl (RPUSH);
+#: F, Z and L renew the key's TTL when ttl is not 0.
 COMMIT = """
 local i, n = 1, #ARGV
 while i <= n do
@@ -63,6 +69,22 @@ while i <= n do
   elseif op == 'P' then
     redis.call('PUBLISH', ARGV[i + 1], ARGV[i + 2])
     i = i + 3
+  elseif op == 'F' or op == 'Z' then
+    if op == 'F' then
+      redis.call('HSET', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+    else
+      redis.call('ZADD', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+    end
+    if ARGV[i + 4] ~= '0' then
+      redis.call('EXPIRE', ARGV[i + 1], ARGV[i + 4])
+    end
+    i = i + 5
+  elseif op == 'L' then
+    redis.call('RPUSH', ARGV[i + 1], ARGV[i + 2])
+    if ARGV[i + 3] ~= '0' then
+      redis.call('EXPIRE', ARGV[i + 1], ARGV[i + 3])
+    end
+    i = i + 4
   else
     return redis.error_reply('unknown op ' .. tostring(op))
   end

@@ -15,7 +15,7 @@ from redis.exceptions import ResponseError
 
 from shoprelay.spool.base import DEAD, DELIVERED, PENDING, SKIPPED, SpoolStats
 from shoprelay.spool.redis.context import RedisContext
-from shoprelay.spool.redis.keys import id_key, id_time, vendor_of
+from shoprelay.spool.redis.keys import id_key, id_time, site_of, vendor_of
 
 
 class Maintenance:
@@ -38,6 +38,35 @@ class Maintenance:
             if group["name"] == vendor:
                 return group
         return None
+
+    async def queues(self) -> list[tuple[str, str, int, float | None]]:
+        """(site, vendor, queued, oldest queued time) per partition stream."""
+        redis = self._ctx.redis
+        out: list[tuple[str, str, int, float | None]] = []
+        for stream in await self._streams():
+            vendor = vendor_of(stream)
+            group = await self._group(stream)
+            first: str | None = None
+            if group is None:
+                waiting = int(await redis.xlen(stream))
+                head = cast(list[tuple[str, Any]], await redis.xrange(stream, count=1))
+                first = head[0][0] if head else None
+            else:
+                lag = group.get("lag")
+                last = group["last-delivered-id"]
+                if lag is None:
+                    lag = len(cast(list[Any], await redis.xrange(stream, f"({last}", "+")))
+                waiting = int(lag) + int(group["pending"])
+                if int(group["pending"]):
+                    summary = await redis.xpending(stream, vendor)
+                    first = cast(str | None, summary.get("min"))
+                elif lag:
+                    after = cast(list[tuple[str, Any]],
+                                 await redis.xrange(stream, f"({last}", "+", count=1))
+                    first = after[0][0] if after else None
+            out.append((site_of(stream), vendor, waiting,
+                        id_time(first) if waiting and first else None))
+        return out
 
     async def stats(self) -> SpoolStats:
         redis = self._ctx.redis

@@ -2,17 +2,20 @@
 
 - **Fates.** Delivered: XACK. Retry: stays pending, with next_at in its hash. Dead: XACK plus
   a dead-letter record (hash by id + time-sorted zset); replay XADDs it again.
+- **Traces.** Each fate also sets the vendor's field in the message's trace hash (state and
+  last exchange), in the same transaction: one HSET more per row.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import orjson
 
 from shoprelay.events import StoredEvent
-from shoprelay.spool.base import OutboxRow
+from shoprelay.spool.base import EXCHANGE_CHARS, OutboxRow
 from shoprelay.spool.redis.context import RedisContext
 from shoprelay.spool.redis.keys import site_of, vendor_of
 from shoprelay.spool.redis.partitions import Entry, Partitions
@@ -89,19 +92,42 @@ class Outbox:
             await pipe.execute()
         self._partitions.forget(entry)
 
+    def _trace(self, pipe: Any, entry: Entry, fate: dict[str, Any]) -> None:
+        """Set this work's field in its message's trace (see `spool.redis.trace`), and count
+        the fate for the vendor's health figures (see `spool.redis.trace.vendor_figures`)."""
+        now = time.time()
+        site, vendor = site_of(entry.stream), vendor_of(entry.stream)
+        kind = "retried" if fate["s"] == "queued" else fate["s"]
+        minute = self._ctx.k("hc", str(int(now // 60)))
+        pipe.hincrby(minute, f"{site}|{vendor}|{kind}", 1)
+        pipe.expire(minute, 7260)
+        last = self._ctx.k("hl", site, vendor)
+        if fate["s"] == "delivered":
+            pipe.hset(last, "ok", repr(now))
+        elif fate.get("e"):
+            pipe.hset(last, mapping={"error": fate["e"], "error_at": repr(now)})
+        if entry.event is None:
+            return
+        key = self._ctx.k("tr", entry.event.site, entry.event.message_id)
+        pipe.hset(key, vendor, orjson.dumps({**fate, "t": now}))
+        pipe.expire(key, self._ctx.event_ttl or 86400 * 30)
+
     async def mark_done(self, ids: list[int], *, skipped: bool = False,
-                        status: int | None = None) -> None:
+                        status: int | None = None, request: str = "",
+                        response: str = "") -> None:
         entries = self._partitions.entries(ids)
         if not entries:
             return
         k = self._ctx.k
         counts = k("counts")
+        state = "skipped" if skipped else "delivered"
         async with self._ctx.redis.pipeline(transaction=True) as pipe:
             for entry in entries:
                 pipe.xack(entry.stream, vendor_of(entry.stream), entry.entry_id)
                 pipe.delete(k("work", str(entry.work_id)))
-                state = "skipped" if skipped else "delivered"
                 pipe.hincrby(counts, f"{vendor_of(entry.stream)}:{state}", 1)
+                self._trace(pipe, entry, {"s": state, "a": entry.attempts + 1, "st": status,
+                                          "rq": request, "rs": response})
             await pipe.execute()
         for entry in entries:
             self._partitions.forget(entry)
@@ -116,7 +142,7 @@ class Outbox:
                 await pipe.execute()
 
     async def mark_retry(self, ids: list[int], *, next_at: float, status: int | None,
-                         error: str) -> None:
+                         error: str, request: str = "", response: str = "") -> None:
         entries = self._partitions.entries(ids)
         if not entries:
             return
@@ -130,6 +156,9 @@ class Outbox:
                                         "next_at": repr(next_at), "status": status or 0,
                                         "error": entry.error})
                 pipe.expire(key, self._ctx.event_ttl or 86400 * 30)
+                self._trace(pipe, entry, {"s": "queued", "a": entry.attempts, "n": next_at,
+                                          "st": status, "e": entry.error, "rq": request,
+                                          "rs": response})
             await pipe.execute()
 
     async def mark_dead(self, ids: list[int], *, status: int | None, error: str,
@@ -158,6 +187,9 @@ class Outbox:
                 pipe.hincrby(k("counts"), f"{vendor}:dead", 1)
                 pipe.xack(entry.stream, vendor, entry.entry_id)
                 pipe.delete(k("work", str(entry.work_id)))
+                self._trace(pipe, entry, {"s": "dead", "a": entry.attempts + 1, "st": status,
+                                          "e": error, "rq": request,
+                                          "rs": response[:EXCHANGE_CHARS]})
             await pipe.execute()
         for entry in entries:
             self._partitions.forget(entry)

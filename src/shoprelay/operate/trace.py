@@ -1,0 +1,169 @@
+"""The trace of one message: what became of it at every vendor configured for its site.
+
+Where work exists the spool says what happened (sent with its last exchange, waiting for a
+retry, dead-lettered, skipped). Where none exists the reason is recomputed from the stored
+event with the router's own rules (`app.route_reasons`): the stored event carries its consent,
+bot flag and source as they were at ingest, so "why not" is the decision that was taken,
+unless the settings changed since (then the trace says so). Copies never stored (resends, order
+copies already reported) are told by the spool's notes.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from shoprelay.events import ORDER_COMPLETED
+from shoprelay.settings import Settings
+from shoprelay.spool.base import MessageRecord, WorkRecord
+
+#: What a vendor's outcome is called, the same words in the CLI, the JSON and the debugger.
+SENT, QUEUED, RETRYING, PAUSED, DEAD, SKIPPED, NOT_SENT, BACKFILL = (
+    "sent", "queued", "retrying", "paused", "dead-lettered", "skipped", "not sent",
+    "backfill")
+
+
+class PauseState(Protocol):
+    """Whether delivery to a vendor is paused (issue 13's vendor pause on 401/403/404 gives
+    it: its forwarder answers `pause_reason`). None: not paused."""
+
+    def pause_reason(self, site: str, vendor: str) -> str | None: ...
+
+
+class NoPauses:
+    """Where no pause state is known (the command line beside a relay, before issue 13)."""
+
+    def pause_reason(self, site: str, vendor: str) -> str | None:
+        return None
+
+
+def pauses_of(forwarder: Any) -> PauseState:
+    """The forwarder's pause state if it keeps one, else `NoPauses`."""
+    if forwarder is not None and callable(getattr(forwarder, "pause_reason", None)):
+        return forwarder  # type: ignore[no-any-return]
+    return NoPauses()
+
+
+def iso(epoch: float | None) -> str | None:
+    if not epoch:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+
+
+def _from_work(site: str, work: WorkRecord, pauses: PauseState, now: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"attempts": work.attempts, "status": work.status,
+                           "request": work.request or None, "answer": work.response or None,
+                           "at": iso(work.updated_at)}
+    if work.state == "delivered":
+        out.update(outcome=SENT, reason=None)
+    elif work.state == "skipped":
+        out.update(outcome=SKIPPED,
+                   reason="skipped: the vendor's adapter renders no request for this event")
+    elif work.state == "dead":
+        out.update(outcome=DEAD, reason=f"dead-lettered: {work.error or 'no reason kept'}")
+    elif work.state == "backfill":
+        out.update(outcome=BACKFILL, reason="claimed by a backfill that has not sent it yet")
+    else:
+        paused = pauses.pause_reason(site, work.vendor)
+        if paused:
+            out.update(outcome=PAUSED, reason=f"vendor paused: {paused}")
+        elif work.next_at and work.next_at > now:
+            last = f"; last failure: {work.error}" if work.error else ""
+            out.update(outcome=RETRYING, next_at=iso(work.next_at),
+                       reason=f"waiting for a retry at {iso(work.next_at)} "
+                              f"(attempt {work.attempts + 1}){last}")
+        else:
+            out.update(outcome=QUEUED, reason="queued: due now, waiting for its turn")
+    return out
+
+
+def _without_work(settings: Settings, record: MessageRecord, vendor: str,
+                  reason: str | None) -> dict[str, Any]:
+    event = record.event
+    assert event is not None
+    out: dict[str, Any] = {"outcome": NOT_SENT, "reason": reason}
+    if reason is not None:
+        return out
+    site = settings.sites[record.site]
+    if event.name == ORDER_COMPLETED:
+        order_id = event.properties.get("order_id")
+        if event.enrichment.source == "browser" and site.order_source == "server":
+            out["reason"] = ('held back: this site takes orders from its backend only '
+                             '(order_source = "server")')
+        else:
+            out["reason"] = (f"deduplicated: order {order_id} was already sent to {vendor} "
+                             f"by another copy")
+        return out
+    out["reason"] = ("not routed when it arrived: the settings changed since (vendor added, "
+                     "enabled or remapped); `shoprelay backfill` can send it")
+    return out
+
+
+def explain(settings: Settings, record: MessageRecord, reasons: Any,
+            pauses: PauseState | None = None, now: float | None = None) -> dict[str, Any]:
+    """The trace of one message as JSON-ready data: the message, notes, and per vendor its
+    outcome, the reason when it was not (yet) sent, and the last exchange."""
+    pauses = pauses or NoPauses()
+    now = time.time() if now is None else now
+    event = record.event
+    trace: dict[str, Any] = {
+        "site": record.site, "messageId": record.message_id,
+        "visitor_id": record.visitor_id or None, "received_at": iso(record.received_at),
+        "stored": event is not None,
+        "notes": [{"at": iso(at), "note": note} for at, note in record.notes],
+        "vendors": {},
+    }
+    site = settings.sites.get(record.site)
+    configured = list(site.vendors) if site is not None else []
+    if event is not None:
+        trace.update(event=event.name, type=event.type, source=event.enrichment.source,
+                     timestamp=event.timestamp.isoformat(), message=event.message,
+                     consent=event.enrichment.consent, bot=event.enrichment.bot)
+        why = reasons(event)
+    else:
+        why = {}
+    for vendor in [*configured, *(v for v in record.work if v not in configured)]:
+        work = record.work.get(vendor)
+        if work is not None:
+            trace["vendors"][vendor] = _from_work(record.site, work, pauses, now)
+        elif event is None:
+            note = record.notes[-1][1] if record.notes else "not stored"
+            trace["vendors"][vendor] = {"outcome": NOT_SENT, "reason": note}
+        else:
+            trace["vendors"][vendor] = _without_work(settings, record, vendor,
+                                                     why.get(vendor))
+    return trace
+
+
+def render_text(trace: dict[str, Any]) -> str:
+    """The trace for a terminal: one line for the message, one per vendor."""
+    head = (f"{trace['received_at']}  {trace['site']}  {trace.get('event', '(not stored)')}  "
+            f"messageId={trace['messageId']}  visitor={trace['visitor_id']}")
+    lines = [head]
+    lines += [f"  note: {n['note']} ({n['at']})" for n in trace["notes"]]
+    for vendor, outcome in trace["vendors"].items():
+        line = f"  {vendor:<14} {outcome['outcome']:<14}"
+        if outcome.get("status") is not None:
+            line += f" status={outcome['status']}"
+        if outcome.get("reason"):
+            line += f" {outcome['reason']}"
+        lines.append(line)
+        if outcome.get("request"):
+            lines.append("      request: " + outcome["request"].replace("\n", " ")[:300])
+        if outcome.get("answer"):
+            lines.append("      answer:  " + outcome["answer"].replace("\n", " ")[:300])
+    return "\n".join(lines)
+
+
+async def find_traces(settings: Settings, spool: Any, reasons: Any, *,
+                      message_id: str | None = None, order_id: str | None = None,
+                      visitor_id: str | None = None, site: str | None = None,
+                      pauses: PauseState | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    """Traces of the messages found in `site` (default: every site), newest first."""
+    found: list[MessageRecord] = []
+    for name in ([site] if site else list(settings.sites)):
+        found += await spool.find_messages(name, message_id=message_id, order_id=order_id,
+                                           visitor_id=visitor_id, limit=limit)
+    found.sort(key=lambda r: -r.received_at)
+    return [explain(settings, record, reasons, pauses) for record in found[:limit]]

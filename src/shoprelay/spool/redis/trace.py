@@ -1,0 +1,183 @@
+"""Traces and backfill on Redis: what became of a message at each vendor, and a site's history.
+
+- **Trace hash.** `tr:SITE:MESSAGE_ID` holds, per vendor the message was routed to, a small
+  JSON record: `s` state (queued, delivered, dead, skipped, backfill), `a` attempts, `n` when a
+  retry is due, `st` the vendor's status, `e` the error, `rq` the masked request and `rs` the
+  answer (both cut to `EXCHANGE_CHARS`), `t` when. Ingest writes `queued`; each fate
+  overwrites it (see `outbox`). It lives as long as the event (the event TTL).
+- **Timelines.** `vm:SITE:VISITOR` (messageIds by arrival time) answers "by visitor";
+  `hist:SITE` (event ids by arrival time) is a site's history for a backfill, trimmed by
+  `prune`; `on:SITE:ORDER_ID` lists the order copies dropped as duplicates.
+- **Backfill claims.** HSETNX of the vendor's field: a message the vendor has any work for is
+  never claimed, and two backfills cannot both claim one message.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast
+
+import orjson
+
+from shoprelay.events import StoredEvent
+from shoprelay.ingest.rules import OrderRecord
+from shoprelay.spool.base import (
+    EXCHANGE_CHARS,
+    STATE_NAMES,
+    HistoryItem,
+    MessageRecord,
+    VendorFigures,
+    WorkRecord,
+)
+from shoprelay.spool.redis.context import RedisContext
+
+_BACKFILL = "backfill"
+
+
+def _work(vendor: str, raw: str) -> WorkRecord:
+    data = orjson.loads(raw)
+    return WorkRecord(vendor=vendor, state=str(data.get("s", "queued")),
+                      attempts=int(data.get("a") or 0), next_at=float(data.get("n") or 0.0),
+                      status=data.get("st") or None, error=data.get("e") or "",
+                      request=data.get("rq") or "", response=data.get("rs") or "",
+                      updated_at=float(data.get("t") or 0.0))
+
+
+class Traces:
+    """`find_messages`, `history`, `claim_backfill` and `settle_backfill`."""
+
+    def __init__(self, ctx: RedisContext) -> None:
+        self._ctx = ctx
+
+    async def find_messages(self, site: str, *, message_id: str | None = None,
+                            order_id: str | None = None, visitor_id: str | None = None,
+                            limit: int = 20) -> list[MessageRecord]:
+        redis, k = self._ctx.redis, self._ctx.k
+        ids: list[str] = []
+        if message_id is not None:
+            ids = [message_id]
+        elif order_id is not None:
+            raw = await redis.get(k("ord", site, order_id))
+            if raw:
+                ids.append(OrderRecord.from_json(cast(str, raw)).message_id)
+            ids += cast(list[str], await redis.lrange(k("on", site, order_id), 0, -1))
+        elif visitor_id is not None:
+            ids = cast(list[str], await redis.zrevrange(k("vm", site, visitor_id), 0,
+                                                        limit - 1))
+        records = [r for m in dict.fromkeys(ids) if (r := await self._record(site, m))]
+        records.sort(key=lambda r: -r.received_at)
+        return records[:limit]
+
+    async def _record(self, site: str, message_id: str) -> MessageRecord | None:
+        redis, k = self._ctx.redis, self._ctx.k
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.get(k("msg", site, message_id))
+            pipe.hgetall(k("tr", site, message_id))
+            pipe.lrange(k("note", site, message_id), 0, -1)
+            event_key, trace, raw_notes = await pipe.execute()
+        notes = [(float(at), str(text)) for at, text in map(orjson.loads, raw_notes)]
+        body = await redis.get(event_key) if event_key else None
+        if body is None:
+            if not notes:
+                return None
+            return MessageRecord(site, message_id, "", notes[0][0], None, notes=notes)
+        event = StoredEvent.from_dict(orjson.loads(body))
+        work = {vendor: _work(vendor, raw) for vendor, raw in sorted(trace.items())}
+        return MessageRecord(site, message_id, event.enrichment.visitor_id,
+                             event.enrichment.received_at, event, work, notes)
+
+    async def history(self, site: str, *, since: float, until: float, cursor: int = 0,
+                      limit: int = 500) -> tuple[list[HistoryItem], int]:
+        """Pages by position in `hist:SITE` (the cursor is an offset: later arrivals only add
+        after `until`, so positions in the window stay put)."""
+        redis, k = self._ctx.redis, self._ctx.k
+        members = cast(list[str], await redis.zrangebyscore(
+            k("hist", site), since, f"({until}", start=cursor, num=limit))
+        if not members:
+            return [], cursor
+        # Event ids follow commit order per visitor (see `outbox.due`).
+        members.sort(key=int)
+        bodies = await redis.mget([k("ev", site, m) for m in members])
+        events = [StoredEvent.from_dict(orjson.loads(b)) for b in bodies if b]
+        async with redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                pipe.hgetall(k("tr", site, event.message_id))
+            traces = await pipe.execute()
+        items = [HistoryItem(e.message_id, e.enrichment.visitor_id, e.enrichment.received_at,
+                             e, {v: _work(v, raw).state for v, raw in trace.items()})
+                 for e, trace in zip(events, traces, strict=True)]
+        return items, cursor + len(members)
+
+    async def claim_backfill(self, site: str, vendor: str,
+                             items: list[HistoryItem]) -> list[str]:
+        redis, k = self._ctx.redis, self._ctx.k
+        claim = orjson.dumps({"s": _BACKFILL})
+        ttl = self._ctx.event_ttl or 86400 * 30
+        async with redis.pipeline(transaction=False) as pipe:
+            for item in items:
+                pipe.hsetnx(k("tr", item.event.site, item.message_id), vendor, claim)
+                pipe.hget(k("tr", item.event.site, item.message_id), vendor)
+                pipe.expire(k("tr", item.event.site, item.message_id), ttl)
+            answers = await pipe.execute()
+        mine = []
+        for index, item in enumerate(items):
+            created, current = answers[index * 3], answers[index * 3 + 1]
+            if created or (current and orjson.loads(current).get("s") == _BACKFILL):
+                mine.append(item.message_id)
+        return mine
+
+    async def settle_backfill(self, site: str, vendor: str, message_id: str, *, state: int,
+                              status: int | None = None, error: str = "", request: str = "",
+                              response: str = "") -> None:
+        record: dict[str, Any] = {"s": STATE_NAMES.get(state, str(state)), "a": 1,
+                                  "st": status, "e": error, "rq": request[:EXCHANGE_CHARS],
+                                  "rs": response[:EXCHANGE_CHARS], "t": time.time(),
+                                  "b": 1}
+        await self._ctx.redis.hset(self._ctx.k("tr", site, message_id), vendor,
+                                   orjson.dumps(record))
+
+    async def vendor_figures(self, now: float,
+                             queues: list[tuple[str, str, int, float | None]]
+                             ) -> list[VendorFigures]:
+        """The last hour from the per-minute counters `outbox` keeps (`hc:MINUTE`, field
+        SITE|VENDOR|FATE), the last error and delivery from `hl:SITE:VENDOR`, and the queue
+        per (site, vendor) as `Maintenance.queues` counted it."""
+        redis, k = self._ctx.redis, self._ctx.k
+        figures: dict[tuple[str, str], VendorFigures] = {}
+        for site, vendor, queued, oldest in queues:
+            row = figures.setdefault((site, vendor), VendorFigures(site, vendor))
+            row.queued += queued
+            if oldest is not None:
+                row.oldest_queued_at = min(row.oldest_queued_at or oldest, oldest)
+        current = int(now // 60)
+        async with redis.pipeline(transaction=False) as pipe:
+            for minute in range(current - 60, current + 1):
+                pipe.hgetall(k("hc", str(minute)))
+            buckets = await pipe.execute()
+        for minute, bucket in zip(range(current - 60, current + 1), buckets, strict=True):
+            for field, value in bucket.items():
+                site, vendor, kind = field.split("|")
+                row = figures.setdefault((site, vendor), VendorFigures(site, vendor))
+                count = int(value)
+                if minute >= current - 1:  # the current and the previous minute bucket
+                    row.sent_minute += count
+                if minute == current - 60:
+                    continue  # only for the minute figure's border
+                if kind == "delivered":
+                    row.delivered_hour += count
+                elif kind == "retried":
+                    row.retried_hour += count
+                elif kind == "dead":
+                    row.dead_hour += count
+        for row in figures.values():
+            last = cast(dict[str, str], await redis.hgetall(k("hl", row.site, row.vendor)))
+            row.last_delivered_at = float(last["ok"]) if "ok" in last else None
+            if "error_at" in last and float(last["error_at"]) >= now - 3600:
+                row.last_error, row.last_error_at = last["error"], float(last["error_at"])
+        return sorted(figures.values(), key=lambda f: (f.site, f.vendor))
+
+    async def prune(self, older_than: float) -> None:
+        """Trim every site's history to retention (the timelines of visitors expire)."""
+        redis = self._ctx.redis
+        async for key in redis.scan_iter(match=self._ctx.k("hist", "*"), count=500):
+            await redis.zremrangebyscore(key, "-inf", f"({older_than}")
