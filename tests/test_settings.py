@@ -126,3 +126,12 @@ def test_vendor_value_rules_are_checked_at_start() -> None:
     assert keys == {"sites.a.vendors.goshops.date_format",
                     "sites.a.vendors.retailrocket.rate_limit_per_second",
                     "sites.a.vendors.advisable.base_url"}
+
+
+@pytest.mark.parametrize("share", [0, -0.5, 1.5])
+def test_backfill_share_must_be_a_share(share: float) -> None:
+    with pytest.raises(SettingsError) as caught:
+        parse({"relay": {"secret": "x" * 20, "backfill_share": share},
+               "sites": {"a": {"write_key": "k"}}})
+    assert [str(p) for p in caught.value.problems] == [
+        "relay.backfill_share: must be more than 0 and at most 1"]

@@ -1,11 +1,12 @@
 """One contract for every spool backend: each case runs on SQLite (a real file) and on the real
-Redis at 127.0.0.1:6379, as Starlette runs its tests on each async backend. A rule of ingest
+Redis (127.0.0.1:6379 unless SHOPRELAY_TEST_REDIS_PORT says), as Starlette runs its tests on each async backend. A rule of ingest
 lives once, in `shoprelay.ingest.rules`; these cases prove that both backends store what the
 rules decide, atomically, and hand the work out in each visitor's order."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import subprocess
 import sys
@@ -23,7 +24,9 @@ from shoprelay.spool.base import DELIVERED, Spool
 from shoprelay.spool.redis import RedisSpool
 from shoprelay.spool.sqlite import SqliteSpool
 
-URL = "redis://127.0.0.1:6379/0"
+#: The Redis .ci/redis makes sure answers (SHOPRELAY_TEST_REDIS_PORT, default 6379).
+REDIS_PORT = int(os.environ.get("SHOPRELAY_TEST_REDIS_PORT", "6379"))
+URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
 COOKIE = VisitorCookie("contract-test-secret-0123456789")
 BROWSER = RequestContext(ip="10.0.0.1", user_agent="UA")
 
@@ -58,7 +61,7 @@ class Backend:
                            .fetchone()[0])
             finally:
                 conn.close()
-        client = redis.Redis(host="127.0.0.1", port=6379, decode_responses=True)
+        client = redis.Redis(host="127.0.0.1", port=REDIS_PORT, decode_responses=True)
         try:
             return sum(int(client.xlen(key)) for key in client.scan_iter(f"{self.prefix}q:*"))
         finally:

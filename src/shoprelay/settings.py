@@ -315,6 +315,8 @@ def _check_relay(relay: RelaySettings, problems: list[Problem]) -> None:
         problems.append(Problem("relay.log_format", 'must be "json" or "text"'))
     if relay.spool_sync not in ("full", "normal"):
         problems.append(Problem("relay.spool_sync", 'must be "full" or "normal"'))
+    if not 0 < relay.backfill_share <= 1:
+        problems.append(Problem("relay.backfill_share", "must be more than 0 and at most 1"))
     if not re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", relay.cookie_name):
         problems.append(Problem("relay.cookie_name", "must be 1-64 letters, digits, _ or -"))
 
