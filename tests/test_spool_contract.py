@@ -1,7 +1,8 @@
 """One contract for every spool backend: each case runs on SQLite (a real file) and on the real
-Redis (127.0.0.1:6379 unless SHOPRELAY_TEST_REDIS_PORT says), as Starlette runs its tests on each async backend. A rule of ingest
-lives once, in `shoprelay.ingest.rules`; these cases prove that both backends store what the
-rules decide, atomically, and hand the work out in each visitor's order."""
+Redis (127.0.0.1:6379 unless SHOPRELAY_TEST_REDIS_PORT says), as Starlette runs its tests on
+each async backend. A rule of ingest lives once, in `shoprelay.ingest.rules`; these cases prove
+that both backends store what the rules decide, atomically, and hand the work out in each
+visitor's order."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ class Backend:
         if self.kind == "sqlite":
             spool: Spool = SqliteSpool(self.path, sync="normal", **common, **options)
         else:
-            spool = RedisSpool(URL, prefix=self.prefix, partitions=2, lease_seconds=1.0,
+            spool = RedisSpool(URL, prefix=self.prefix, partitions=2, lease_seconds=5.0,
                                **common, **options)
         spool.start()
         return spool
