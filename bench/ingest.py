@@ -1,6 +1,7 @@
 """Ingest and forwarding benchmark (issue 4). Not a test: run by hand, prints figures.
 
-    .venv/bin/python bench/ingest.py [--seconds 8] [--connections 32] [--skip-alana]
+    .venv/bin/python bench/ingest.py [--seconds 8] [--connections 32] [--repeat 3]
+        [--spools sqlite,redis,sqlite-ingest-only] [--sync full] [--skip-alana] [--skip-forward]
 
 All traffic stays on 127.0.0.1. Each server runs in its own process (uvicorn, one worker, as
 `shoprelay serve` runs); the load generator is this process: a minimal asyncio HTTP/1.1 client
@@ -8,8 +9,12 @@ with keep-alive connections (far cheaper per request than httpx, so the generato
 little of the 2 cores as possible). The same generator, connections and duration measure:
 
 1. the bare endpoint: Starlette under uvicorn, parses the JSON body with orjson, answers 204;
-2. the relay (`shoprelay serve`, durable SQLite spool, five vendors configured so every event
-   gets its outbox rows), with spool_sync = "full" and = "normal";
+2. the relay (`shoprelay serve`, five vendors configured so every event gets its delivery
+   work) on each spool of `--spools` (SQLite with `--sync`, Redis on 127.0.0.1:6379; the
+   `-ingest-only` kinds run without a forwarder in the process, bench/ingest_only.py);
+
+servers pinned to CPU 0 and the generator to CPU 1 (taskset), `--repeat` rounds (the bare
+endpoint measured again in each, so every ratio is within one round),
 
 for 1-event `POST /v1/t` requests (req/s, p50, p99) and 20-event `POST /v1/batch` requests
 (events/s). Then forwarding: a backlog is delivered to the vendor sandboxes and each vendor's
