@@ -1,6 +1,7 @@
 """Ingest and forwarding benchmark (issue 4). Not a test: run by hand, prints figures.
 
-    .venv/bin/python bench/ingest.py [--seconds 8] [--connections 32] [--skip-alana]
+    .venv/bin/python bench/ingest.py [--seconds 8] [--connections 32] [--repeat 3]
+        [--spools sqlite,redis,sqlite-ingest-only] [--sync full] [--skip-alana] [--skip-forward]
 
 All traffic stays on 127.0.0.1. Each server runs in its own process (uvicorn, one worker, as
 `shoprelay serve` runs); the load generator is this process: a minimal asyncio HTTP/1.1 client
@@ -8,8 +9,12 @@ with keep-alive connections (far cheaper per request than httpx, so the generato
 little of the 2 cores as possible). The same generator, connections and duration measure:
 
 1. the bare endpoint: Starlette under uvicorn, parses the JSON body with orjson, answers 204;
-2. the relay (`shoprelay serve`, durable SQLite spool, five vendors configured so every event
-   gets its outbox rows), with spool_sync = "full" and = "normal";
+2. the relay (`shoprelay serve`, five vendors configured so every event gets its delivery
+   work) on each spool of `--spools` (SQLite with `--sync`, Redis on 127.0.0.1:6379; the
+   `-ingest-only` kinds run without a forwarder in the process, bench/ingest_only.py);
+
+servers pinned to CPU 0 and the generator to CPU 1 (taskset), `--repeat` rounds (the bare
+endpoint measured again in each, so every ratio is within one round),
 
 for 1-event `POST /v1/t` requests (req/s, p50, p99) and 20-event `POST /v1/batch` requests
 (events/s). Then forwarding: a backlog is delivered to the vendor sandboxes and each vendor's
@@ -94,15 +99,30 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def settings_file(directory: Path, sandbox_url: str, *, sync: str, vendors: list[str]) -> Path:
+def pin(cpu: int, pid: int | None = None) -> list[str]:
+    """Pin to one CPU (the relay to 0, the load generator to 1, as the issue's figures were
+    taken): the `taskset` prefix of a command, or, given a pid, pin that process now."""
+    if (os.cpu_count() or 1) < 2 or not hasattr(os, "sched_setaffinity"):
+        return []
+    if pid is not None:
+        os.sched_setaffinity(pid, {cpu})
+        return []
+    return ["taskset", "-c", str(cpu)]
+
+
+def settings_file(directory: Path, sandbox_url: str, *, sync: str, vendors: list[str],
+                  spool: str | None = None, redis_prefix: str = "") -> Path:
     sys.path.insert(0, str(ROOT / "src"))
     from shoprelay.sandbox import demo_vendor_settings
 
+    url = spool or f"sqlite://{directory / 'spool.db'}"
     lines = ["[relay]", 'secret = "bench-secret-0123456789abcdef"',
-             f'spool = "sqlite://{directory / "spool.db"}"', f'spool_sync = "{sync}"',
+             f'spool = "{url}"', f'spool_sync = "{sync}"',
              # One load generator on one address: the per-address ingest limit would refuse it.
-             "ingest_per_ip_per_minute = 1000000000",
-             "", "[sites.bench]", f'write_key = "{WRITE_KEY}"']
+             "ingest_per_ip_per_minute = 1000000000"]
+    if redis_prefix:
+        lines.append(f'redis_prefix = "{redis_prefix}"')
+    lines += ["", "[sites.bench]", f'write_key = "{WRITE_KEY}"']
     for name, table in demo_vendor_settings(sandbox_url, vendors).items():
         lines += ["", f"[sites.bench.vendors.{name}]"]
         for key, value in table.items():
@@ -279,56 +299,123 @@ def forwarding(work: Path, vendors: list[str], events: int, wait_for: float) -> 
         stop(sandbox)
 
 
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(current RSS, peak RSS) of a process in MB, from /proc (Linux)."""
+    fields = dict(line.split(":", 1) for line in
+                  Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
+
+
+def ingest_runs(work: Path, args: argparse.Namespace) -> None:
+    """The bare endpoint and the relay on each spool asked for, `--repeat` times, in one run
+    (the machine is shared: the ratio is taken within a round)."""
+    rows: dict[str, list[dict[str, float]]] = {}
+    sandbox_port = free_port()
+    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+    # The vendors are up (sandboxes), so the relay forwards while it ingests, as it would in
+    # production; forwarding is rate-limited and takes little CPU.
+    sandbox = start([PY, "-m", "uvicorn", "--factory", "shoprelay.sandbox:create_app",
+                     "--port", str(sandbox_port), "--log-level", "warning",
+                     "--lifespan", "off"], f"{sandbox_url}/_sandbox/requests",
+                    work / "sandbox-ingest.log")
+    try:
+        for round_ in range(args.repeat):
+            print(f"round {round_ + 1} of {args.repeat}", flush=True)
+            port = free_port()
+            bare = start(pin(0) + [PY, "-m", "uvicorn", "bench.bare:app", "--port", str(port),
+                                   "--log-level", "warning", "--no-access-log"],
+                         f"http://127.0.0.1:{port}/", work / "bare.log")
+            try:
+                rows.setdefault("bare", []).append(measure("bare Starlette + orjson", port,
+                                                           args))
+            finally:
+                stop(bare)
+            for spool in args.spools:
+                directory = Path(tempfile.mkdtemp(dir=work))
+                prefix = (f"bench{os.getpid()}r{round_}{spool}:" if spool.startswith("redis")
+                          else "")
+                cfg = settings_file(directory, sandbox_url, sync=args.sync,
+                                    vendors=list(LIMITS),
+                                    spool=REDIS_URL if spool.startswith("redis") else None,
+                                    redis_prefix=prefix)
+                port = free_port()
+                command = [PY, "-m", "shoprelay", "serve", "--config", str(cfg), "--port",
+                           str(port), "--log-level", "warning"]
+                if spool.endswith("-ingest-only"):  # no forwarder in the process
+                    os.environ["SHOPRELAY_BENCH_CONFIG"] = str(cfg)
+                    command = [PY, "-m", "uvicorn", "--factory", "bench.ingest_only:app",
+                               "--port", str(port), "--log-level", "warning",
+                               "--no-access-log"]
+                relay = start(pin(0) + command, f"http://127.0.0.1:{port}/healthz",
+                              work / f"relay-{spool}.log")
+                try:
+                    result = measure(f"relay, {spool}", port, args)
+                    result["rss"], result["rss_peak"] = rss_mb(relay.pid)
+                    print(f"  {'':<28} relay RSS after the 20-event load {result['rss']:.0f} MB "
+                          f"(peak {result['rss_peak']:.0f} MB)", flush=True)
+                    rows.setdefault(spool, []).append(result)
+                finally:
+                    stop(relay)
+                    if prefix:
+                        redis_cleanup(prefix)
+    finally:
+        stop(sandbox)
+    bare_rows = rows["bare"]
+    for spool in args.spools:
+        ratio = [r["rps"] / b["rps"] for r, b in zip(rows[spool], bare_rows, strict=True)]
+        p99 = [r["p99"] / b["p99"] for r, b in zip(rows[spool], bare_rows, strict=True)]
+        events = [r["events"] for r in rows[spool]]
+        print(f"  relay/bare ({spool}): 1-event {min(ratio):.2f}-{max(ratio):.2f}x req/s "
+              f"(target >= 0.6x), p99 {min(p99):.1f}-{max(p99):.1f}x (target <= 2x); 20-event "
+              f"{min(events):.0f}-{max(events):.0f} events/s (target >= 50,000); RSS peak "
+              f"{max(r['rss_peak'] for r in rows[spool]):.0f} MB (goal <= 150)", flush=True)
+
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def redis_cleanup(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        for i in range(0, len(keys), 1000):
+            client.delete(*keys[i:i + 1000])
+    finally:
+        client.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="measured time per run")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of bare + relays")
+    parser.add_argument("--spools", default="sqlite,redis",
+                        help="comma-separated: sqlite, redis (Redis on 127.0.0.1:6379), and "
+                             "sqlite-ingest-only, redis-ingest-only (no forwarder in the "
+                             "process: bench/ingest_only.py)")
+    parser.add_argument("--sync", default="full", choices=("full", "normal"),
+                        help="spool_sync of the SQLite relay")
     parser.add_argument("--forward-events", type=int, default=300)
     parser.add_argument("--skip-alana", action="store_true",
                         help="skip the 61 s Alana run (its window is one minute)")
     parser.add_argument("--skip-ingest", action="store_true")
+    parser.add_argument("--skip-forward", action="store_true")
     args = parser.parse_args()
+    args.spools = [s for s in args.spools.split(",") if s]
     print(f"machine: {os.cpu_count()} CPU(s), {platform.platform()}, "
           f"Python {platform.python_version()}; {args.connections} connections, "
-          f"{args.seconds:g} s per run after 1 s warm-up", flush=True)
+          f"{args.seconds:g} s per run after 1 s warm-up; servers pinned to CPU 0, the load "
+          f"generator to CPU 1", flush=True)
+    pin(1, os.getpid())
     work = Path(tempfile.mkdtemp(prefix="shoprelay-bench-"))
     try:
         if not args.skip_ingest:
             print("ingest", flush=True)
-            port = free_port()
-            bare = start([PY, "-m", "uvicorn", "bench.bare:app", "--port", str(port),
-                          "--log-level", "warning", "--no-access-log"],
-                         f"http://127.0.0.1:{port}/", work / "bare.log")
-            try:
-                baseline = measure("bare Starlette + orjson", port, args)
-            finally:
-                stop(bare)
-            # The vendors are up (sandboxes), so the relay forwards while it ingests, as it
-            # would in production; forwarding is rate-limited and takes little CPU.
-            sandbox_port = free_port()
-            sandbox_url = f"http://127.0.0.1:{sandbox_port}"
-            sandbox = start([PY, "-m", "uvicorn", "--factory", "shoprelay.sandbox:create_app",
-                             "--port", str(sandbox_port), "--log-level", "warning",
-                             "--lifespan", "off"], f"{sandbox_url}/_sandbox/requests",
-                            work / "sandbox-ingest.log")
-            results = {}
-            for sync in ("full", "normal"):
-                directory = Path(tempfile.mkdtemp(dir=work))
-                cfg = settings_file(directory, sandbox_url, sync=sync,
-                                    vendors=list(LIMITS))
-                port = free_port()
-                relay = start([PY, "-m", "shoprelay", "serve", "--config", str(cfg), "--port",
-                               str(port), "--log-level", "warning"],
-                              f"http://127.0.0.1:{port}/healthz", work / f"relay-{sync}.log")
-                try:
-                    results[sync] = measure(f"relay, spool_sync={sync}", port, args)
-                finally:
-                    stop(relay)
-            stop(sandbox)
-            for sync, r in results.items():
-                print(f"  relay/bare (spool_sync={sync}): 1-event {r['rps'] / baseline['rps']:.2f}"
-                      f"x (target >= 0.6x); 20-event {r['events']:.0f} events/s "
-                      f"(target >= 50,000)")
+            ingest_runs(work, args)
+        if args.skip_forward:
+            return
         print("forwarding (limits as documented; the sandboxes answer 429 past them)",
               flush=True)
         # Per-second limits are measured together; a per-minute one (Alana: 100 a minute,
