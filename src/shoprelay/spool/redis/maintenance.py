@@ -54,7 +54,7 @@ class Maintenance:
             else:
                 lag = group.get("lag")
                 last = group["last-delivered-id"]
-                if lag is None:
+                if lag is None:  # Redis cannot tell (after deletions): count what is unread
                     lag = len(cast(list[Any], await redis.xrange(stream, f"({last}", "+")))
                 waiting = int(lag) + int(group["pending"])
                 if int(group["pending"]):
@@ -73,30 +73,10 @@ class Maintenance:
         stats = SpoolStats()
         queued: dict[str, int] = {}
         oldest: dict[str, float] = {}
-        for stream in await self._streams():
-            vendor = vendor_of(stream)
-            group = await self._group(stream)
-            first: str | None = None
-            if group is None:
-                waiting = int(await redis.xlen(stream))
-                head = cast(list[tuple[str, Any]], await redis.xrange(stream, count=1))
-                first = head[0][0] if head else None
-            else:
-                lag = group.get("lag")
-                last = group["last-delivered-id"]
-                if lag is None:  # Redis cannot tell (after deletions): count what is unread
-                    lag = len(cast(list[Any], await redis.xrange(stream, f"({last}", "+")))
-                waiting = int(lag) + int(group["pending"])
-                if int(group["pending"]):
-                    summary = await redis.xpending(stream, vendor)
-                    first = cast(str | None, summary.get("min"))
-                elif lag:
-                    after = cast(list[tuple[str, Any]],
-                                 await redis.xrange(stream, f"({last}", "+", count=1))
-                    first = after[0][0] if after else None
+        for _, vendor, waiting, first_at in await self.queues():
             queued[vendor] = queued.get(vendor, 0) + waiting
-            if waiting and first:
-                oldest[vendor] = min(oldest.get(vendor, math.inf), id_time(first))
+            if first_at is not None:
+                oldest[vendor] = min(oldest.get(vendor, math.inf), first_at)
         counts = cast(dict[str, str], await redis.hgetall(self._ctx.k("counts")))
         vendors = set(queued) | {k.split(":")[0] for k in counts if ":" in k}
         for vendor in vendors:
