@@ -39,6 +39,15 @@ class _HeaderLimits:
     loop: asyncio.AbstractEventLoop
     _header_timer: asyncio.TimerHandle | None = None
 
+    # Both flavours: the header timer is armed when a connection opens, dropped when it ends.
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)  # type: ignore[misc]
+
     def _arm_header_timer(self) -> None:
         if self._header_timer is None:
             self._header_timer = self.loop.call_later(self.header_read_timeout,
@@ -74,14 +83,6 @@ def _httptools_class() -> type[asyncio.Protocol] | None:
         _awaiting_headers = True   # the connection's first request has not been read yet
         _header_bytes = 0
         _too_large = False
-
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            self._arm_header_timer()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm_header_timer()
-            super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
@@ -130,14 +131,6 @@ class GuardedH11(_HeaderLimits, H11Protocol):
 
     _header_bytes = 0
     _tail = b""
-
-    def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        self._arm_header_timer()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_header_timer()
-        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self.conn.their_state is h11.IDLE:
