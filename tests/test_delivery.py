@@ -76,6 +76,55 @@ def test_a_refused_request_goes_to_the_dead_letter_with_its_reason(tmp_path: Pat
         assert "product_id must be an integer" in letter.error
 
 
+def test_one_bad_order_line_is_dead_lettered_alone(tmp_path: Path) -> None:
+    # Issue 13: "One bad line of an order does not sink the other lines for vendors that take
+    # one call per line (Retail Rocket, Go Shops); the bad line is dead-lettered alone, with
+    # the reason." Retail Rocket cannot be sent line 1 (its product ids are integers); Go
+    # Shops takes it but refuses line 2 with a 400.
+    with relay_stack(tmp_path, vendors=["retailrocket", "goshops"],
+                     adjust=one_call_each) as stack:
+        httpx.post(f"{stack.sandbox_url}/_sandbox/goshops/faults", json={
+            "kind": "status", "status": 400, "matches": ['"item":"3"']}).raise_for_status()
+        post(stack.relay_url, [
+            track("Order Completed", "order-1", order_id="o-1", products=[
+                {"product_id": 1, "price": 5}, {"product_id": "sku-x", "price": 2},
+                {"product_id": 3, "price": 1}]),
+            track("Product Viewed", "after", product_id=4)])
+        rr = stack.wait_received("retailrocket", 3)
+        assert [(r["path"].rsplit("/", 1)[-1], r["body"]["productId"]) for r in rr] == [
+            ("order", 1), ("order", 3), ("view", 4)]
+        gs = stack.wait_received("goshops", 3)
+        assert [r["body"]["data"]["item"] for r in gs] == ["1", "sku-x", "4"]
+        spool = stack.app.state.spool
+
+        def letters(vendor: str) -> list:
+            return asyncio.run(spool.dead_letters(vendor=vendor))
+
+        [rr_line] = wait_for(lambda: letters("retailrocket"))
+        assert (rr_line.event.message_id, rr_line.part) == ("order-1", 1)
+        assert "products[1]" in rr_line.error and "product_id" in rr_line.error
+        [gs_line] = wait_for(lambda: letters("goshops"))
+        assert (gs_line.event.message_id, gs_line.part, gs_line.status) == ("order-1", 2, 400)
+        assert '"item":"3"' in gs_line.request.replace(" ", "")
+        [record] = asyncio.run(spool.find_messages("demo", message_id="order-1"))
+        assert record.work["goshops"].state == "delivered"
+        assert record.work["goshops"].parts[2].state == "dead"
+
+        # Replayed once the vendor takes it: that line alone is sent, nothing else again.
+        httpx.delete(f"{stack.sandbox_url}/_sandbox/goshops/faults").raise_for_status()
+        assert asyncio.run(spool.replay(vendor="goshops")) == 1
+        gs = stack.wait_received("goshops", 4)
+        time.sleep(0.5)
+        assert [r["body"]["data"]["item"] for r in stack.received("goshops")] == [
+            "1", "sku-x", "4", "3"]
+        assert letters("goshops") == []
+        # Retail Rocket's letter cannot be fixed by a replay: it comes back with its reason.
+        assert asyncio.run(spool.replay(vendor="retailrocket")) == 1
+        [again] = wait_for(lambda: letters("retailrocket"))
+        assert again.part == 1 and "products[1]" in again.error
+        assert len(stack.received("retailrocket")) == 3
+
+
 # ---- batching, order, dead letters, limits, retention (issue 4) ------------------------------
 
 def _support():  # imported late: keeps this module's original tests independent of it

@@ -250,6 +250,66 @@ def test_work_is_announced_only_once_another_connection_can_see_it(backend: Back
     run(backend, scenario)
 
 
+def test_one_request_of_an_event_is_dead_lettered_alone_and_replayed_alone(
+        backend: Backend) -> None:
+    # Issue 13: "One bad line of an order does not sink the other lines ...; the bad line is
+    # dead-lettered alone, with the reason."
+    async def scenario(spool: Spool) -> None:
+        order = track("Order Completed", "o1", order_id="1", products=[{}, {}, {}])
+        await spool.ingest("s", [order, view(2)], BROWSER)
+        [row, later] = await due(spool)
+        assert row.part is None
+        await spool.mark_progress(row.id, 1)
+        await spool.mark_part_dead(row.id, 1, status=400, error="line refused",
+                                   response="{}", request="POST /feedback")
+        await spool.mark_progress(row.id, 2)
+        # The event's own work goes on past the part; nothing waits behind it.
+        [again, _] = await due(spool)
+        assert (again.id, again.sent, again.part) == (row.id, 2, None)
+        await spool.mark_done([row.id, later.id], status=200)
+        [letter] = await spool.dead_letters(vendor="goshops")
+        assert (letter.event.message_id, letter.part, letter.status, letter.error,
+                letter.request) == ("o1", 1, 400, "line refused", "POST /feedback")
+        assert letter.to_dict()["part"] == 1
+        assert (await spool.stats()).counts["goshops"]["dead"] == 1
+        [record] = await spool.find_messages("s", message_id="o1")
+        work = record.work["goshops"]
+        assert work.state == "delivered" and set(work.parts) == {1}
+        assert (work.parts[1].state, work.parts[1].error) == ("dead", "line refused")
+        # A replay queues that request alone.
+        assert await spool.replay(vendor="goshops") == 1
+        [replayed] = await due(spool)
+        assert (replayed.event.message_id, replayed.part, replayed.sent) == ("o1", 1, 0)
+        await spool.mark_done([replayed.id], status=200)
+        [record] = await spool.find_messages("s", message_id="o1")
+        assert record.work["goshops"].state == "delivered"
+        assert record.work["goshops"].parts[1].state == "delivered"
+        assert await spool.dead_letters(vendor="goshops") == []
+        assert await due(spool) == []
+
+    run(backend, scenario)
+
+
+def test_prune_keeps_the_message_of_a_replayed_part(backend: Backend) -> None:
+    async def scenario(spool: Spool) -> None:
+        order = track("Order Completed", "o1", order_id="1", products=[{}, {}])
+        await spool.ingest("s", [order], BROWSER)
+        await spool.ingest("s", [view(3)], BROWSER)           # stays queued
+        [row, _] = await due(spool)
+        await spool.mark_part_dead(row.id, 0, status=400, error="line refused")
+        await spool.mark_done([row.id])
+        [alana_o1, _] = await due(spool, "alana")
+        await spool.mark_done([alana_o1.id])
+        await asyncio.sleep(0.02)
+        cut = time.time()
+        assert await spool.replay(vendor="goshops") == 1
+        await spool.prune(cut)
+        assert [(r.event.message_id, r.part) for r in await due(spool)] == [
+            ("m3", None), ("o1", 0)]
+
+    run(backend, scenario)
+
+
 def test_prune_forgets_finished_work_and_keeps_queued(backend: Backend) -> None:
     async def scenario(spool: Spool) -> None:
         await spool.ingest("s", [view(1), view(2)], BROWSER)

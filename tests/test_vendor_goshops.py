@@ -179,12 +179,16 @@ def test_mapping_errors(stored: StoredEvent, reason: str) -> None:
 
 def test_one_bad_order_line_does_not_sink_the_others() -> None:
     # The document's events include "purchase: El cliente confirmó la compra del item" — one
-    # call per item, so a line that cannot be sent is left out alone, with its reason.
+    # call per item, so a line that cannot be sent is dead-lettered alone, with its reason:
+    # the adapter gives its refusal in its place.
     stored = event(ev.ORDER_COMPLETED, {"order_id": "o1", "products": [
         {"product_id": "a"}, {"price": 3}, {"sku": "c"}]})
     requests = VENDOR.requests_for(stored, config())
-    assert [r.json["data"]["item"] for r in requests] == ["a", "c"]
-    assert any("products[1]" in note for note in requests[-1].notes)
+    assert [r.json["data"]["item"] if r.json else None for r in requests] == ["a", None, "c"]
+    assert "products[1]" in requests[1].refusal
+    with pytest.raises(MappingError, match="no line"):
+        VENDOR.requests_for(event(ev.ORDER_COMPLETED, {"order_id": "o1", "products": [
+            {"price": 3}]}), config())
 
 
 def test_unknown_date_format_is_a_config_problem_and_never_a_silent_format() -> None:

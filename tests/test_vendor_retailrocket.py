@@ -229,9 +229,11 @@ def test_one_bad_order_line_does_not_sink_the_others() -> None:
         {"product_id": 1, "price": 2}, {"product_id": "sku-x", "price": 3},
         {"product_id": 3, "price": "n/a"}]})
     calls = VENDOR.requests_for(stored, CONFIG)
-    assert [c.json["productId"] for c in calls] == [1]
-    assert any("products[1]" in n for n in calls[-1].notes)
-    assert any("products[2]" in n for n in calls[-1].notes)
+    # Each bad line keeps its place as a refusal (dead-lettered alone by delivery).
+    assert [c.json["productId"] if c.json else None for c in calls] == [1, None, None]
+    assert "products[1]" in calls[1].refusal and "product_id" in calls[1].refusal
+    assert "products[2]" in calls[2].refusal and "price" in calls[2].refusal
+    assert not calls[0].refusal and not calls[1].is_skip
     with pytest.raises(MappingError, match="no line"):
         VENDOR.requests_for(event(ev.ORDER_COMPLETED, {"order_id": 7, "products": [
             {"product_id": "sku-x", "price": 3}]}), CONFIG)

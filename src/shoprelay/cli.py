@@ -135,7 +135,9 @@ def cmd_deadletter(args: argparse.Namespace) -> int:
             return 0
         for d in letters:
             when = datetime.fromtimestamp(d.failed_at, UTC).isoformat(timespec="seconds")
-            print(f"{d.id}\t{when}\t{d.site}/{d.vendor}\t{d.event.name}\t"
+            # A part letter is one request of the event (one order line), replayed alone.
+            what = d.event.name if d.part is None else f"{d.event.name} (request {d.part})"
+            print(f"{d.id}\t{when}\t{d.site}/{d.vendor}\t{what}\t"
                   f"status={d.status}\tattempts={d.attempts}\t{d.error}")
         print(f"{len(letters)} dead letter(s)")
         return 0

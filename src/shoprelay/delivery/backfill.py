@@ -51,6 +51,9 @@ class BackfillReport:
     sent: int = 0
     dead: int = 0
     skipped: int = 0
+    #: Requests of an event refused alone (an order line): counted and listed here, not kept
+    #: as dead letters (a backfill settles whole events; run it again after a fix).
+    parts_refused: list[str] = field(default_factory=list)
     #: Requests sent (batching vendors send fewer than events).
     requests: int = 0
     per_event: Counter[str] = field(default_factory=Counter)
@@ -67,6 +70,7 @@ class _Queue:
         self.next_at: dict[int, float] = {}
         self.on_new_work: Callable[[], None] = lambda: None
         self.settled: Counter[str] = Counter()
+        self.parts_refused: list[str] = []
 
     def add(self, row: OutboxRow) -> None:
         self.rows[row.id] = row
@@ -116,6 +120,12 @@ class _Queue:
                 self.rows[row_id].attempts += 1
                 self.rows[row_id].error = error
                 self.next_at[row_id] = next_at
+
+    async def mark_part_dead(self, row_id: int, part: int, *, status: int | None, error: str,
+                             response: str = "", request: str = "") -> None:
+        row = self.rows.get(row_id)
+        if row is not None:
+            self.parts_refused.append(f"{row.event.message_id} request {part}: {error}")
 
     async def mark_progress(self, row_id: int, sent: int) -> None:
         if row_id in self.rows:
@@ -257,6 +267,7 @@ class Backfill:
                 while queue.rows:
                     handled = await worker.run_once()
                     report.sent, report.dead = queue.settled["sent"], queue.settled["dead"]
+                    report.parts_refused = queue.parts_refused
                     report.skipped = queue.settled["skipped"]
                     if progress is not None:
                         progress.update(report.already + report.sent + report.dead
@@ -347,6 +358,8 @@ def run_backfill_command(settings: Settings, args: Any) -> int:
                 print(f"{name}/{args.vendor}: sent {report.sent} event(s) in "
                       f"{report.requests} request(s); {report.already} already had; "
                       f"{report.dead} dead-lettered; {report.skipped} rendered no request")
+                for refused in report.parts_refused:
+                    print(f"  refused alone (not kept as a dead letter): {refused}")
             return 0
         finally:
             await close_spool(spool)

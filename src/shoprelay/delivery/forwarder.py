@@ -121,6 +121,9 @@ class VendorWorker:
         self._semaphore = asyncio.Semaphore(options.concurrency)
         #: Request count per row id, from the latest render (rows render the same every time).
         self._totals: dict[int, int] = {}
+        #: Requests of a row dead-lettered alone this round (a row all of whose requests were
+        #: refused ends skipped, not delivered).
+        self._parts_dead: dict[int, int] = {}
         #: The live debugger (shoprelay.operate.debugger.DebugBus), if the app has one.
         self.bus: Any = None
         #: Paused on credential/address failures (401, 403, 404 on its own endpoint).
@@ -173,6 +176,7 @@ class VendorWorker:
         rendered: list[tuple[OutboxRow, list[tuple[int, VendorRequest]]]] = []
         skipped: list[int] = []
         self._totals = {}
+        self._parts_dead = {}
         for row in rows:
             if now - row.created_at > self.options.max_age:
                 hours = self.options.max_age / 3600
@@ -183,7 +187,7 @@ class VendorWorker:
                 self.counters.dead += 1
                 continue
             try:
-                requests = self.vendor.requests_for(row.event, self.config)
+                requests = self._render(row)
             except Exception as exc:  # retrying cannot fix a mapping; a bug must not loop
                 reason = "mapping" if isinstance(exc, MappingError) else "adapter error"
                 await self.spool.mark_dead([row.id], status=None, error=f"{reason}: {exc}")
@@ -276,6 +280,14 @@ class VendorWorker:
                     return
                 if any(row.id in parked for row, _ in job.items):
                     continue
+                if job.request.refusal:
+                    # A part the adapter cannot render: nothing to send, its reason kept.
+                    reason = f"mapping: {job.request.refusal}"
+                    if not await self._dead_part(job, status=None, error=reason):
+                        await self.spool.mark_dead([row.id for row in job.rows], status=None,
+                                                   error=reason)
+                        self.counters.dead += 1
+                    continue
                 if job.request.is_skip:
                     # Nothing to send, only a reason to record (Vendor.skipped).
                     await self._finish(job, skipped=True)
@@ -317,6 +329,11 @@ class VendorWorker:
                     jobs[:0] = [_Job([item], r) for item, r in self._split(job)]
                 else:
                     request_text = self._shown(job.request, EXCHANGE_KEPT_FOR_DEAD)
+                    # A refusal of one of a row's requests (one order line) is about that
+                    # request: the row's other requests are still sent.
+                    if await self._dead_part(job, status=status, error=outcome.detail,
+                                             request=request_text, response=answer[:4000]):
+                        continue
                     await self.spool.mark_dead(ids, status=status, error=outcome.detail,
                                                response=answer[:4000], request=request_text)
                     self.counters.dead += len(ids)
@@ -384,9 +401,40 @@ class VendorWorker:
     def _split(self, job: _Job) -> list[tuple[tuple[OutboxRow, int], VendorRequest]]:
         out = []
         for row, index in job.items:
-            requests = self.vendor.requests_for(row.event, self.config)
+            requests = self._render(row)
             out.append(((row, index), requests[index]))
         return out
+
+    def _render(self, row: OutboxRow) -> list[VendorRequest]:
+        """The row's requests: the event's, or the one part a replayed part letter is for
+        (rendering is deterministic, so index `part` is the same request as before)."""
+        requests = self.vendor.requests_for(row.event, self.config)
+        if row.part is None:
+            return requests
+        return requests[row.part:row.part + 1]
+
+    async def _dead_part(self, job: _Job, *, status: int | None, error: str,
+                         request: str = "", response: str = "") -> bool:
+        """One request of a row refused on its own (an order line the adapter cannot render,
+        or one the vendor answered 400): dead-letter that part alone and let the row go on
+        with its others. False when the request is the row's whole work (one request, or a
+        replayed part): the caller dead-letters the row as usual."""
+        [(row, index)] = job.items
+        if row.part is not None or self._totals.get(row.id, 1) <= 1:
+            return False
+        await self.spool.mark_part_dead(row.id, index, status=status, error=error,
+                                        request=request, response=response)
+        self.counters.dead += 1
+        self._parts_dead[row.id] = self._parts_dead.get(row.id, 0) + 1
+        log.info("%s/%s: request %d of %s dead-lettered alone: %s", self.site,
+                 self.vendor.name, index, row.event.message_id, error)
+        if self.bus is not None and self.bus.active:
+            self.bus.publish("outcome", {
+                "site": self.site, "vendor": self.vendor.name, "outcome": "dead",
+                "reason": f"request {index} dead-lettered alone: {error}",
+                "messageIds": [row.event.message_id]})
+        await self._finish(job)
+        return True
 
     async def _finish(self, job: _Job, *, skipped: bool = False, status: int | None = None,
                       request: str = "", response: str = "") -> None:
@@ -399,6 +447,12 @@ class VendorWorker:
         for rid, index in last.items():
             if rid not in done:
                 await self.spool.mark_progress(rid, index + 1)
+        # A row whose every request was dead-lettered alone was not delivered at all.
+        refused = [rid for rid in done
+                   if self._parts_dead.get(rid, 0) >= self._totals.get(rid, 1)]
+        done = [rid for rid in done if rid not in refused]
+        if refused:
+            await self.spool.mark_done(refused, skipped=True, status=status)
         if done:
             await self.spool.mark_done(done, skipped=skipped, status=status, request=request,
                                        response=response)

@@ -75,6 +75,17 @@ def _from_work(site: str, work: WorkRecord, pauses: PauseState, now: float) -> d
                               f"(attempt {work.attempts + 1}){last}")
         else:
             out.update(outcome=QUEUED, reason="queued: due now, waiting for its turn")
+    if work.state == "unknown":  # only parts are known (the event's own row was pruned)
+        out.update(outcome=SENT if work.parts else QUEUED, reason=None)
+    if work.parts:
+        # Requests of the event handled alone (one order line dead-lettered, or replayed).
+        out["parts"] = {str(index): _from_work(site, part, pauses, now)
+                        for index, part in sorted(work.parts.items())}
+        dead = [f"request {index}: {part.error or 'no reason kept'}"
+                for index, part in sorted(work.parts.items()) if part.state == "dead"]
+        if dead:
+            alone = f"{len(dead)} request(s) dead-lettered alone ({'; '.join(dead)})"
+            out["reason"] = f"{out['reason']}; {alone}" if out.get("reason") else alone
     return out
 
 

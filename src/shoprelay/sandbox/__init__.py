@@ -5,7 +5,8 @@
 - `GET /_sandbox/<name>/requests` — what the sandbox received (`?accepted=1` / `?refused=1`)
 - `DELETE /_sandbox/requests` — forget everything (tests start clean)
 - `POST /_sandbox/<name>/faults` — queue a fault: `{"kind": "status"|"hang"|"close"|"delay",
-  "status": 503, "retry_after": 2, "count": 5, "hang_seconds": 30, "headers": {...}}`;
+  "status": 503, "retry_after": 2, "count": 5, "hang_seconds": 30, "headers": {...},
+  "matches": ["..."]}` (`matches`: only requests whose body contains one of them);
   `DELETE` clears them; `GET` lists them and how many requests are in flight
 """
 

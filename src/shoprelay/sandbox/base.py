@@ -92,7 +92,9 @@ class Fault:
     headers: dict[str, str] | None = None
     #: "refuse_events": the request is answered by the vendor's own handler, which refuses
     #: (counts as failed) each event whose JSON contains one of these strings (Alana's
-    #: `{stored, errors}` partial answer).
+    #: `{stored, errors}` partial answer). Any other kind: the fault plays only for requests
+    #: whose body contains one of them (others pass, the fault waits), e.g. a 400 for one
+    #: order line.
     matches: list[str] | None = None
 
 
@@ -164,10 +166,13 @@ class SandboxState:
         self.records.clear()
         self.faults.clear()
 
-    def next_fault(self) -> Fault | None:
+    def next_fault(self, raw: bytes = b"") -> Fault | None:
         if not self.faults:
             return None
         fault = self.faults[0]
+        if fault.kind != "refuse_events" and fault.matches and not any(
+                m.encode() in raw for m in fault.matches):
+            return None
         if fault.count is not None:
             fault.count -= 1
             if fault.count <= 0:
@@ -192,7 +197,7 @@ class SandboxState:
             body=body,
             status=200,
         )
-        fault = self.next_fault()
+        fault = self.next_fault(raw)
         if fault is not None and fault.kind == "refuse_events":
             request.state.refuse_matches = list(fault.matches or [])
             fault = None

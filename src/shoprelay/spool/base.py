@@ -36,6 +36,9 @@ class OutboxRow:
     event: StoredEvent
     #: The last failure's reason, if it was tried before (kept for the max-age dead letter).
     error: str = ""
+    #: None: the whole event. Else this work is one request of the event's rendering, by
+    #: index (a part dead-lettered alone, see `Spool.mark_part_dead`, then replayed).
+    part: int | None = None
 
 
 @dataclass(slots=True)
@@ -52,10 +55,13 @@ class DeadLetter:
     event: StoredEvent
     #: The vendor request that failed (method, URL and body, secrets masked), if one was sent.
     request: str = ""
+    #: Set when only this request of the event was dead-lettered (one bad order line): its
+    #: index among the event's requests; None: the whole event.
+    part: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "site": self.site, "vendor": self.vendor,
+            "id": self.id, "site": self.site, "vendor": self.vendor, "part": self.part,
             "visitor_id": self.visitor_id, "attempts": self.attempts, "status": self.status,
             "error": self.error, "request": self.request, "response": self.response,
             "failed_at": self.failed_at, "event": self.event.name,
@@ -78,12 +84,19 @@ class WorkRecord:
     request: str = ""
     response: str = ""
     updated_at: float = 0.0
+    #: Requests of the event handled alone (dead-lettered, or replayed since): part index →
+    #: that part's own record.
+    parts: dict[int, WorkRecord] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"vendor": self.vendor, "state": self.state, "attempts": self.attempts,
-                "next_at": self.next_at or None, "status": self.status, "error": self.error,
-                "request": self.request, "response": self.response,
-                "updated_at": self.updated_at or None}
+        out = {"vendor": self.vendor, "state": self.state, "attempts": self.attempts,
+               "next_at": self.next_at or None, "status": self.status, "error": self.error,
+               "request": self.request, "response": self.response,
+               "updated_at": self.updated_at or None}
+        if self.parts:
+            out["parts"] = {str(i): {k: v for k, v in p.to_dict().items() if k != "vendor"}
+                            for i, p in sorted(self.parts.items())}
+        return out
 
 
 @dataclass(slots=True)
@@ -228,6 +241,13 @@ class Spool(Protocol):
 
     async def mark_dead(self, ids: list[int], *, status: int | None, error: str,
                         response: str = "", request: str = "") -> None: ...
+
+    async def mark_part_dead(self, row_id: int, part: int, *, status: int | None, error: str,
+                             response: str = "", request: str = "") -> None:
+        """Keep request `part` of the work as a dead letter of its own (with `DeadLetter.part`
+        set; a replay sends only that request). The work itself goes on with its other
+        requests: the caller moves its resume point past `part` as for a delivered one."""
+        ...
 
     async def dead_letters(self, *, vendor: str | None = None, since: float | None = None,
                            dead_id: int | None = None) -> list[DeadLetter]: ...

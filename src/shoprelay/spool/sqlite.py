@@ -168,6 +168,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if "request" not in columns:
         # The failed request of a dead letter, apart from the vendor's answer.
         conn.execute("ALTER TABLE outbox ADD COLUMN request TEXT")
+    if "part" not in columns:
+        # NULL: the whole event. Else one request of it, dead-lettered alone (an order line).
+        conn.execute("ALTER TABLE outbox ADD COLUMN part INTEGER")
     if "received_at" not in {row[1] for row in conn.execute("PRAGMA table_info(orders)")}:
         # Orders are forgotten with their messages; those recorded before are dated now.
         conn.execute("ALTER TABLE orders ADD COLUMN received_at REAL NOT NULL DEFAULT 0")
@@ -181,9 +184,12 @@ def _migrate(conn: sqlite3.Connection) -> None:
     # Message ids only grow, so this index is appended to (cheap); an index of messages by
     # visitor (random keys) was measured at +30 % of the writer's time per message in the
     # best runs and is not kept: a trace by visitor scans newest first (bench/trace_cost.py).
+    # One row per (message, vendor) for the whole event, plus one per part dead-lettered
+    # alone: `outbox_message` (without the part) made way for `outbox_work`.
+    conn.execute("DROP INDEX IF EXISTS outbox_message")
     try:
-        conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS outbox_message ON outbox "
-                     "(message, vendor)")
+        conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS outbox_work ON outbox "
+                     "(message, vendor, IFNULL(part, -1))")
     except sqlite3.IntegrityError:  # an odd older file: look-ups still work, unindexed claims
         log.warning("spool: outbox has two rows for one (message, vendor); no unique index")
         conn.execute("CREATE INDEX IF NOT EXISTS outbox_message_any ON outbox "
@@ -472,7 +478,8 @@ class SqliteSpool:
         def run(conn: sqlite3.Connection) -> list[OutboxRow]:
             rows = conn.execute(
                 """
-                SELECT o.id, o.visitor_id, o.attempts, o.sent, o.created_at, m.data, o.error
+                SELECT o.id, o.visitor_id, o.attempts, o.sent, o.created_at, m.data, o.error,
+                       o.part
                 FROM outbox o JOIN messages m ON m.id = o.message
                 WHERE o.site = ? AND o.vendor = ? AND o.state = 0 AND o.next_at <= ?
                   AND NOT EXISTS (
@@ -486,7 +493,8 @@ class SqliteSpool:
             return [
                 OutboxRow(id=r[0], site=site, vendor=vendor, visitor_id=r[1], attempts=r[2],
                           sent=r[3], created_at=r[4],
-                          event=StoredEvent.from_dict(orjson.loads(r[5])), error=r[6] or "")
+                          event=StoredEvent.from_dict(orjson.loads(r[5])), error=r[6] or "",
+                          part=r[7])
                 for r in rows
             ]
 
@@ -540,13 +548,30 @@ class SqliteSpool:
             "request=?, updated_at=? WHERE id=?",
             [(DEAD, status, error, response, request, now, i) for i in ids])
 
+    async def mark_part_dead(self, row_id: int, part: int, *, status: int | None, error: str,
+                             response: str = "", request: str = "") -> None:
+        """A row of its own for the part, beside the event's row (which goes on). Met twice
+        (a restart between this and the caller's progress), the first letter stands."""
+        now = time.time()
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR IGNORE INTO outbox (message, site, vendor, visitor_id, state, "
+                "attempts, sent, next_at, created_at, updated_at, status, error, response, "
+                "request, part) SELECT message, site, vendor, visitor_id, ?, attempts + 1, 0, "
+                "0, created_at, ?, ?, ?, ?, ?, ? FROM outbox WHERE id = ?",
+                (DEAD, now, status, error, response, request, part, row_id)).close()
+
+        await self._write(run)
+
     # ---- dead letters, statistics, retention ------------------------------------------------
 
     async def dead_letters(self, *, vendor: str | None = None, since: float | None = None,
                            dead_id: int | None = None) -> list[DeadLetter]:
         def run(conn: sqlite3.Connection) -> list[DeadLetter]:
             sql = ("SELECT o.id, o.site, o.vendor, o.visitor_id, o.attempts, o.status, o.error, "
-                   "o.response, o.updated_at, m.data, o.request FROM outbox o JOIN messages m "
+                   "o.response, o.updated_at, m.data, o.request, o.part FROM outbox o "
+                   "JOIN messages m "
                    "ON m.id = o.message WHERE o.state = ?")
             args: list[Any] = [DEAD]
             if vendor:
@@ -561,7 +586,8 @@ class SqliteSpool:
             return [
                 DeadLetter(id=r[0], site=r[1], vendor=r[2], visitor_id=r[3], attempts=r[4],
                            status=r[5], error=r[6] or "", response=r[7] or "", failed_at=r[8],
-                           event=StoredEvent.from_dict(orjson.loads(r[9])), request=r[10] or "")
+                           event=StoredEvent.from_dict(orjson.loads(r[9])), request=r[10] or "",
+                           part=r[11])
                 for r in conn.execute(sql + " ORDER BY o.id", args).fetchall()
             ]
 
@@ -624,12 +650,13 @@ class SqliteSpool:
                 (DELIVERED, SKIPPED, DEAD, older_than, chunk)).rowcount
 
         def messages(conn: sqlite3.Connection) -> int:
-            # Outbox rows are inserted right after their message, so outbox ids and message ids
-            # grow together: every message older than the oldest remaining outbox row has no
-            # work left. That is a range on the primary key, not a scan per message.
+            # Every message below the lowest message any outbox row still names has no work
+            # left: a range on the primary key, not a scan per message. (Not the message of
+            # the lowest outbox id: a part dead-lettered alone or a backfill claim is a newer
+            # row for an older message.) `outbox_work` leads with `message`: MIN is a seek.
             return conn.execute(
                 "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id < "
-                "COALESCE((SELECT message FROM outbox ORDER BY id LIMIT 1), 9e18) "
+                "COALESCE((SELECT MIN(message) FROM outbox), 9e18) "
                 "AND received_at < ? LIMIT ?)", (older_than, chunk)).rowcount
 
         def visitors(conn: sqlite3.Connection) -> int:
@@ -710,15 +737,22 @@ class SqliteSpool:
             (site, message_id))]
 
     def _record(self, conn: sqlite3.Connection, site: str, row: Any) -> MessageRecord:
-        work = {
-            r[0]: WorkRecord(vendor=r[0], state=STATE_NAMES.get(r[1], str(r[1])),
-                             attempts=r[2], next_at=r[3] if r[1] in (PENDING, BACKFILL) else 0.0,
-                             status=r[4], error=r[5] or "", request=r[6] or "",
-                             response=r[7] or "", updated_at=r[8])
-            for r in conn.execute(
+        work: dict[str, WorkRecord] = {}
+        parts: list[tuple[str, int, WorkRecord]] = []
+        for r in conn.execute(
                 "SELECT vendor, state, attempts, next_at, status, error, request, response, "
-                "updated_at FROM outbox WHERE message=? ORDER BY id", (row[0],))
-        }
+                "updated_at, part FROM outbox WHERE message=? ORDER BY id", (row[0],)):
+            record = WorkRecord(vendor=r[0], state=STATE_NAMES.get(r[1], str(r[1])),
+                                attempts=r[2],
+                                next_at=r[3] if r[1] in (PENDING, BACKFILL) else 0.0,
+                                status=r[4], error=r[5] or "", request=r[6] or "",
+                                response=r[7] or "", updated_at=r[8])
+            if r[9] is None:
+                work[r[0]] = record
+            else:
+                parts.append((r[0], r[9], record))
+        for vendor, part, record in parts:
+            work.setdefault(vendor, WorkRecord(vendor=vendor, state="unknown")).parts[part] = record
         return MessageRecord(site, row[1], row[2], row[3],
                              StoredEvent.from_dict(orjson.loads(row[4])), work,
                              self._notes(conn, site, row[1]))
@@ -734,7 +768,8 @@ class SqliteSpool:
             items = []
             for r in rows:
                 vendors = {v: STATE_NAMES.get(st, str(st)) for v, st in conn.execute(
-                    "SELECT vendor, state FROM outbox WHERE message=?", (r[0],))}
+                    "SELECT vendor, state FROM outbox WHERE message=? AND part IS NULL",
+                    (r[0],))}
                 items.append(HistoryItem(r[1], r[2], r[3],
                                          StoredEvent.from_dict(orjson.loads(r[4])), vendors))
             return items, (rows[-1][0] if rows else cursor)

@@ -34,6 +34,10 @@ class VendorRequest:
     #: What the adapter left out of this request and why (a malformed optional field, an
     #: order line that cannot be rendered): counted and shown in the debugger when sent.
     notes: tuple[str, ...] = ()
+    #: Not a request: a part of the event the adapter cannot render (one bad order line), and
+    #: why. It keeps its place among the event's requests, so the delivery layer dead-letters
+    #: that part alone (`Spool.mark_part_dead`) and still sends the others.
+    refusal: str = ""
 
     def body_bytes(self) -> bytes:
         return b"" if self.json is None else orjson.dumps(self.json)
@@ -53,9 +57,14 @@ class VendorRequest:
         (recorded like a dropped field, then the work is done)."""
         return cls(method="", url="", notes=(reason,))
 
+    @classmethod
+    def refused(cls, reason: str) -> VendorRequest:
+        """A part of the event that cannot be sent (see `refusal`): dead-lettered alone."""
+        return cls(method="", url="", refusal=reason)
+
     @property
     def is_skip(self) -> bool:
-        return not self.method
+        return not self.method and not self.refusal
 
     def noted(self, notes: list[str]) -> VendorRequest:
         """This request with `notes` added (the dataclass is frozen)."""

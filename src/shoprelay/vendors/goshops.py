@@ -101,16 +101,13 @@ class GoShops(Vendor[GoShopsConfig]):
         return problems
 
     def requests_for(self, event: StoredEvent, config: GoShopsConfig) -> list[VendorRequest]:
-        notes: list[str] = []
-        requests = [self._request(data, config)
-                    for data in self.interactions(event, config, notes)]
-        if notes and requests:
-            requests[-1] = requests[-1].noted(notes)
-        return requests
+        return [VendorRequest.refused(data) if isinstance(data, str)
+                else self._request(data, config) for data in self.interactions(event, config)]
 
-    def interactions(self, event: StoredEvent, config: GoShopsConfig,
-                     notes: list[str] | None = None) -> list[dict[str, Any]]:
-        """The `data` objects for one event, before the envelope and headers."""
+    def interactions(self, event: StoredEvent,
+                     config: GoShopsConfig) -> list[dict[str, Any] | str]:
+        """The `data` objects for one event, before the envelope and headers; an order line
+        that cannot be sent is its reason (a str) in its place."""
         kind = EVENTS.get(event.name)
         if kind is None:
             return []
@@ -122,22 +119,23 @@ class GoShops(Vendor[GoShopsConfig]):
         lines = event.properties.get("products")
         if not isinstance(lines, list) or not lines:
             raise MappingError("Order Completed needs products[] for Go Shops' purchase calls")
-        data, problems = [], []
+        data: list[dict[str, Any] | str] = []
+        problems = []
         for i, line in enumerate(lines):
             # One request per line, not per unit: the body has no quantity to repeat. A line
-            # that cannot be sent is left out with its reason; it does not sink the others.
+            # that cannot be sent is dead-lettered alone with its reason (the delivery layer
+            # does that for a refusal in its place); it does not sink the others.
             try:
                 if not isinstance(line, dict):
                     raise MappingError(f"products[{i}] must be an object")
                 item = item_id(line, f"products[{i}].product_id")
             except MappingError as exc:
-                problems.append(f"products[{i}] left out: {exc}")
+                problems.append(f"products[{i}]: {exc}")
+                data.append(problems[-1])
                 continue
             data.append({"event": kind, "item": item, "customer": customer, "date": date})
-        if not data:
+        if len(problems) == len(data):
             raise MappingError("no line of the order can be sent: " + "; ".join(problems))
-        if notes is not None:
-            notes.extend(problems)
         return data
 
     def _request(self, data: dict[str, Any], config: GoShopsConfig) -> VendorRequest:

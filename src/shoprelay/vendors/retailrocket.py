@@ -28,8 +28,8 @@ from shoprelay.vendors.base import (
     with_query,
 )
 
-#: A key a body carries from `calls_for` to `requests_for` only: what was left out.
-_NOTES = "__notes__"
+#: The "method" `calls_for` gives an order line it cannot render, in the line's place.
+_REFUSED = ""
 
 _VALID_CONTACT = re.compile(r"^[A-Za-z0-9]{1,50}$")
 #: Envelopes of the document's `visitorEvents` table. Its example also shows recomBlockViewed,
@@ -196,9 +196,10 @@ class RetailRocket(Vendor[RetailRocketConfig]):
         calls = self.calls_for(event, config)
         requests = []
         for method, body in calls:
-            notes = body.pop(_NOTES, None) if _NOTES in body else None
-            request = self._request(method, body, event, config)
-            requests.append(request.noted(list(notes or [])))
+            if method == _REFUSED:
+                requests.append(VendorRequest.refused(body["reason"]))
+                continue
+            requests.append(self._request(method, body, event, config))
         return requests
 
     def calls_for(self, event: StoredEvent,
@@ -266,8 +267,9 @@ class RetailRocket(Vendor[RetailRocketConfig]):
     def _order(self, event: StoredEvent, base: dict[str, Any], stamp: dict[str, Any],
                config: RetailRocketConfig) -> list[tuple[str, dict[str, Any]]]:
         """ "Должен быть вызван для каждой товарной позиции в заказе": one `order` per line.
-        A line that cannot be rendered is left out with its reason (in `_line_notes`), so it
-        does not sink the good lines; an order with no good line is refused whole."""
+        A line that cannot be rendered keeps its place as a refusal with its reason (the
+        delivery layer dead-letters it alone), so it does not sink the good lines; an order
+        with no good line is refused whole."""
         props = event.properties
         order_id = props.get("order_id")
         if not order_id:
@@ -289,14 +291,13 @@ class RetailRocket(Vendor[RetailRocketConfig]):
                 body["price"] = _number(line.get("price"), "price")
                 body["quantity"] = _number(line.get("quantity", 1), "quantity")
             except MappingError as exc:
-                problems.append(f"products[{i}] left out: {exc}")
+                problems.append(f"products[{i}]: {exc}")
+                calls.append((_REFUSED, {"reason": problems[-1]}))
                 continue
             body["transaction"] = str(order_id)
             calls.append(("order", {**body, **stamp}))
         if not any(method == "order" for method, _ in calls):
             raise MappingError("no line of the order can be sent: " + "; ".join(problems))
-        if problems:
-            calls[-1] = (calls[-1][0], {**calls[-1][1], _NOTES: problems})
         return calls
 
     @staticmethod

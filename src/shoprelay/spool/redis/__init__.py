@@ -191,6 +191,11 @@ class RedisSpool:
         await self._outbox.mark_dead(ids, status=status, error=error, response=response,
                                      request=request)
 
+    async def mark_part_dead(self, row_id: int, part: int, *, status: int | None, error: str,
+                             response: str = "", request: str = "") -> None:
+        await self._outbox.mark_part_dead(row_id, part, status=status, error=error,
+                                          response=response, request=request)
+
     async def dead_letters(self, *, vendor: str | None = None, since: float | None = None,
                            dead_id: int | None = None) -> list[DeadLetter]:
         return await self._dead.dead_letters(vendor=vendor, since=since, dead_id=dead_id)

@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import orjson
 from redis.exceptions import WatchError
+from redis.typing import EncodableT, FieldT
 
 from shoprelay.events import StoredEvent
 from shoprelay.spool.base import DeadLetter
@@ -47,7 +48,8 @@ class DeadLetters:
                 id=r["id"], site=r["site"], vendor=r["vendor"], visitor_id=r["visitor_id"],
                 attempts=r["attempts"], status=r["status"], error=r["error"] or "",
                 response=r["response"] or "", failed_at=r["failed_at"],
-                event=StoredEvent.from_dict(r["event"]), request=r["request"] or ""))
+                event=StoredEvent.from_dict(r["event"]), request=r["request"] or "",
+                part=r.get("part")))
         return sorted(letters, key=lambda d: d.id)
 
     async def replay(self, *, vendor: str | None = None, dead_id: int | None = None) -> int:
@@ -75,8 +77,13 @@ class DeadLetters:
                     pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
                     pipe.set(record["event_key"], orjson.dumps(record["event"]),
                              ex=ctx.event_ttl)
-                    pipe.xadd(stream, {"w": work_id, "e": record["event_key"], "v": visitor,
-                                       "t": repr(time.time())})
+                    # A part letter's entry carries its index: only that request is sent.
+                    fields: dict[FieldT, EncodableT] = {
+                        "w": work_id, "e": record["event_key"], "v": visitor,
+                        "t": repr(time.time())}
+                    if record.get("part") is not None:
+                        fields["p"] = int(record["part"])
+                    pipe.xadd(stream, fields)
                     pipe.hdel(dead_key, member)
                     pipe.zrem(time_key, member)
                     pipe.hincrby(k("counts"), f"{record['vendor']}:dead", -1)

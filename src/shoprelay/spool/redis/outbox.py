@@ -61,7 +61,7 @@ class Outbox:
             rows.append(OutboxRow(id=entry.work_id, site=site, vendor=vendor,
                                   visitor_id=entry.visitor, attempts=entry.attempts,
                                   sent=entry.sent, created_at=entry.created_at,
-                                  event=entry.event, error=entry.error))
+                                  event=entry.event, error=entry.error, part=entry.part))
         return rows
 
     async def next_due_at(self, site: str, vendor: str) -> float | None:
@@ -92,10 +92,13 @@ class Outbox:
             await pipe.execute()
         self._partitions.forget(entry)
 
-    def _trace(self, pipe: Any, entry: Entry, fate: dict[str, Any]) -> None:
-        """Set this work's field in its message's trace (see `spool.redis.trace`), and count
-        the fate for the vendor's health figures (see `spool.redis.trace.vendor_figures`)."""
+    def _trace(self, pipe: Any, entry: Entry, fate: dict[str, Any],
+               part: int | None = None) -> None:
+        """Set this work's field in its message's trace (see `spool.redis.trace`; a part's
+        field is `VENDOR#INDEX`), and count the fate for the vendor's health figures (see
+        `spool.redis.trace.vendor_figures`)."""
         now = time.time()
+        part = entry.part if part is None else part
         site, vendor = site_of(entry.stream), vendor_of(entry.stream)
         kind = "retried" if fate["s"] == "queued" else fate["s"]
         minute = self._ctx.k("hc", str(int(now // 60)))
@@ -109,7 +112,8 @@ class Outbox:
         if entry.event is None:
             return
         key = self._ctx.k("tr", entry.event.site, entry.event.message_id)
-        pipe.hset(key, vendor, orjson.dumps({**fate, "t": now}))
+        field = vendor if part is None else f"{vendor}#{part}"
+        pipe.hset(key, field, orjson.dumps({**fate, "t": now}))
         pipe.expire(key, self._ctx.event_ttl or 86400 * 30)
 
     async def mark_done(self, ids: list[int], *, skipped: bool = False,
@@ -181,6 +185,7 @@ class Outbox:
                     "status": status, "error": error, "response": response,
                     "request": request, "failed_at": now, "event_key": entry.event_key,
                     "event": entry.event.to_dict() if entry.event else None,
+                    "part": entry.part,
                 }
                 pipe.hset(k("dead"), str(entry.work_id), orjson.dumps(record))
                 pipe.zadd(k("dead", "time"), {str(entry.work_id): now})
@@ -193,3 +198,33 @@ class Outbox:
             await pipe.execute()
         for entry in entries:
             self._partitions.forget(entry)
+
+    async def mark_part_dead(self, row_id: int, part: int, *, status: int | None, error: str,
+                             response: str = "", request: str = "") -> None:
+        """A dead-letter record of its own (a new work id, `part` set) for one request of the
+        entry; the entry itself stays pending for its other requests."""
+        entries = self._partitions.entries([row_id])
+        if not entries:
+            return
+        [entry] = entries
+        await self._load_events(entries)
+        now = time.time()
+        k = self._ctx.k
+        vendor = vendor_of(entry.stream)
+        site = entry.event.site if entry.event else site_of(entry.stream)
+        dead_id = int(await self._ctx.redis.incr(k("seq")))
+        record = {
+            "id": dead_id, "site": site, "vendor": vendor, "visitor_id": entry.visitor,
+            "attempts": entry.attempts + 1, "status": status, "error": error,
+            "response": response, "request": request, "failed_at": now,
+            "event_key": entry.event_key,
+            "event": entry.event.to_dict() if entry.event else None, "part": part,
+        }
+        async with self._ctx.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(k("dead"), str(dead_id), orjson.dumps(record))
+            pipe.zadd(k("dead", "time"), {str(dead_id): now})
+            pipe.hincrby(k("counts"), f"{vendor}:dead", 1)
+            self._trace(pipe, entry, {"s": "dead", "a": entry.attempts + 1, "st": status,
+                                      "e": error, "rq": request,
+                                      "rs": response[:EXCHANGE_CHARS]}, part=part)
+            await pipe.execute()

@@ -53,6 +53,8 @@ class Entry:
     next_at: float = 0.0
     error: str = ""
     event: StoredEvent | None = None
+    #: One request of the event (a dead-lettered part, replayed): its index; None: whole.
+    part: int | None = None
 
 
 @dataclass(slots=True)
@@ -322,7 +324,8 @@ class Partitions:
                 continue
             entry = Entry(work_id=int(fields["w"]), stream=part.stream, entry_id=entry_id,
                           visitor=fields.get("v", ""), event_key=fields["e"],
-                          created_at=float(fields.get("t") or id_time(entry_id)))
+                          created_at=float(fields.get("t") or id_time(entry_id)),
+                          part=int(fields["p"]) if fields.get("p") else None)
             new.append(entry)
         if with_state and new:
             # Claimed entries may have been tried before: their retry state is in Redis.

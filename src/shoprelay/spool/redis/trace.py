@@ -82,7 +82,13 @@ class Traces:
                 return None
             return MessageRecord(site, message_id, "", notes[0][0], None, notes=notes)
         event = StoredEvent.from_dict(orjson.loads(body))
-        work = {vendor: _work(vendor, raw) for vendor, raw in sorted(trace.items())}
+        work = {vendor: _work(vendor, raw) for vendor, raw in sorted(trace.items())
+                if "#" not in vendor}
+        for field, raw in sorted(trace.items()):
+            if "#" in field:  # VENDOR#INDEX: a part dead-lettered alone (see `outbox`)
+                vendor, part = field.split("#", 1)
+                work.setdefault(vendor, WorkRecord(vendor=vendor, state="unknown")).parts[
+                    int(part)] = _work(vendor, raw)
         return MessageRecord(site, message_id, event.enrichment.visitor_id,
                              event.enrichment.received_at, event, work, notes)
 
@@ -104,7 +110,8 @@ class Traces:
                 pipe.hgetall(k("tr", site, event.message_id))
             traces = await pipe.execute()
         items = [HistoryItem(e.message_id, e.enrichment.visitor_id, e.enrichment.received_at,
-                             e, {v: _work(v, raw).state for v, raw in trace.items()})
+                             e, {v: _work(v, raw).state for v, raw in trace.items()
+                                 if "#" not in v})
                  for e, trace in zip(events, traces, strict=True)]
         return items, cursor + len(members)
 
