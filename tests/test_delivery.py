@@ -322,6 +322,33 @@ def test_limiter_holds_any_window_whatever_the_latency() -> None:
         assert sum(1 for u in arrivals[i:] if u < t + 0.3) <= 5
 
 
+def test_a_backlog_is_paced_not_sent_in_bursts() -> None:
+    """Issue 15: "each vendor's limit used at >= 95 %". A sliding log alone drains a backlog
+    in bursts of N, then a window of nothing; a vendor counting its own windows then sees some
+    half empty. Starts are paced one window/N apart after a small burst; never earlier."""
+    from shoprelay.delivery.limits import SlidingWindowLimiter
+
+    limiter = SlidingWindowLimiter(20, 0.4)          # 20 per 0.4 s: one start every 20 ms
+    starts: list[float] = []
+
+    async def one() -> None:
+        await limiter.acquire()
+        starts.append(time.monotonic())
+        limiter.release()
+
+    async def main() -> None:
+        await asyncio.gather(*(one() for _ in range(30)))
+
+    asyncio.run(main())
+    burst = round((limiter.tolerance + limiter.interval) / limiter.interval)
+    assert burst == 2 and limiter.interval == 0.02
+    for k, start in enumerate(starts):
+        assert start >= starts[0] + (k - burst + 1) * limiter.interval - 0.002, k
+    # ...and the log still holds: no window holds more than the limit.
+    for i, t in enumerate(starts):
+        assert sum(1 for u in starts[i:] if u < t + 0.4) <= 20
+
+
 def test_two_sites_with_one_key_share_its_limits() -> None:
     from shoprelay.delivery.forwarder import Forwarder
     from shoprelay.vendors import VENDORS

@@ -12,6 +12,13 @@ seconds after its answer arrived (or it failed). Then any N+1 requests are at le
 vendor whatever the latencies were: request N+1 starts no earlier than W after request 1
 finished, and request 1 arrived before it finished. The price is one latency per window (a few
 milliseconds against a 1-second window on a nearby vendor).
+
+Left alone, a sliding log drains a backlog in bursts: N requests at once, then a whole window of
+nothing while their slots age. A vendor that counts in windows of its own sees some windows
+full and the ones straddling a pause half empty (measured: 87-95 % of the limit used over a
+backlog). So starts are also paced, GCRA-style: one every W/N, with a burst of `burst` (a
+quarter of the limit) allowed after a quiet spell so single events are never delayed. The log
+still decides what is allowed; pacing only spreads the starts it allows.
 """
 
 from __future__ import annotations
@@ -40,9 +47,14 @@ class Limiter(Protocol):
 class SlidingWindowLimiter:
     """At most `requests` requests in any `per_seconds` window, as the vendor sees them."""
 
-    def __init__(self, requests: int, per_seconds: float) -> None:
+    def __init__(self, requests: int, per_seconds: float, *, burst: float = 0.1) -> None:
         self.requests = max(1, requests)
         self.window = per_seconds
+        #: Pacing: starts one `interval` apart, `tolerance` ahead of schedule at most (a burst
+        #: of about `burst` × requests after a quiet spell).
+        self.interval = per_seconds / self.requests
+        self.tolerance = max(0.0, burst * per_seconds - self.interval)
+        self._schedule = 0.0  # the theoretical start time of the next request (monotonic)
         #: Times (monotonic) at which held slots free up; a request in flight is +inf.
         self._frees: list[float] = []
         self._in_flight = 0
@@ -66,10 +78,15 @@ class SlidingWindowLimiter:
                 if now < self._blocked_until:
                     await asyncio.sleep(self._blocked_until - now)
                     continue
+                early = self._schedule - self.tolerance - now
+                if early > 0:
+                    await asyncio.sleep(early)
+                    continue
                 while self._frees and self._frees[0] <= now:
                     heapq.heappop(self._frees)
                 if len(self._frees) + self._in_flight < self.requests:
                     self._in_flight += 1
+                    self._schedule = max(self._schedule, now) + self.interval
                     return
                 # Full: wait for the earliest slot to free, or for a request in flight to end
                 # (its slot then gets a finite free time we can sleep until).
