@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import pytest
 from servers import free_port, wait_for
 from test_delivery_support import (
     ALL_VENDORS,
@@ -156,11 +157,20 @@ def test_rate_limit_is_never_exceeded(tmp_path: Path) -> None:
         assert worst <= 50
 
 
-def test_sigterm_finishes_in_flight_and_leaves_the_rest_queued(tmp_path: Path) -> None:
+#: `serve` with delivery in the same process, and with `relay.delivery_process = true` (a second
+#: process over the same spool, shoprelay.delivery.process): the same guarantees hold in both.
+PROCESS_MODES = pytest.mark.parametrize("separate", [False, True],
+                                        ids=["one-process", "delivery-process"])
+
+
+@PROCESS_MODES
+def test_sigterm_finishes_in_flight_and_leaves_the_rest_queued(tmp_path: Path,
+                                                               separate: bool) -> None:
     with sandbox() as sb:
         spool = tmp_path / "spool.db"
         cfg = write_settings(tmp_path / "s.toml", spool=spool, sandbox_url=sb,
-                             vendors=["goshops"], relay={"shutdown_grace_seconds": 10.0})
+                             vendors=["goshops"], relay={"shutdown_grace_seconds": 10.0,
+                                                         "delivery_process": separate})
         fault(sb, "goshops", kind="delay", hang_seconds=2, count=1)
         proc = RelayProcess(cfg, tmp_path / "relay.log")
         try:
@@ -192,14 +202,16 @@ def spool_stats(cfg: Path) -> dict:
     return orjson.loads(out.stdout)
 
 
-def test_sigkill_during_load_then_restart_loses_nothing(tmp_path: Path) -> None:
+@PROCESS_MODES
+def test_sigkill_during_load_then_restart_loses_nothing(tmp_path: Path, separate: bool) -> None:
     """Load against a real `shoprelay serve`, SIGKILL mid-way, restart on the same spool.
     Every acknowledged event reaches every vendor; an event arrives twice only if its request
-    was at the vendor but not yet recorded as delivered at the kill — and then exactly twice."""
+    was at the vendor but not yet recorded as delivered at the kill — and then exactly twice.
+    (With a delivery process, the SIGKILL of `serve` takes it down too, as one process.)"""
     with sandbox() as sb:
         spool = tmp_path / "spool.db"
         cfg = write_settings(tmp_path / "s.toml", spool=spool, sandbox_url=sb,
-                             relay={"spool_sync": "full"})
+                             relay={"spool_sync": "full", "delivery_process": separate})
         batches = [[view(b * 10 + i, visitor=f"v{(b * 10 + i) % 13}") for i in range(10)]
                    for b in range(30)]
         acked: list[int] = []
@@ -268,12 +280,14 @@ def test_sandbox_fault_listing(tmp_path: Path) -> None:
         assert listed["in_flight"] == 0 and listed["faults"][0]["count"] == 2
 
 
-def test_a_second_relay_on_the_same_sqlite_file_is_refused_at_start(tmp_path: Path) -> None:
+@PROCESS_MODES
+def test_a_second_relay_on_the_same_sqlite_file_is_refused_at_start(tmp_path: Path,
+                                                                    separate: bool) -> None:
     """`--workers N` or a second `serve` on one SQLite file would deliver every event twice:
     the second process refuses to start and says why; the first keeps delivering."""
     with sandbox() as sb:
         cfg = write_settings(tmp_path / "s.toml", spool=tmp_path / "spool.db", sandbox_url=sb,
-                             vendors=["goshops"])
+                             vendors=["goshops"], relay={"delivery_process": separate})
         first = RelayProcess(cfg, tmp_path / "first.log")
         try:
             second = subprocess.run(

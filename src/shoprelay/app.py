@@ -172,25 +172,45 @@ def make_router(settings: Settings) -> Router:
     return route
 
 
-def create_app(settings: Settings, *, delivery: DeliveryOptions | None = None,
-               forward: bool = True) -> Starlette:
-    """The relay as an ASGI app. `forward=False` stores without delivering (for tests/tools)."""
-    cookie = VisitorCookie(settings.relay.secret, settings.relay.cookie_name,
-                           settings.relay.cookie_max_age_days,
-                           # Cookies signed before they named the site cannot cross sites
-                           # where there is only one.
-                           accept_unbound=len(settings.sites) == 1)
-    spool = make_spool(settings, make_router(settings), cookie)
-    targets = [(site.name, VENDORS[name], config)
-               for site in settings.sites.values()
-               for name, config in site.vendors.items() if config.enabled]
+def visitor_cookie(settings: Settings) -> VisitorCookie:
+    return VisitorCookie(settings.relay.secret, settings.relay.cookie_name,
+                         settings.relay.cookie_max_age_days,
+                         # Cookies signed before they named the site cannot cross sites
+                         # where there is only one.
+                         accept_unbound=len(settings.sites) == 1)
+
+
+def targets_of(settings: Settings) -> list[tuple[str, Any, Any]]:
+    """Every enabled (site, vendor adapter, vendor settings): one delivery worker each."""
+    return [(site.name, VENDORS[name], config)
+            for site in settings.sites.values()
+            for name, config in site.vendors.items() if config.enabled]
+
+
+def delivery_options(settings: Settings, given: DeliveryOptions | None = None
+                     ) -> DeliveryOptions:
     relay = settings.relay
-    delivery = delivery or DeliveryOptions(
+    delivery = given or DeliveryOptions(
         timeout=relay.delivery_timeout_seconds, concurrency=relay.delivery_concurrency,
         max_age=relay.delivery_max_age_hours * 3600.0,
         retention=relay.retention_hours * 3600.0)
     if relay.vendor_message_id_header:  # a setting, whoever made the delivery options
         delivery.message_id_header = MESSAGE_ID_HEADER
+    return delivery
+
+
+def create_app(settings: Settings, *, delivery: DeliveryOptions | None = None,
+               forward: bool = True, config_path: str | None = None,
+               log_level: str = "info") -> Starlette:
+    """The relay as an ASGI app. `forward=False` stores without delivering (for tests/tools).
+    With `relay.delivery_process` and the settings file's `config_path`, delivery runs in a
+    process of its own (shoprelay.delivery.process)."""
+    cookie = visitor_cookie(settings)
+    spool = make_spool(settings, make_router(settings), cookie)
+    targets = targets_of(settings)
+    relay = settings.relay
+    delivery = delivery_options(settings, delivery)
+    separate = forward and relay.delivery_process and config_path is not None
     metrics = Metrics()
     bus = DebugBus()
     ingest = Ingest(settings, spool, cookie, metrics, bus)
@@ -199,13 +219,24 @@ def create_app(settings: Settings, *, delivery: DeliveryOptions | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         spool.start()
-        forwarder = Forwarder(spool, targets, delivery,
-                              limiter_factory=limiter_factory(settings, spool))
-        forwarder.bus = bus
-        app.state.forwarder = forwarder
-        if forward:
-            spool.claim_delivery()  # SQLite: refuse a second delivering process
-            forwarder.start()
+        forwarder: Any
+        if separate:
+            from shoprelay.delivery.process import DeliveryProcess
+
+            assert config_path is not None
+            forwarder = DeliveryProcess(config_path, targets, log_level=log_level,
+                                        grace=relay.shutdown_grace_seconds, bus=bus)
+            app.state.forwarder = forwarder
+            spool.on_new_work = forwarder.wake
+            await forwarder.start()
+        else:
+            forwarder = Forwarder(spool, targets, delivery,
+                                  limiter_factory=limiter_factory(settings, spool))
+            forwarder.bus = bus
+            app.state.forwarder = forwarder
+            if forward:
+                spool.claim_delivery()  # SQLite: refuse a second delivering process
+                forwarder.start()
         where = (redacted(relay.spool) if is_redis(relay.spool)
                  else Path(spool.path).resolve())
         log.info("relay ready: %d site(s), %d vendor queue(s), spool %s",

@@ -32,10 +32,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _load(args.config)
     configure_logs(args.log_level, settings.relay.log_format)
-    app = create_app(settings)
+    app = create_app(settings, config_path=args.config, log_level=args.log_level)
     try:
         # Before uvicorn starts: a second relay on one SQLite file says why in one line.
-        app.state.spool.claim_delivery()
+        # (With `delivery_process` the delivery process claims it, and `serve` fails with
+        # its reason if it cannot.)
+        if not settings.relay.delivery_process:
+            app.state.spool.claim_delivery()
     except RuntimeError as exc:
         print(f"shoprelay: {exc}", file=sys.stderr)
         return 2
@@ -64,6 +67,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     Server(config).run()
     return 0
+
+
+def cmd_deliver(args: argparse.Namespace) -> int:
+    """The delivery process `serve` starts with `relay.delivery_process = true`."""
+    from shoprelay.delivery.process import run_delivery
+
+    settings = _load(args.config)
+    configure_logs(args.log_level, settings.relay.log_format)
+    return asyncio.run(run_delivery(settings, args.wake_fd, args.report_fd))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -208,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=cmd_serve)
+
+    deliver = sub.add_parser("deliver", help="the delivery process `serve` starts itself "
+                             "with relay.delivery_process = true (not run by hand)")
+    deliver.add_argument("--config", required=True)
+    deliver.add_argument("--log-level", default="info")
+    deliver.add_argument("--wake-fd", type=int, required=True)
+    deliver.add_argument("--report-fd", type=int, required=True)
+    deliver.set_defaults(func=cmd_deliver)
 
     demo = sub.add_parser("demo", help="relay + demo shop + vendor sandboxes on 127.0.0.1")
     demo.add_argument("--host", default="127.0.0.1")

@@ -79,6 +79,9 @@ class RelaySettings:
     backfill_share: float = 0.5
     #: On SIGTERM, seconds to let requests in flight finish before stopping.
     shutdown_grace_seconds: float = 10.0
+    #: `shoprelay serve` only: deliver to vendors from a second process over the same spool
+    #: (shoprelay.delivery.process), so ingest and delivery use a core each.
+    delivery_process: bool = False
     #: Bearer token for /metrics and the live debugger (/debug); empty = those routes are off.
     admin_token: str = ""
     #: Ingest requests one client address may make a minute (0 = no limit); 429 beyond.
