@@ -131,9 +131,18 @@ def test_two_processes_share_the_load_and_survive_a_sigkill(tmp_path: Path,
                              timeout=20)
                     # Go Shops becomes slow, so requests of both processes are at the vendor
                     # unanswered when A dies.
-                    fault(sb, "goshops", kind="delay", hang_seconds=1.5, count=10)
+                    fault(sb, "goshops", kind="delay", hang_seconds=1.5, count=40)
                     post(a.url, batch)
-                    wait_for(lambda: in_flight(sb, "goshops") >= 3, timeout=30)
+
+                    def a_has_one_at_the_vendor() -> bool:
+                        held = httpx.get(f"{sb}/_sandbox/goshops/faults").json()["held"]
+                        items = {int(body["data"]["item"]) for body in held}
+                        return bool(items & pending_at(prefix, a.proc.pid)["goshops"])
+
+                    # Kill only once a request of A's own is at the vendor unanswered: else
+                    # the kill tests nothing (B's requests in flight are not A's to lose).
+                    wait_for(lambda: in_flight(sb, "goshops") >= 3
+                             and a_has_one_at_the_vendor(), timeout=30, interval=0.05)
                     a.proc.send_signal(signal.SIGKILL)
                     a.proc.wait()
                     takeover = lease_end(prefix, a.proc.pid)

@@ -7,7 +7,8 @@
 - `POST /_sandbox/<name>/faults` — queue a fault: `{"kind": "status"|"hang"|"close"|"delay",
   "status": 503, "retry_after": 2, "count": 5, "hang_seconds": 30, "headers": {...},
   "matches": ["..."]}` (`matches`: only requests whose body contains one of them);
-  `DELETE` clears them; `GET` lists them and how many requests are in flight
+  `DELETE` clears them; `GET` lists them, how many requests are in flight and the bodies a
+  delay or hang holds (`held`)
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def create_app(vendors: list[str] | None = None) -> Starlette:
             return Response(status_code=204)
         if request.method == "GET":
             return json_response({"faults": [dataclasses.asdict(f) for f in state.faults],
-                                  "in_flight": state.in_flight})
+                                  "in_flight": state.in_flight, "held": state.held})
         spec: dict[str, Any] = orjson.loads(await request.body() or b"{}")
         state.faults.append(Fault(**spec))
         return Response(status_code=204)

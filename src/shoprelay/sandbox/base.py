@@ -154,8 +154,10 @@ class SandboxState:
         self.records: list[Record] = []
         self.faults: deque[Fault] = deque()
         self.changed = asyncio.Event()
-        #: Requests being answered right now (a test can wait until one is in flight).
+        #: Requests being answered right now (a test can wait until one is in flight), and
+        #: the bodies of those held by a "delay" or "hang" fault (which one is in flight).
         self.in_flight = 0
+        self.held: list[Any] = []
 
     def add(self, record: Record) -> None:
         self.records.append(record)
@@ -203,10 +205,12 @@ class SandboxState:
             fault = None
         if fault is not None and fault.kind == "delay":
             self.in_flight += 1
+            self.held.append(body)
             try:
                 await asyncio.sleep(fault.hang_seconds)
             finally:
                 self.in_flight -= 1
+                self.held.remove(body)
             fault = None
         if fault is not None and fault.kind == "close":
             record.status, record.error = 0, "injected fault: connection closed mid-answer"
