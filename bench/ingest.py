@@ -112,7 +112,8 @@ def pin(cpu: int, pid: int | None = None) -> list[str]:
 
 def settings_file(directory: Path, sandbox_url: str, *, sync: str, vendors: list[str],
                   spool: str | None = None, redis_prefix: str = "",
-                  extra: dict[str, dict[str, Any]] | None = None) -> Path:
+                  extra: dict[str, dict[str, Any]] | None = None,
+                  relay_lines: list[str] | None = None) -> Path:
     sys.path.insert(0, str(ROOT / "src"))
     from shoprelay.sandbox import demo_vendor_settings
 
@@ -120,7 +121,7 @@ def settings_file(directory: Path, sandbox_url: str, *, sync: str, vendors: list
     lines = ["[relay]", 'secret = "bench-secret-0123456789abcdef"',
              f'spool = "{url}"', f'spool_sync = "{sync}"',
              # One load generator on one address: the per-address ingest limit would refuse it.
-             "ingest_per_ip_per_minute = 1000000000"]
+             "ingest_per_ip_per_minute = 1000000000", *(relay_lines or [])]
     if redis_prefix:
         lines.append(f'redis_prefix = "{redis_prefix}"')
     lines += ["", "[sites.bench]", f'write_key = "{WRITE_KEY}"']
@@ -305,6 +306,20 @@ def forwarding(work: Path, vendors: list[str], events: int, wait_for: float) -> 
         stop(sandbox)
 
 
+def children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (Linux /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
 def rss_mb(pid: int) -> tuple[float, float]:
     """(current RSS, peak RSS) of a process in MB, from /proc (Linux)."""
     fields = dict(line.split(":", 1) for line in
@@ -343,7 +358,10 @@ def ingest_runs(work: Path, args: argparse.Namespace) -> None:
                 cfg = settings_file(directory, sandbox_url, sync=args.sync,
                                     vendors=list(LIMITS),
                                     spool=REDIS_URL if spool.startswith("redis") else None,
-                                    redis_prefix=prefix)
+                                    redis_prefix=prefix,
+                                    relay_lines=(["delivery_process = true"]
+                                                 if spool.endswith("-delivery-process")
+                                                 else []))
                 port = free_port()
                 command = [PY, "-m", "shoprelay", "serve", "--config", str(cfg), "--port",
                            str(port), "--log-level", "warning"]
@@ -354,6 +372,11 @@ def ingest_runs(work: Path, args: argparse.Namespace) -> None:
                                "--no-access-log"]
                 relay = start(pin(0) + command, f"http://127.0.0.1:{port}/healthz",
                               work / f"relay-{spool}.log")
+                if spool.endswith("-delivery-process"):
+                    # Its delivery process goes to the other core (the load generator's):
+                    # using the second core is the point of the setting.
+                    for child in children(relay.pid):
+                        pin(1, child)
                 try:
                     result = measure(f"relay, {spool}", port, args)
                     result["rss"], result["rss_peak"] = rss_mb(relay.pid)
@@ -398,9 +421,11 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=1, help="rounds of bare + relays")
     parser.add_argument("--spools", default="sqlite,redis",
-                        help="comma-separated: sqlite, redis (Redis on 127.0.0.1:6379), and "
+                        help="comma-separated: sqlite, redis (Redis on 127.0.0.1:6379), "
                              "sqlite-ingest-only, redis-ingest-only (no forwarder in the "
-                             "process: bench/ingest_only.py)")
+                             "process: bench/ingest_only.py), and sqlite-delivery-process, "
+                             "redis-delivery-process (relay.delivery_process = true, its "
+                             "delivery process on the other core)")
     parser.add_argument("--sync", default="full", choices=("full", "normal"),
                         help="spool_sync of the SQLite relay")
     parser.add_argument("--forward-events", type=int, default=300)
