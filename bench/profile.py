@@ -30,6 +30,7 @@ from bench.ingest import (  # noqa: E402 - after the path is set
     LIMITS,
     PY,
     REDIS_URL,
+    children,
     free_port,
     load,
     one_event,
@@ -72,6 +73,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--delivery-process", action="store_true",
+                        help="relay.delivery_process = true: profile the serving process only "
+                             "(its delivery process runs on the other core)")
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
     work = Path(tempfile.mkdtemp(prefix="shoprelay-profile-"))
@@ -82,12 +86,16 @@ def main() -> None:
                     f"{sandbox_url}/_sandbox/requests", work / "sandbox.log")
     spool = REDIS_URL if args.spool == "redis" else None
     cfg = settings_file(work, sandbox_url, sync="full", vendors=list(LIMITS), spool=spool,
-                        redis_prefix=f"profile{os.getpid()}:")
+                        redis_prefix=f"profile{os.getpid()}:",
+                        relay_lines=["delivery_process = true"] if args.delivery_process else [])
     port = free_port()
     relay = start(pin(0) + [PY, "-m", "shoprelay", "serve", "--config", str(cfg), "--port",
                             str(port), "--log-level", "warning"],
                   f"http://127.0.0.1:{port}/healthz", work / "relay.log")
     pin(1, os.getpid())
+    if args.delivery_process:
+        for child in children(relay.pid):
+            pin(1, child)
     raw = work / "profile.txt"
     try:
         recorder = subprocess.Popen([spy, "record", "--pid", str(relay.pid), "--format", "raw",
