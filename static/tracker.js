@@ -70,7 +70,7 @@
   var consent = { analytics: !required, marketing: !required };
   var answered;
   var applyGpc = () => {
-    if (nav.globalPrivacyControl === true) consent.marketing = !(consent.gpc = true);
+    if (nav.globalPrivacyControl) consent.marketing = !(consent.gpc = true);
   };
   applyGpc();
   var allowed = () => Object.keys(consent).some((k) => k != 'gpc' && consent[k]);
@@ -131,8 +131,10 @@
   // A batch that cannot be sent (offline, network error, 5xx, 408, 429) goes to the retry queue
   // in localStorage: at most STORE_MAX messages, none older than STORE_AGE, in time order. It is
   // sent again ten at a time after a success, when the browser is back online, on the next page,
-  // and with exponential backoff (1 s doubling to 64 s). The relay deduplicates on messageId, so
-  // a message that arrived although its answer was lost does no harm when sent again.
+  // and with exponential backoff (1 s doubling to 64 s). Stored messages leave the queue only
+  // once the relay accepted them: a page closed while they are on the way keeps them for the
+  // next one. The relay deduplicates on messageId, so a message that arrived although its
+  // answer was lost does no harm when sent again.
   var tries = 0;
   var retryTimer = 0;
 
@@ -146,7 +148,7 @@
   var save = (list) => {
     try {
       list = list
-        .filter((m) => Date.parse(m.timestamp) > Date.now() - STORE_AGE)
+        .filter((m) => new Date(m.timestamp) > Date.now() - STORE_AGE)
         .slice(-STORE_MAX);
       if (list.length) storage.setItem(STORE_KEY, JSON.stringify(list));
       else storage.removeItem(STORE_KEY);
@@ -155,9 +157,10 @@
     }
   };
 
-  var post = (batch, beacon) => {
+  // `stored`: the batch came from the retry queue and is still in it.
+  var post = (batch, beacon, stored) => {
     var fail = () => {
-      save(load().concat(batch));
+      stored || save(load().concat(batch));
       retryTimer = retryTimer || setTimeout(retry, 1e3 << Math.min(tries++, 6));
     };
     if (!nav.onLine) return fail();
@@ -179,6 +182,8 @@
       .then((r) => {
         if (/^(5|429|408)/.test(r.status)) throw r;
         tries = 0;
+        // (the body holds each sent message's id: what it names has arrived)
+        if (stored) save(load().filter((m) => !body.includes(m.messageId)));
         retry();
       })
       .catch(fail);
@@ -188,11 +193,9 @@
     clearTimeout(retryTimer);
     retryTimer = 0;
     var list = load();
-    // not while offline, so the queue keeps its order until a send can really be tried
-    if (allowed() && nav.onLine && list.length) {
-      save(list.slice(MAX_BATCH));
-      post(list.slice(0, MAX_BATCH));
-    }
+    // Offline, post keeps them stored and tries again later (they stay in order: a stored
+    // batch is never added again, only removed once accepted).
+    if (allowed() && list.length) post(list.slice(0, MAX_BATCH), 0, 1);
   };
 
   // ---- the API -------------------------------------------------------------------------------
@@ -423,9 +426,9 @@
     if (!pending.some((a) => a?.[0] == 'page')) page();
     pending.forEach(call);
 
-    if (on('datalayer')) hookDataLayer();
     var scan = () => {
-      // the dataLayer again: a shop may create it further down the page
+      // at the DOM's end, so a dataLayer made further down the page is found (what was
+      // pushed before is replayed when it is hooked)
       if (on('datalayer')) hookDataLayer();
       if (on('jsonld')) jsonLd();
       if (on('attrs')) attributes();

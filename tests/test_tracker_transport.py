@@ -63,6 +63,34 @@ def test_stored_messages_survive_to_the_next_page(stack: Any, browser: Browser) 
     context.close()
 
 
+def test_a_stored_batch_stays_stored_until_the_relay_accepts_it(stack: Any,
+                                                                browser: Browser) -> None:
+    """Back online, a page sends its stored batch; if the page goes before the answer (closed,
+    navigated away), the batch must still be there for the next page. (It used to leave the
+    queue when sent: a tab closed just after coming back online lost it.)"""
+    context, page = new_page(browser)
+    page.goto(f"{stack.shop_url}/lab/api")
+    loaded(page)
+    page.evaluate("shoprelay.flush()")
+    context.set_offline(True)
+    page.evaluate(VIEW % "106")
+    page.evaluate("shoprelay.flush()")
+    page.wait_for_function(f"{STORED} === 1")
+    held: list[Any] = []
+    page.route("**/v1/batch", lambda route: held.append(route))  # sent, never answered
+    with page.expect_request("**/v1/batch"):
+        context.set_offline(False)                      # 'online': the stored batch is sent
+    assert page.evaluate(STORED) == 1                   # still stored while on the way
+    page.close()                                        # the page goes before the answer
+    assert stack.received("goshops") == []
+    page = context.new_page()
+    page.goto(f"{stack.shop_url}/lab/api")              # the next page sends it
+    expect_calls(stack, {"goshops": Counter({"view": 1})})
+    assert goshops_items(stack, "view") == ["106"]
+    page.wait_for_function(f"{STORED} === 0")           # and drops it once accepted
+    context.close()
+
+
 def test_events_in_the_batch_window_are_delivered_on_page_close(stack: Any,
                                                                 browser: Browser) -> None:
     context, page = new_page(browser)
