@@ -81,8 +81,10 @@ def test_a_stored_batch_stays_stored_until_the_relay_accepts_it(stack: Any,
     with page.expect_request("**/v1/batch"):
         context.set_offline(False)                      # 'online': the stored batch is sent
     assert page.evaluate(STORED) == 1                   # still stored while on the way
-    page.close()                                        # the page goes before the answer
-    assert stack.received("goshops") == []
+    # The page goes before the answer. (Chromium may still let the held keepalive request go
+    # once the page and its route are gone; then the next page's copy is a duplicate, which
+    # the relay drops on its messageId: the vendor gets the view once either way.)
+    page.close()
     page = context.new_page()
     page.goto(f"{stack.shop_url}/lab/api")              # the next page sends it
     expect_calls(stack, {"goshops": Counter({"view": 1})})
