@@ -165,10 +165,30 @@ class Outbox:
                                           "rs": response})
             await pipe.execute()
 
+    def _keep_dead(self, pipe: Any, entry: Entry, dead_id: int, part: int | None, now: float,
+                   *, status: int | None, error: str, response: str, request: str) -> None:
+        """Queue the dead-letter record of `entry` (or of its request `part`) on `pipe`: the
+        format `deadletters` reads, the whole event with it, so a replay needs nothing else;
+        with its count and its trace field."""
+        k = self._ctx.k
+        vendor = vendor_of(entry.stream)
+        record = {
+            "id": dead_id, "site": entry.event.site if entry.event else site_of(entry.stream),
+            "vendor": vendor, "visitor_id": entry.visitor, "attempts": entry.attempts + 1,
+            "status": status, "error": error, "response": response, "request": request,
+            "failed_at": now, "event_key": entry.event_key,
+            "event": entry.event.to_dict() if entry.event else None, "part": part,
+        }
+        pipe.hset(k("dead"), str(dead_id), orjson.dumps(record))
+        pipe.zadd(k("dead", "time"), {str(dead_id): now})
+        pipe.hincrby(k("counts"), f"{vendor}:dead", 1)
+        self._trace(pipe, entry, {"s": "dead", "a": entry.attempts + 1, "st": status,
+                                  "e": error, "rq": request, "rs": response[:EXCHANGE_CHARS]},
+                    part=part)
+
     async def mark_dead(self, ids: list[int], *, status: int | None, error: str,
                         response: str = "", request: str = "") -> None:
-        """Acknowledge the entries and keep each as a dead-letter record (the format
-        `deadletters` reads: the whole event with it, so a replay needs nothing else)."""
+        """Acknowledge the entries and keep each as a dead-letter record."""
         entries = self._partitions.entries(ids)
         if not entries:
             return
@@ -177,24 +197,10 @@ class Outbox:
         k = self._ctx.k
         async with self._ctx.redis.pipeline(transaction=True) as pipe:
             for entry in entries:
-                vendor = vendor_of(entry.stream)
-                site = entry.event.site if entry.event else site_of(entry.stream)
-                record = {
-                    "id": entry.work_id, "site": site, "vendor": vendor,
-                    "visitor_id": entry.visitor, "attempts": entry.attempts + 1,
-                    "status": status, "error": error, "response": response,
-                    "request": request, "failed_at": now, "event_key": entry.event_key,
-                    "event": entry.event.to_dict() if entry.event else None,
-                    "part": entry.part,
-                }
-                pipe.hset(k("dead"), str(entry.work_id), orjson.dumps(record))
-                pipe.zadd(k("dead", "time"), {str(entry.work_id): now})
-                pipe.hincrby(k("counts"), f"{vendor}:dead", 1)
-                pipe.xack(entry.stream, vendor, entry.entry_id)
+                self._keep_dead(pipe, entry, entry.work_id, entry.part, now, status=status,
+                                error=error, response=response, request=request)
+                pipe.xack(entry.stream, vendor_of(entry.stream), entry.entry_id)
                 pipe.delete(k("work", str(entry.work_id)))
-                self._trace(pipe, entry, {"s": "dead", "a": entry.attempts + 1, "st": status,
-                                          "e": error, "rq": request,
-                                          "rs": response[:EXCHANGE_CHARS]})
             await pipe.execute()
         for entry in entries:
             self._partitions.forget(entry)
@@ -208,23 +214,8 @@ class Outbox:
             return
         [entry] = entries
         await self._load_events(entries)
-        now = time.time()
-        k = self._ctx.k
-        vendor = vendor_of(entry.stream)
-        site = entry.event.site if entry.event else site_of(entry.stream)
-        dead_id = int(await self._ctx.redis.incr(k("seq")))
-        record = {
-            "id": dead_id, "site": site, "vendor": vendor, "visitor_id": entry.visitor,
-            "attempts": entry.attempts + 1, "status": status, "error": error,
-            "response": response, "request": request, "failed_at": now,
-            "event_key": entry.event_key,
-            "event": entry.event.to_dict() if entry.event else None, "part": part,
-        }
+        dead_id = int(await self._ctx.redis.incr(self._ctx.k("seq")))
         async with self._ctx.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(k("dead"), str(dead_id), orjson.dumps(record))
-            pipe.zadd(k("dead", "time"), {str(dead_id): now})
-            pipe.hincrby(k("counts"), f"{vendor}:dead", 1)
-            self._trace(pipe, entry, {"s": "dead", "a": entry.attempts + 1, "st": status,
-                                      "e": error, "rq": request,
-                                      "rs": response[:EXCHANGE_CHARS]}, part=part)
+            self._keep_dead(pipe, entry, dead_id, part, time.time(), status=status,
+                            error=error, response=response, request=request)
             await pipe.execute()
