@@ -45,15 +45,21 @@ def test_offline_sends_are_kept_and_delivered_when_back_online(stack: Any,
     context.close()
 
 
-def test_stored_messages_survive_to_the_next_page(stack: Any, browser: Browser) -> None:
+def stored_offline(stack: Any, browser: Browser, product: str) -> tuple[Any, Any]:
+    """A page that viewed `product` while offline: the view waits in the retry queue."""
     context, page = new_page(browser)
     page.goto(f"{stack.shop_url}/lab/api")
     loaded(page)
     page.evaluate("shoprelay.flush()")
     context.set_offline(True)
-    page.evaluate(VIEW % "102")
+    page.evaluate(VIEW % product)
     page.evaluate("shoprelay.flush()")
     page.wait_for_function(f"{STORED} === 1")
+    return context, page
+
+
+def test_stored_messages_survive_to_the_next_page(stack: Any, browser: Browser) -> None:
+    context, page = stored_offline(stack, browser, "102")
     page.close()
     context.set_offline(False)
     page = context.new_page()                           # a later visit sends the queue
@@ -68,14 +74,7 @@ def test_a_stored_batch_stays_stored_until_the_relay_accepts_it(stack: Any,
     """Back online, a page sends its stored batch; if the page goes before the answer (closed,
     navigated away), the batch must still be there for the next page. (It used to leave the
     queue when sent: a tab closed just after coming back online lost it.)"""
-    context, page = new_page(browser)
-    page.goto(f"{stack.shop_url}/lab/api")
-    loaded(page)
-    page.evaluate("shoprelay.flush()")
-    context.set_offline(True)
-    page.evaluate(VIEW % "106")
-    page.evaluate("shoprelay.flush()")
-    page.wait_for_function(f"{STORED} === 1")
+    context, page = stored_offline(stack, browser, "106")
     held: list[Any] = []
     page.route("**/v1/batch", lambda route: held.append(route))  # sent, never answered
     with page.expect_request("**/v1/batch"):
