@@ -181,6 +181,16 @@ class SandboxState:
                 self.faults.popleft()
         return fault
 
+    async def _hold(self, body: Any, seconds: float) -> None:
+        """Keep a request unanswered for `seconds`, counted in flight and listed in `held`."""
+        self.in_flight += 1
+        self.held.append(body)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.in_flight -= 1
+            self.held.remove(body)
+
     async def handle(self, request: Request, handler: Handler) -> Response:
         """Read the body, play a fault if one is set, run `handler`, record the verdict."""
         raw = await request.body()
@@ -204,13 +214,7 @@ class SandboxState:
             request.state.refuse_matches = list(fault.matches or [])
             fault = None
         if fault is not None and fault.kind == "delay":
-            self.in_flight += 1
-            self.held.append(body)
-            try:
-                await asyncio.sleep(fault.hang_seconds)
-            finally:
-                self.in_flight -= 1
-                self.held.remove(body)
+            await self._hold(body, fault.hang_seconds)
             fault = None
         if fault is not None and fault.kind == "close":
             record.status, record.error = 0, "injected fault: connection closed mid-answer"
@@ -218,11 +222,7 @@ class SandboxState:
             return _DroppedResponse()
         if fault is not None:
             if fault.kind == "hang":
-                self.in_flight += 1
-                try:
-                    await asyncio.sleep(fault.hang_seconds)
-                finally:
-                    self.in_flight -= 1
+                await self._hold(body, fault.hang_seconds)
             headers = dict(fault.headers or {})
             if fault.retry_after is not None:
                 headers["Retry-After"] = str(int(fault.retry_after))
