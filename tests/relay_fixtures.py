@@ -71,3 +71,25 @@ def track(event: str, message_id: str | None = None, **props: Any) -> dict[str, 
     if message_id:
         message["messageId"] = message_id
     return message
+
+
+def routed_db(path: Path | str, timeout: float = 20.0) -> Any:
+    """A connection to a SQLite spool file once its rules stage has routed everything that was
+    accepted (the relay answers at intake; the stored events follow a moment later)."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        conn = sqlite3.connect(path)
+        try:
+            pending = conn.execute("SELECT COUNT(*) FROM intake WHERE result IS NULL "
+                                   "AND failed IS NULL").fetchone()[0]
+        except sqlite3.OperationalError:  # no intake table: nothing is waiting
+            pending = 0
+        if not pending:
+            return conn
+        conn.close()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{pending} intake row(s) still not routed after {timeout} s")
+        time.sleep(0.02)

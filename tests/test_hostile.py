@@ -11,7 +11,6 @@ import io
 import json
 import logging
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from relay_fixtures import ORIGIN, WRITE_KEY, Stack, relay_stack, track
+from relay_fixtures import ORIGIN, WRITE_KEY, Stack, relay_stack, routed_db, track
 from servers import wait_for
 
 from shoprelay.ingest.validation import MAX_DEPTH, MAX_MESSAGE_BYTES, STORE_FACTOR
@@ -43,7 +42,7 @@ def post(stack: Stack, body: dict[str, Any] | bytes, headers: dict[str, str] | N
 
 def stored(tmp_path: Path) -> tuple[int, int, int]:
     """(messages, bytes of the largest, bytes of all) as the spool holds them."""
-    with sqlite3.connect(tmp_path / "spool.db") as conn:
+    with routed_db(tmp_path / "spool.db") as conn:
         count, largest, total = conn.execute(
             "SELECT COUNT(*), COALESCE(MAX(LENGTH(data)), 0), COALESCE(SUM(LENGTH(data)), 0) "
             "FROM messages").fetchone()
@@ -164,7 +163,7 @@ ADMIN = "hostile-admin-token-0123456789"
 
 
 def stored_ips(tmp_path: Path) -> dict[str, str | None]:
-    with sqlite3.connect(tmp_path / "spool.db") as conn:
+    with routed_db(tmp_path / "spool.db") as conn:
         rows = conn.execute("SELECT message_id, data FROM messages").fetchall()
     return {mid: orjson.loads(data)["enrichment"].get("ip") for mid, data in rows}
 
@@ -214,7 +213,7 @@ def test_a_cookie_from_one_shop_does_not_carry_a_visitor_into_another(tmp_path: 
         assert at_a.status_code == 200
         again_b = post(relay, {"batch": [track("A", "again-b")], "writeKey": "pk_shop_b"},
                        cookies={"sc": b_cookie})
-        with sqlite3.connect(tmp_path / "spool.db") as conn:
+        with routed_db(tmp_path / "spool.db") as conn:
             visitors = dict(conn.execute("SELECT message_id, visitor_id FROM messages"))
         # Shop A gave the visitor an id of its own, and a cookie that shop B does not take.
         assert visitors["at-a"] != visitors["at-b"]
@@ -222,7 +221,7 @@ def test_a_cookie_from_one_shop_does_not_carry_a_visitor_into_another(tmp_path: 
         assert at_a.cookies["sc"] != b_cookie and again_b.cookies["sc"] == b_cookie
         crossed = post(relay, {"batch": [track("A", "crossed")], "writeKey": "pk_shop_b"},
                        cookies={"sc": at_a.cookies["sc"]})
-        with sqlite3.connect(tmp_path / "spool.db") as conn:
+        with routed_db(tmp_path / "spool.db") as conn:
             [(crossed_visitor,)] = conn.execute(
                 "SELECT visitor_id FROM messages WHERE message_id = 'crossed'")
         assert crossed_visitor not in (visitors["at-a"], visitors["at-b"])

@@ -4,7 +4,6 @@ known anonymousId."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from relay_fixtures import WRITE_KEY, relay_stack
+from relay_fixtures import WRITE_KEY, relay_stack, routed_db
 from servers import wait_for
 from test_identity_privacy import (
     CHROME,
@@ -117,7 +116,7 @@ def test_a_known_anonymous_id_never_hands_out_or_moves_its_visitor(tmp_path: Pat
         attacker_cookie = {"sc": own.cookies["sc"]}
         send("victim-anon", "a-3", cookies=attacker_cookie)  # try to re-point the alias
         send("victim-anon", "v-2")  # the victim, cookie-less (a cross-origin client)
-        with sqlite3.connect(tmp_path / "spool.db") as conn:
+        with routed_db(tmp_path / "spool.db") as conn:
             owner = dict(conn.execute("SELECT message_id, visitor_id FROM messages"))
         assert owner["v-2"] == owner["v-1"]  # still the victim's visitor
         assert owner["a-3"] == owner["a-2"] != owner["v-1"]  # the attacker's own
@@ -138,7 +137,7 @@ def test_a_flood_of_cart_additions_keeps_the_cart_and_the_spool_bounded(tmp_path
                            "messageId": f"add-{batch}-{i}",
                            "properties": {"product_id": f"p{batch * 1000 + i}", "price": 1,
                                           "quantity": 1}} for i in range(1000)])
-        with sqlite3.connect(tmp_path / "spool.db") as conn:
+        with routed_db(tmp_path / "spool.db") as conn:
             conn.execute("PRAGMA wal_checkpoint(FULL)")
             last = orjson.loads(conn.execute("SELECT data FROM messages WHERE message_id = ?",
                                              ("add-1-999",)).fetchone()[0])
@@ -203,7 +202,7 @@ def test_with_identify_secret_only_a_signed_identify_binds(tmp_path: Path) -> No
         time.sleep(0.8)
         assert [(c["contactExternalId"], c["email"]) for c in contacts(stack)] == [
             (contact_external_id("u-2"), "u2@example.com")]
-        with sqlite3.connect(tmp_path / "spool.db") as conn:
+        with routed_db(tmp_path / "spool.db") as conn:
             users = dict(conn.execute("SELECT user_id, strong FROM users"))
             stored = [orjson.loads(r[0]) for r in conn.execute("SELECT data FROM messages")]
         assert users == {"u-2": 1}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from relay_fixtures import SECRET, WRITE_KEY, relay_stack, track
+from relay_fixtures import SECRET, WRITE_KEY, relay_stack, routed_db, track
 from servers import wait_for
 
 from shoprelay.identity.cookie import VisitorCookie
@@ -57,7 +56,7 @@ def settle(stack, vendor: str, count: int) -> list[dict]:
 def stored(tmp_path: Path, column: str = "data") -> list[Any]:
     import orjson
 
-    with sqlite3.connect(tmp_path / "spool.db") as conn:
+    with routed_db(tmp_path / "spool.db") as conn:
         rows = conn.execute(f"SELECT {column} FROM messages ORDER BY id").fetchall()
     return [orjson.loads(r[0]) if column == "data" else r[0] for r in rows]
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import base64
-import sqlite3
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
-from relay_fixtures import ORIGIN, WRITE_KEY, relay_stack, track
+from relay_fixtures import ORIGIN, WRITE_KEY, relay_stack, routed_db, track
 
 from shoprelay.identity.cookie import VisitorCookie
 
@@ -21,7 +20,7 @@ def stack(tmp_path: Path):
 
 
 def stored_count(tmp_path: Path) -> int:
-    with sqlite3.connect(tmp_path / "spool.db") as conn:
+    with routed_db(tmp_path / "spool.db") as conn:
         return conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
 
 
@@ -136,7 +135,7 @@ def test_anonymous_id_without_cookie_stays_one_visitor(stack, tmp_path: Path) ->
     # anonymousId claiming that visitor: it is counted as the same visitor but gets no cookie
     # (an anonymousId is no credential; issue 12).
     assert "sc" in a.cookies and "sc" not in b.cookies
-    with sqlite3.connect(tmp_path / "spool.db") as conn:
+    with routed_db(tmp_path / "spool.db") as conn:
         visitors = {r[0] for r in conn.execute("SELECT visitor_id FROM messages")}
     assert len(visitors) == 1
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import sqlite3
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from relay_fixtures import WRITE_KEY, relay_stack, track
+from relay_fixtures import WRITE_KEY, relay_stack, routed_db, track
 
 from shoprelay.ingest.encoding import read_body
 from shoprelay.ingest.validation import MAX_BATCH_BYTES, BadRequest
@@ -42,7 +41,7 @@ def refusals(stack, reason: str) -> float:
 
 
 def stored_count(tmp_path: Path) -> int:
-    with sqlite3.connect(tmp_path / "spool.db") as conn:
+    with routed_db(tmp_path / "spool.db") as conn:
         return conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
 
 

@@ -227,13 +227,16 @@ def create_app(settings: Settings, *, delivery: DeliveryOptions | None = None,
             forwarder = DeliveryProcess(config_path, targets, log_level=log_level,
                                         grace=relay.shutdown_grace_seconds, bus=bus)
             app.state.forwarder = forwarder
-            spool.on_new_work = forwarder.wake
+            # The delivery process runs the rules stage too: each append wakes it.
+            spool.on_new_intake = forwarder.wake
+            spool.on_new_work = forwarder.wake  # a replay from this process, say
             await forwarder.start()
         else:
             forwarder = Forwarder(spool, targets, delivery,
                                   limiter_factory=limiter_factory(settings, spool))
             forwarder.bus = bus
             app.state.forwarder = forwarder
+            spool.route_intake()  # the rules stage, behind the request path
             if forward:
                 spool.claim_delivery()  # SQLite: refuse a second delivering process
                 forwarder.start()

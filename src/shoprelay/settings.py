@@ -95,6 +95,10 @@ class RelaySettings:
     keep_alive_seconds: float = 5.0
     #: /readyz fails when the oldest queued event is older than this many seconds.
     ready_max_backlog_seconds: float = 900.0
+    #: /readyz fails when the oldest accepted request not yet routed by the rules stage is
+    #: older than this (routing normally keeps up within milliseconds; 30 s means the rules
+    #: stage is stuck or far behind, and a load balancer should send traffic elsewhere).
+    ready_max_intake_seconds: float = 30.0
     #: "json" (one JSON object a line) or "text".
     log_format: str = "json"
     #: Redis spool only: every key starts with this (several relays may share one Redis).
@@ -305,6 +309,8 @@ def _check_relay(relay: RelaySettings, problems: list[Problem]) -> None:
         problems.append(Problem("relay.max_header_bytes", "must be at least 4096"))
     if relay.keep_alive_seconds <= 0:
         problems.append(Problem("relay.keep_alive_seconds", "must be more than 0"))
+    if relay.ready_max_intake_seconds <= 0:
+        problems.append(Problem("relay.ready_max_intake_seconds", "must be more than 0"))
     if relay.path_prefix and not _PATH_PREFIX.fullmatch(relay.path_prefix):
         problems.append(Problem("relay.path_prefix",
                                 "must be a path like /px (a leading /, no trailing /; letters, "

@@ -13,6 +13,7 @@ import binascii
 import ipaddress
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 import orjson
@@ -22,10 +23,10 @@ from starlette.routing import Route
 
 from shoprelay.identity.bots import is_bot
 from shoprelay.identity.consent import consent_of, refuses_everything
-from shoprelay.identity.cookie import VisitorCookie
+from shoprelay.identity.cookie import VisitorCookie, new_visitor_id
 from shoprelay.ingest.encoding import content_encoding, read_body
 from shoprelay.ingest.limits import PerAddressLimit
-from shoprelay.ingest.rules import RequestContext
+from shoprelay.ingest.rules import IngestResult, RequestContext, SitePolicy, early_refusals
 from shoprelay.ingest.validation import (
     MAX_BATCH_BYTES,
     MAX_MESSAGE_BYTES,
@@ -47,6 +48,11 @@ _CORS_ALLOW_HEADERS = ", ".join([
     "Content-Type", "Authorization", "AnonymousId", "SentAt", "Rsa-Recovered",
     "Rsa-Retry-Attempt", "Rsa-Retry-Reason", "Rsa-Since-First-Attempt",
     "Rsa-Since-Last-Attempt"])
+#: Cookie-less anonymousIds remembered as handed a cookie (until routed, an alias is not
+#: in the spool yet); the oldest are forgotten first.
+_MINTED_KEPT = 20_000
+#: How long a server request waits for its fold before it is answered without it.
+_ROUTED_WAIT = 10.0
 _REQUEST_REASONS = {400: "malformed", 413: "too_large", 401: "unknown_key",
                     415: "unsupported_encoding"}
 _ERROR_CODES = {400: "bad_request", 401: "unknown_key", 403: "origin_not_allowed",
@@ -67,6 +73,8 @@ class Ingest:
         self._trusted = [ipaddress.ip_network(p, strict=False)
                          for p in settings.relay.trusted_proxies]
         self._refusal_logged = -1e9
+        #: (site, anonymousId) a cookie was handed out for by this process (see `_mint`).
+        self._minted: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     def routes(self) -> list[Route]:
         prefixes = [""] + ([self.settings.relay.path_prefix]
@@ -161,6 +169,8 @@ class Ingest:
         cookie_visitor = None
         if not server and not no_consent:
             cookie_visitor = self.cookie.read(request.cookies.get(self.cookie.name), site.name)
+            if cookie_visitor is None and accepted:
+                cookie_visitor = await self._mint(site.name, accepted)
         hints: list[str | None] | None = (
             [self._server_visitor(m, site.name) for m in accepted] if server else None)
         visitor = cookie_visitor
@@ -174,12 +184,21 @@ class Ingest:
                 ip = ip_of(first["ip"]) if isinstance(first.get("ip"), str) else None
                 user_agent = first.get("userAgent") if isinstance(first.get("userAgent"),
                                                                     str) else None
-            result = await self.spool.ingest(site.name, accepted, RequestContext(
+            context = RequestContext(
                 source="server" if server else "browser", cookie_visitor=cookie_visitor,
                 ip=truncate_ip(ip) if site.ip_truncate else ip, user_agent=user_agent,
-                bot=False if server else is_bot(user_agent), consent=consents, hints=hints))
-            visitor = result.visitor_id if result.cookie else None
-            dropped = result.dropped
+                bot=False if server else is_bot(user_agent), consent=consents, hints=hints)
+            # Accept first, think after: one durable append, then the answer. The rules
+            # stage folds it behind the request (shoprelay.spool: the intake).
+            ticket = await self.spool.append(site.name, accepted, context, wait=server)
+            result = await self._routed(ticket) if server else None
+            if result is not None:
+                # The shop's backend hears the fold's answer (an order already reported).
+                dropped = result.dropped
+            else:
+                dropped = early_refusals(SitePolicy(order_source=site.order_source,
+                                                    identify_secret=site.identify_secret),
+                                         context.source, accepted)
         for rejection in checked.rejected:
             self.metrics.rejected.labels(rejection.code).inc()
         if checked.rejected:
@@ -217,6 +236,42 @@ class Ingest:
                                                        secure=self._is_https(request)))
         response.headers["Cache-Control"] = "no-store"
         return response
+
+    async def _mint(self, site: str, messages: list[dict[str, Any]]) -> str | None:
+        """The visitor a cookie-less browser request is given a cookie for, or None.
+
+        A request that brings no anonymousId gets a new visitor. One that does gets the
+        visitor its anonymousId derives (`visitor_for_anonymous_id`, the one the rules bind
+        it to) unless that anonymousId already belongs to a visitor, or a cookie for it was
+        already handed out here and is not routed yet: an anonymousId is no credential, so
+        only the request that first brings it is given the cookie (the rules then find
+        the visitor of later cookie-less requests through the alias)."""
+        anonymous_id = messages[0].get("anonymousId")
+        if not isinstance(anonymous_id, str) or not anonymous_id:
+            return new_visitor_id()
+        key = (site, anonymous_id)
+        if key in self._minted or await self.spool.alias(site, anonymous_id) is not None:
+            return None
+        self._minted[key] = None
+        if len(self._minted) > _MINTED_KEPT:
+            self._minted.popitem(last=False)
+        return self.cookie.visitor_for_anonymous_id(site, anonymous_id)
+
+    async def _routed(self, ticket: str) -> IngestResult | None:
+        """Wait for the rules stage to fold a server request (it usually takes a few
+        milliseconds); None after `_ROUTED_WAIT` seconds: the answer then gives only what
+        needs no fold, and the request stays in the intake to be routed."""
+        delay, deadline = 0.001, time.monotonic() + _ROUTED_WAIT
+        while True:
+            result = await self.spool.routed(ticket)
+            if result is not None:
+                return result
+            if time.monotonic() > deadline:
+                log.warning("server request not routed within %.0f s: answered before "
+                            "its fold", _ROUTED_WAIT)
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.02)
 
     def _server_visitor(self, message: dict[str, Any], site: str) -> str:
         """For the server API: the visitor named by the `sc` cookie value the shop's backend

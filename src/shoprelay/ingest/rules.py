@@ -41,6 +41,19 @@ class IngestResult:
     #: through an existing alias: an anonymousId is no credential.
     cookie: bool = True
 
+    def to_json(self) -> bytes:
+        """As the intake keeps it for a sender that waits for the fold (the server API)."""
+        return orjson.dumps({"v": self.visitor_id, "s": self.stored, "d": self.duplicates,
+                             "r": self.dropped, "c": self.cookie})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> IngestResult:
+        data = orjson.loads(raw)
+        return cls(visitor_id=data.get("v", ""), stored=data.get("s", 0),
+                   duplicates=data.get("d", 0),
+                   dropped=[(int(i), str(r)) for i, r in data.get("r") or []],
+                   cookie=bool(data.get("c", True)))
+
 
 @dataclass(frozen=True, slots=True)
 class RequestContext:
@@ -60,6 +73,23 @@ class RequestContext:
 
     def hint(self, index: int) -> str | None:
         return self.hints[index] if self.hints else None
+
+    def to_json(self) -> bytes:
+        """The context as the intake keeps it beside the request's messages (short keys:
+        it is written once per request; consent only where a message stated one)."""
+        return orjson.dumps({
+            "s": self.source, "c": self.cookie_visitor, "i": self.ip, "u": self.user_agent,
+            "b": self.bot, "k": [[i, c] for i, c in self.consent.items() if c is not None],
+            "h": None if self.hints is None else list(self.hints)})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> RequestContext:
+        data = orjson.loads(raw)
+        hints = data.get("h")
+        return cls(source=data.get("s", "browser"), cookie_visitor=data.get("c"),
+                   ip=data.get("i"), user_agent=data.get("u"), bot=bool(data.get("b")),
+                   consent={int(i): c for i, c in data.get("k") or []},
+                   hints=None if hints is None else list(hints))
 
 
 #: Who speaks for a site's orders (the `order_source` site setting).
@@ -207,6 +237,37 @@ def order_id_of(message: dict[str, Any]) -> str | None:
     return None if order_id in (None, "") else str(order_id)
 
 
+#: A browser copy of an order where the backend alone speaks for orders.
+HELD_BACK_ORDER = ('held back: this site takes orders from its backend only '
+                   '(order_source = "server")')
+#: A browser identify without a valid `context.userHash` where the site requires one.
+IDENTIFY_UNSIGNED = ("identify not signed: it binds nothing (this site requires "
+                     "context.userHash, identify_secret)")
+
+
+def early_refusals(policy: SitePolicy, source: str,
+                   messages: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    """The `dropped` reasons an answer can give before the fold runs: those that follow from
+    the message and the site's settings alone (the request path answers at intake, before
+    any stored state is read). Stateful ones (an order already reported) are noted in the
+    message's trace instead; the server API waits for the fold and hears them all."""
+    if source == "server":
+        return []
+    out: list[tuple[int, str]] = []
+    for index, message in enumerate(messages):
+        if order_id_of(message) is not None and policy.order_source == "server":
+            out.append((index, HELD_BACK_ORDER))
+        elif (policy.identify_secret and message.get("type") == "identify"
+              and message.get("userId")):
+            context = message.get("context")
+            given = context.get("userHash") if isinstance(context, dict) else None
+            if not (isinstance(given, str) and hmac.compare_digest(
+                    given.lower(),
+                    identify_signature(policy.identify_secret, str(message["userId"])))):
+                out.append((index, IDENTIFY_UNSIGNED))
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     """The keys a request will certainly read (a backend that reads ahead starts with them)."""
@@ -343,9 +404,7 @@ class IngestRules:
                 given.lower(), identify_signature(secret, user_id)):
             return _Claim(user_id, strong=True)
         if secret:
-            return _Claim(user_id, unsigned=True,
-                          refusal="identify not signed: it binds nothing (this site requires "
-                                  "context.userHash, identify_secret)")
+            return _Claim(user_id, unsigned=True, refusal=IDENTIFY_UNSIGNED)
         bound = plan.users.get(user_id) or snapshot.user(user_id)
         if bound is not None and bound.strong and bound.visitor_id != visitor:
             # Stored and sent (it is still this visitor's identify), but the binding stays.
@@ -365,8 +424,7 @@ class IngestRules:
         record = plan.orders.get(order_id) or snapshot.order(order_id)
         already = frozenset() if record is None else record.vendors
         if context.source == "browser" and self.policy(site).order_source == "server":
-            vendors, refusal = [], ('held back: this site takes orders from its backend only '
-                                    '(order_source = "server")')
+            vendors, refusal = [], HELD_BACK_ORDER
         elif already is None:  # an older release's record: every vendor had it
             return [], f"duplicate: order {order_id} was already reported"
         else:

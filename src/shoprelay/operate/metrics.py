@@ -72,7 +72,17 @@ class _DeliveryCollector(Collector):
         dead = GaugeMetricFamily("shoprelay_vendor_dead_letters", "Dead letters held",
                                  labels=["vendor"])
         spool = GaugeMetricFamily("shoprelay_spool_bytes", "Spool size on disk")
+        intake = GaugeMetricFamily("shoprelay_intake_pending",
+                                   "Accepted requests not yet routed by the rules stage")
+        intake_age = GaugeMetricFamily("shoprelay_intake_oldest_seconds",
+                                       "Age of the oldest accepted request not yet routed")
+        intake_failed = GaugeMetricFamily("shoprelay_intake_failed",
+                                          "Accepted requests the rules stage failed on (kept)")
         if self.stats is not None:
+            first_in = self.stats.intake_oldest
+            intake.add_metric([], self.stats.intake)
+            intake_age.add_metric([], max(0.0, time.time() - first_in) if first_in else 0.0)
+            intake_failed.add_metric([], self.stats.intake_failed)
             now = time.time()
             for vendor, counts in self.stats.counts.items():
                 queued.add_metric([vendor], counts.get("queued", 0))
@@ -80,7 +90,7 @@ class _DeliveryCollector(Collector):
                 first = self.stats.oldest_queued.get(vendor)
                 oldest.add_metric([vendor], max(0.0, now - first) if first else 0.0)
             spool.add_metric([], getattr(self.stats, "file_bytes", 0))
-        yield from (queued, oldest, dead, spool)
+        yield from (queued, oldest, dead, spool, intake, intake_age, intake_failed)
 
 
 class Metrics:

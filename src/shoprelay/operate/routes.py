@@ -66,7 +66,8 @@ class Operations:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
-        """Ready when the spool answers and no vendor's backlog is older than the threshold."""
+        """Ready when the spool answers, the rules stage keeps up with the intake and no
+        vendor's backlog is older than its threshold."""
         try:
             stats = await self.spool.stats()
         except Exception as exc:  # the spool is unreachable: that is the answer
@@ -82,10 +83,17 @@ class Operations:
                                                 "since": round(w.health.since, 3)}
                   for w in getattr(self.forwarder(), "workers", [])
                   if getattr(w, "health", None) is not None and w.health.paused}
-        status = "backlogged" if late else "vendor_paused" if paused else "ok"
+        intake_age = (round(now - stats.intake_oldest, 1)
+                      if stats.intake_oldest is not None else None)
+        intake_limit = self.settings.relay.ready_max_intake_seconds
+        behind = intake_age is not None and intake_age > intake_limit
+        status = ("not_routing" if behind else "backlogged" if late
+                  else "vendor_paused" if paused else "ok")
         body = {"status": status, "oldest_queued_seconds": ages,
-                "max_backlog_seconds": limit, "paused_vendors": paused}
-        return JSONResponse(body, 503 if late else 200)
+                "max_backlog_seconds": limit, "paused_vendors": paused,
+                "intake": {"pending": stats.intake, "oldest_seconds": intake_age,
+                           "max_seconds": intake_limit}}
+        return JSONResponse(body, 503 if late or behind else 200)
 
     def _authorised(self, request: Request, *, debugger: bool = False,
                     query_token: bool = False) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -114,6 +115,14 @@ class MessageRecord:
     notes: list[tuple[float, str]] = field(default_factory=list)
 
 
+def intake_note(received_at: float, failed: str | None = None) -> str:
+    """A trace's line for a message still in the intake."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(received_at))
+    if failed:
+        return f"accepted at {when} UTC, not routed: the rules stage failed on it ({failed})"
+    return f"accepted at {when} UTC, not yet routed"
+
+
 @dataclass(slots=True)
 class HistoryItem:
     """One stored message of a site's history, in the order it was accepted (a backfill's
@@ -158,6 +167,11 @@ class SpoolStats:
     oldest_queued: dict[str, float] = field(default_factory=dict)
     #: Bytes the spool takes on disk (SQLite: the file plus its WAL); 0 where unknown.
     file_bytes: int = 0
+    #: Accepted requests not yet routed by the rules stage, and when the oldest arrived.
+    intake: int = 0
+    intake_oldest: float | None = None
+    #: Intake entries the rules stage could not fold (kept for inspection; see the log).
+    intake_failed: int = 0
 
     def add(self, vendor: str, state: int, count: int, oldest: float | None) -> None:
         self.counts.setdefault(vendor, {})[STATE_NAMES.get(state, str(state))] = count
@@ -172,6 +186,9 @@ class SpoolStats:
             "file_bytes": self.file_bytes,
             "messages": self.messages,
             "queued": self.queued(),
+            "intake": {"pending": self.intake, "failed": self.intake_failed,
+                       "oldest_age_seconds": None if self.intake_oldest is None
+                       else round(now - self.intake_oldest, 3)},
             "vendors": {
                 vendor: {**counts, "oldest_queued_age_seconds":
                          round(now - self.oldest_queued[vendor], 3)
@@ -184,6 +201,9 @@ class SpoolStats:
         """One log line: size, queued work and its age per vendor."""
         parts = [f"{self.file_bytes / 1e6:.1f} MB", f"{self.messages} message(s)",
                  f"{self.queued()} queued"]
+        if self.intake:
+            age = "" if self.intake_oldest is None else f", oldest {now - self.intake_oldest:.0f}s"
+            parts.append(f"{self.intake} request(s) accepted, not yet routed{age}")
         for vendor, counts in sorted(self.counts.items()):
             oldest = self.oldest_queued.get(vendor)
             age = f", oldest {now - oldest:.0f}s" if oldest is not None else ""
@@ -202,10 +222,40 @@ class Spool(Protocol):
 
     #: Called (from any thread) after new work was committed, so workers can wake up.
     on_new_work: Callable[[], None]
+    #: Called (from any thread) after a request was appended to the intake, so the rules
+    #: stage (here or in the delivery process) can look at it.
+    on_new_intake: Callable[[], None]
 
     async def ingest(self, site: str, messages: list[dict[str, Any]],
                      context: RequestContext) -> IngestResult:
-        """Store the messages as `shoprelay.ingest.rules` decides, atomically."""
+        """Store the messages as `shoprelay.ingest.rules` decides, atomically (the fold at
+        once, without the intake: the command line's and the tests' direct path)."""
+        ...
+
+    async def append(self, site: str, messages: list[dict[str, Any]],
+                     context: RequestContext, *, wait: bool = False) -> str:
+        """Append one request's accepted messages to the intake, durably, as they are: the
+        request path's only write. Returns the entry's ticket. With `wait`, the rules stage
+        keeps the fold's result for `routed` (the server API answers with it)."""
+        ...
+
+    async def routed(self, ticket: str) -> IngestResult | None:
+        """The fold's result for a `wait` append once the rules stage routed it (then
+        forgotten), or None while it is still in the intake."""
+        ...
+
+    async def alias(self, site: str, anonymous_id: str) -> str | None:
+        """The visitor an anonymousId is bound to, if any (one read; for the cookie)."""
+        ...
+
+    def route_intake(self) -> None:
+        """Run the rules stage in this process: fold what the intake holds, in order, into
+        stored events and work, each entry removed in the same transaction as its writes.
+        Only one process per spool (SQLite) or per intake partition (Redis) routes at once."""
+        ...
+
+    def kick_intake(self) -> None:
+        """Another process appended to the intake: the rules stage looks now."""
         ...
 
     def start(self) -> None: ...

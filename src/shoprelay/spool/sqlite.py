@@ -56,6 +56,7 @@ from shoprelay.spool.base import (
     SpoolStats,
     VendorFigures,
     WorkRecord,
+    intake_note,
 )
 
 _SCHEMA = """
@@ -133,6 +134,20 @@ CREATE TABLE IF NOT EXISTS notes (
 );
 CREATE INDEX IF NOT EXISTS notes_message ON notes (site, message_id);
 CREATE INDEX IF NOT EXISTS notes_time ON notes (at);
+-- Accepted requests not yet routed: one row a request, its messages as they came with what
+-- the rules need (the request's context). The rules stage folds them in id order and
+-- deletes each row in the transaction that writes what it decided; a row whose sender waits
+-- for the fold's answer (the server API) keeps the answer in `result` until it is read.
+CREATE TABLE IF NOT EXISTS intake (
+    id INTEGER PRIMARY KEY,
+    site TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    context BLOB NOT NULL,
+    messages BLOB NOT NULL,
+    wait INTEGER NOT NULL DEFAULT 0,
+    result BLOB,
+    failed TEXT
+);
 """
 #: Made after `_migrate` (an older file's orders table gains its column there first).
 _ORDERS_INDEX = "CREATE INDEX IF NOT EXISTS orders_time ON orders (received_at)"
@@ -143,6 +158,9 @@ log = logging.getLogger("shoprelay.spool")
 _STATE_CACHE = 50_000
 #: Most queued operations committed in one transaction.
 _GROUP = 512
+#: The rules stage folds at most this many intake rows, or about this many messages, per
+#: writer operation: small enough that an append queued behind it waits only milliseconds.
+_ROUTE_ROWS, _ROUTE_MESSAGES = 64, 400
 
 
 T = TypeVar("T")
@@ -271,6 +289,12 @@ class SqliteSpool:
         self._announce = False
         #: The delivery claim (see `claim_delivery`), held while this process delivers.
         self._lock: str | None = None
+        #: Called (from the writer thread) after a commit that appended to the intake.
+        self.on_new_intake: Callable[[], None] = lambda: None
+        #: This process runs the rules stage (`route_intake`); a route operation is queued.
+        self._routing = False
+        self._route_queued = False
+        self._intake_added = False
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -337,7 +361,13 @@ class SqliteSpool:
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         stop = False
         while not stop:
-            first = self._ops.get()
+            try:
+                # A routing process looks at the intake at least once a second: a wake-up
+                # from another process may be lost, a failed commit leaves rows behind.
+                first = self._ops.get(timeout=1.0 if self._routing else None)
+            except queue.Empty:
+                self._queue_route()
+                continue
             if first is None:
                 break
             ops = [first]
@@ -369,6 +399,11 @@ class SqliteSpool:
             if self._announce:
                 self._announce = False
                 self.on_new_work()
+            if self._intake_added:
+                self._intake_added = False
+                self.on_new_intake()
+                if self._routing:
+                    self._queue_route()
             for op, result, error in results:
                 if error is not None:
                     op.future.set_exception(error)
@@ -404,6 +439,104 @@ class SqliteSpool:
                 return run(self._reader)
 
         return await asyncio.to_thread(locked)
+
+    # ---- the intake and the rules stage -----------------------------------------------------
+
+    async def append(self, site: str, messages: list[dict[str, Any]],
+                     context: RequestContext, *, wait: bool = False) -> str:
+        """One row for the request, committed with whatever else the writer has queued."""
+        data = orjson.dumps(messages)
+        ctx = context.to_json()
+        received_at = time.time()
+
+        def run(conn: sqlite3.Connection) -> str:
+            cursor = conn.execute(
+                "INSERT INTO intake (site, received_at, context, messages, wait) "
+                "VALUES (?, ?, ?, ?, ?)", (site, received_at, ctx, data, int(wait)))
+            self._intake_added = True
+            rowid = cursor.lastrowid
+            cursor.close()
+            return str(rowid)
+
+        return await self._write(run)
+
+    async def routed(self, ticket: str) -> IngestResult | None:
+        def read(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("SELECT result, failed FROM intake WHERE id=?",
+                               (int(ticket),)).fetchone()
+            if row is None or (row[0] is None and row[1] is None):
+                return None
+            return bytes(row[0]) if row[0] is not None else b"{}"
+
+        raw = await self._read(read)
+        if raw is None:
+            return None
+        await self._write_many("DELETE FROM intake WHERE id=? AND failed IS NULL",
+                               [(int(ticket),)])
+        return IngestResult.from_json(raw)
+
+    async def alias(self, site: str, anonymous_id: str) -> str | None:
+        def run(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT visitor_id FROM aliases WHERE site=? AND anonymous_id=?",
+                               (site, anonymous_id)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._read(run)
+
+    def route_intake(self) -> None:
+        self._routing = True
+        self._queue_route()  # what an earlier process accepted and did not route
+
+    def kick_intake(self) -> None:
+        if self._routing:
+            self._queue_route()
+
+    def _queue_route(self) -> None:
+        if not self._route_queued:
+            self._route_queued = True
+            self._ops.put(_Op(self._route, Future()))
+
+    def _route(self, conn: sqlite3.Connection) -> int:
+        """The rules stage, one bounded step: fold the oldest intake rows into stored events
+        and work exactly as a direct `ingest` would, each row deleted (or, for a sender that
+        waits, answered) in this same transaction. A row the fold fails on is marked failed
+        and kept, so one bad row never stops the rows behind it."""
+        self._route_queued = False
+        rows = conn.execute(
+            "SELECT id, site, received_at, context, messages, wait FROM intake "
+            "WHERE result IS NULL AND failed IS NULL ORDER BY id LIMIT ?",
+            (_ROUTE_ROWS,)).fetchall()
+        folded = 0
+        done: list[tuple[int]] = []
+        for row_id, site, received_at, ctx, data, wait in rows:
+            messages = orjson.loads(data)
+            conn.execute("SAVEPOINT route_row")
+            try:
+                result = self._ingest(conn, site, messages, RequestContext.from_json(ctx),
+                                      received_at)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO route_row")
+                conn.execute("RELEASE route_row")
+                self._states.clear()
+                log.exception("rules stage: intake row %d could not be routed; kept as "
+                              "failed", row_id)
+                conn.execute("UPDATE intake SET failed=? WHERE id=?",
+                             (f"{type(exc).__name__}: {exc}"[:500], row_id)).close()
+                continue
+            conn.execute("RELEASE route_row")
+            if wait:
+                conn.execute("UPDATE intake SET result=? WHERE id=?",
+                             (result.to_json(), row_id)).close()
+            else:
+                done.append((row_id,))
+            folded += len(messages)
+            if folded >= _ROUTE_MESSAGES:
+                break
+        if done:
+            conn.executemany("DELETE FROM intake WHERE id=?", done).close()
+        if len(rows) == _ROUTE_ROWS or folded >= _ROUTE_MESSAGES:
+            self._queue_route()  # more behind these: the next step after queued appends
+        return folded
 
     # ---- ingest ----------------------------------------------------------------------------
 
@@ -621,6 +754,12 @@ class SqliteSpool:
             ):
                 stats.add(vendor, state, count, oldest)
             stats.messages = conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+            pending, oldest, failed = conn.execute(
+                "SELECT SUM(result IS NULL AND failed IS NULL), MIN(CASE WHEN result IS NULL "
+                "AND failed IS NULL THEN received_at END), SUM(failed IS NOT NULL) FROM intake"
+            ).fetchone()
+            stats.intake, stats.intake_oldest = pending or 0, oldest
+            stats.intake_failed = failed or 0
             stats.file_bytes = self.file_bytes()
             return stats
 
@@ -676,6 +815,14 @@ class SqliteSpool:
                 "DELETE FROM orders WHERE (site, order_id) IN (SELECT site, order_id FROM orders "
                 "WHERE received_at < ? LIMIT ?)", (older_than, chunk)).rowcount
 
+        def answers(conn: sqlite3.Connection) -> int:
+            # Answers kept for a server request whose sender went away before reading them,
+            # and failed rows past retention (logged when they failed).
+            return conn.execute(
+                "DELETE FROM intake WHERE id IN (SELECT id FROM intake WHERE (result IS NOT "
+                "NULL OR failed IS NOT NULL) AND received_at < ? LIMIT ?)",
+                (min(older_than, time.time() - 3600), chunk)).rowcount
+
         def notes(conn: sqlite3.Connection) -> int:
             return conn.execute(
                 "DELETE FROM notes WHERE rowid IN (SELECT rowid FROM notes WHERE at < ? "
@@ -684,7 +831,7 @@ class SqliteSpool:
         removed = 0
         while (count := await self._write(outbox)) > 0:
             removed += count
-        for step in (messages, visitors, orders, notes):
+        for step in (messages, visitors, orders, notes, answers):
             while await self._write(step) > 0:
                 pass
         return removed
@@ -726,9 +873,29 @@ class SqliteSpool:
                     if notes:
                         records.append(MessageRecord(site, missing, "", notes[0][0], None,
                                                      notes=notes))
+                        found.add(missing)
+            if message_id is not None and message_id not in found:
+                records += self._in_intake(conn, site, message_id)
             return records[:limit]
 
         return await self._read(run)
+
+    @staticmethod
+    def _in_intake(conn: sqlite3.Connection, site: str, message_id: str
+                   ) -> list[MessageRecord]:
+        """A message still in the intake: accepted, not yet routed (a scan, as the intake
+        holds only what the rules stage has not reached)."""
+        for received_at, data, failed in conn.execute(
+                "SELECT received_at, messages, failed FROM intake WHERE site=? AND "
+                "result IS NULL ORDER BY id LIMIT 100000", (site,)):
+            if message_id.encode() not in data:
+                continue
+            for message in orjson.loads(data):
+                if str(message.get("messageId")) == message_id:
+                    note = intake_note(received_at, failed)
+                    return [MessageRecord(site, message_id, "", received_at, None,
+                                          notes=[(received_at, note)])]
+        return []
 
     @staticmethod
     def _notes(conn: sqlite3.Connection, site: str, message_id: str) -> list[tuple[float, str]]:

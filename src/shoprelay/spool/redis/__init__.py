@@ -6,6 +6,8 @@ everything that must be shared. One module per job, each with its part of the de
 - `keys`: where everything is kept (the work: partition streams, their groups and entries,
   the retry hashes), key naming and the Lua scripts;
 - `ingest`: one optimistic transaction per request (WATCH, fold, MULTI/EXEC);
+- `intake`: the request path's one append, and the rules stage that folds it (per intake
+  partition, through `ingest`'s transaction);
 - `partitions`: order across processes (heartbeat, leases, fair share, claiming a crashed
   process's work first, handing partitions on), the read-ahead buffer, the wake-up channel;
 - `outbox`: due work and each row's fate (XACK, retry state, dead letter);
@@ -43,6 +45,7 @@ from shoprelay.spool.base import (
 from shoprelay.spool.redis.context import RedisContext
 from shoprelay.spool.redis.deadletters import DeadLetters
 from shoprelay.spool.redis.ingest import Ingest
+from shoprelay.spool.redis.intake import Intake
 from shoprelay.spool.redis.keys import KeySpace
 from shoprelay.spool.redis.maintenance import Maintenance
 from shoprelay.spool.redis.outbox import Outbox
@@ -86,6 +89,9 @@ class RedisSpool:
             state_ttl=max(1, int(state_ttl)),
         )
         self._ingest = Ingest(self._ctx, self.rules, alias_for)
+        self._intake = Intake(self._ctx, self._ingest)
+        #: Called after a request was appended (the delivery process wakes on it).
+        self.on_new_intake: Callable[[], None] = lambda: None
         self._partitions = Partitions(self._ctx)
         self._outbox = Outbox(self._ctx, self._partitions)
         self._dead = DeadLetters(self._ctx)
@@ -146,6 +152,7 @@ class RedisSpool:
 
     def close(self) -> None:
         """Synchronous close for callers without a loop; `aclose` also hands partitions on."""
+        self._intake.cancel()
         self._partitions.cancel()
 
     def claim_delivery(self) -> None:
@@ -154,6 +161,7 @@ class RedisSpool:
     async def aclose(self) -> None:
         """Stop heartbeats, hand every held partition on (its pending entries marked idle so
         the next holder claims them at once) and close the connections."""
+        await self._intake.aclose()
         await self._partitions.aclose()
         await self._ctx.redis.aclose()
 
@@ -163,6 +171,25 @@ class RedisSpool:
                      context: RequestContext) -> IngestResult:
         """Store the messages as the ingest rules decide, in one Redis transaction."""
         return await self._ingest.ingest(site, messages, context)
+
+    async def append(self, site: str, messages: list[dict[str, Any]],
+                     context: RequestContext, *, wait: bool = False) -> str:
+        ticket = await self._intake.append(site, messages, context, wait)
+        self.on_new_intake()
+        return ticket
+
+    async def routed(self, ticket: str) -> IngestResult | None:
+        return await self._intake.routed(ticket)
+
+    async def alias(self, site: str, anonymous_id: str) -> str | None:
+        value = await self._ctx.redis.get(self._k("alias", site, anonymous_id))
+        return None if value is None else str(value)
+
+    def route_intake(self) -> None:
+        self._intake.start()
+
+    def kick_intake(self) -> None:
+        self._intake.kick()
 
     async def due(self, site: str, vendor: str, now: float, limit: int) -> list[OutboxRow]:
         """Due work from the partitions this process holds, oldest first, skipping any
@@ -205,7 +232,9 @@ class RedisSpool:
         return await self._dead.replay(vendor=vendor, dead_id=dead_id)
 
     async def stats(self) -> SpoolStats:
-        return await self._maintenance.stats()
+        stats = await self._maintenance.stats()
+        stats.intake, stats.intake_oldest, stats.intake_failed = await self._intake.figures()
+        return stats
 
     async def prune(self, older_than: float) -> int:
         """Trim finished stream entries and dead letters older than `older_than`."""
@@ -218,9 +247,12 @@ class RedisSpool:
     async def find_messages(self, site: str, *, message_id: str | None = None,
                             order_id: str | None = None, visitor_id: str | None = None,
                             limit: int = 20) -> list[MessageRecord]:
-        return await self._traces.find_messages(site, message_id=message_id,
-                                                order_id=order_id, visitor_id=visitor_id,
-                                                limit=limit)
+        found = await self._traces.find_messages(site, message_id=message_id,
+                                                 order_id=order_id, visitor_id=visitor_id,
+                                                 limit=limit)
+        if message_id is not None and not found:
+            found = await self._intake.find(site, message_id)
+        return found
 
     async def history(self, site: str, *, since: float, until: float, cursor: int = 0,
                       limit: int = 500) -> tuple[list[HistoryItem], int]:

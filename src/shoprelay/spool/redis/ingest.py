@@ -36,6 +36,9 @@ from shoprelay.spool.redis.keys import COMMIT
 #: A message's trace field for a vendor before delivery has touched it.
 _QUEUED = orjson.dumps({"s": "queued"})
 
+#: Given the fold's result: more operations (COMMIT's format) for the same transaction.
+Finish = Callable[[IngestResult], list[Any]]
+
 #: An ingest transaction that keeps failing on contention is tried this often before giving up.
 _INGEST_TRIES = 100
 
@@ -87,12 +90,15 @@ class Ingest:
         self._alias_for = alias_for
 
     async def ingest(self, site: str, messages: list[dict[str, Any]],
-                     context: RequestContext) -> IngestResult:
-        """Store the messages as the ingest rules decide, in one Redis transaction."""
-        received_at = time.time()
+                     context: RequestContext, received_at: float | None = None,
+                     finish: Finish | None = None) -> IngestResult:
+        """Store the messages as the ingest rules decide, in one Redis transaction; `finish`
+        adds operations of the caller's to that same transaction (the rules stage removes
+        the intake entry there)."""
+        received_at = time.time() if received_at is None else received_at
         for _ in range(_INGEST_TRIES):
             try:
-                return await self._ingest_once(site, messages, context, received_at)
+                return await self._ingest_once(site, messages, context, received_at, finish)
             except WatchError:
                 # Another process changed one of these visitors (or stored one of these
                 # messages) since we read it: fold again on what is there now.
@@ -100,7 +106,8 @@ class Ingest:
         raise RuntimeError("ingest: too much contention on the same visitors")
 
     async def _ingest_once(self, site: str, messages: list[dict[str, Any]],
-                           context: RequestContext, received_at: float) -> IngestResult:
+                           context: RequestContext, received_at: float,
+                           finish: Finish | None = None) -> IngestResult:
         keys = self._rules.keys(messages, context)
         k = self._ctx.keys.k
         wanted = [*(k("alias", site, a) for a in keys.anonymous_ids),
@@ -124,7 +131,8 @@ class Ingest:
                     await self._read(pipe, [missing.key], known)
             else:  # pragma: no cover - the fold asks for at most a few keys per message
                 raise RuntimeError("ingest: the fold kept asking for more keys")
-            await self._commit(pipe, site, plan, received_at)
+            await self._commit(pipe, site, plan, received_at,
+                               finish(plan.result) if finish is not None else [])
         if plan.work:
             self._ctx.on_new_work()
         return plan.result
@@ -146,7 +154,8 @@ class Ingest:
                   if (v := known.get(k("user", site, u)))]
         return list(dict.fromkeys(found))
 
-    async def _commit(self, pipe: Any, site: str, plan: IngestPlan, received_at: float) -> None:
+    async def _commit(self, pipe: Any, site: str, plan: IngestPlan, received_at: float,
+                      extra: list[Any]) -> None:
         """Write the plan inside MULTI, as one script call: EXEC still runs it only if nothing
         WATCHed changed, and one command with one reply costs far less than ~10 a message
         (measured: the client's packing and reply parsing dominated)."""
@@ -199,6 +208,7 @@ class Ingest:
             ops += ("A", k("queues"), stream)
         if streams:
             ops += ("P", k("wake"), site)
+        ops += extra
         pipe.multi()
         if ops:
             pipe.eval(COMMIT, 0, *ops)

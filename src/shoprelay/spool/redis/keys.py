@@ -19,6 +19,10 @@ Every key starts with the spool's prefix (`redis_prefix`, default "shoprelay:"):
   `note:SITE:MESSAGE_ID` notes on copies not stored, `vm:SITE:VISITOR` a visitor's messages
   and `hist:SITE` a site's events (sorted sets by arrival time), `on:SITE:ORDER_ID` the order
   copies dropped as duplicates: for `shoprelay trace` and `backfill`, all with the event TTL;
+- `in:pN` the intake (one entry per accepted request, group `rules`), `inlease:pN` its
+  partition's rules lease, `in:failed` entries the rules stage could not fold,
+  `ires:TICKET` the fold's answer kept for a server request that waits for it, `wakein` the
+  pub/sub channel that announces new intake;
 - `procs` the live processes (a sorted set of heartbeat deadlines), `wake` the pub/sub channel
   that announces new work; `rl:…` belongs to the shared vendor limiter.
 """
@@ -43,7 +47,8 @@ return 0
 #: An ingest's writes, as a flat list of operations (run inside MULTI, after the WATCH check):
 #: S key value ttl (SET, ttl 0 = none) | X stream work event visitor time (XADD) |
 #: H key field n (HINCRBY) | A key member (SADD) | P channel message (PUBLISH) |
-#: F key field value ttl (HSET) | Z key score member ttl (ZADD) | L key value ttl (RPUSH);
+#: F key field value ttl (HSET) | Z key score member ttl (ZADD) | L key value ttl (RPUSH) |
+#: K stream group id (XACK) | D stream id (XDEL);
 #: F, Z and L renew the key's TTL when ttl is not 0.
 COMMIT = """
 local i, n = 1, #ARGV
@@ -79,6 +84,12 @@ while i <= n do
       redis.call('EXPIRE', ARGV[i + 1], ARGV[i + 4])
     end
     i = i + 5
+  elseif op == 'K' then
+    redis.call('XACK', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+    i = i + 4
+  elseif op == 'D' then
+    redis.call('XDEL', ARGV[i + 1], ARGV[i + 2])
+    i = i + 3
   elseif op == 'L' then
     redis.call('RPUSH', ARGV[i + 1], ARGV[i + 2])
     if ARGV[i + 3] ~= '0' then

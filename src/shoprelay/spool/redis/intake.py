@@ -1,0 +1,267 @@
+"""The Redis intake: accepted requests as stream entries, and the rules stage that folds them.
+
+- **Append.** The request path adds one entry per request to the intake partition its
+  visitor (its cookie's, else its first anonymousId's) hashes to, `in:pN`, and announces it
+  on `wakein`: one round trip, no read, no fold.
+- **Route.** A process running the rules stage holds the lease of some intake partitions
+  (`inlease:pN`, a fair share of them among the live processes, renewed like the delivery
+  leases) and folds each held partition's entries in stream order through the same
+  `Ingest` transaction a direct ingest uses; that transaction also acknowledges and deletes
+  the entry (XACK, XDEL), so an entry is routed once or, after a crash, again — and then the
+  WATCHed messageId keys make the second fold store nothing twice. A partition taken over
+  from another process starts with the entries it had read and not acknowledged.
+- An entry the fold fails on moves to `in:failed` (logged), so it never blocks the entries
+  behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from typing import Any, cast
+
+import orjson
+from redis.exceptions import ResponseError
+
+from shoprelay.ingest.rules import IngestResult, RequestContext
+from shoprelay.spool.base import MessageRecord, intake_note
+from shoprelay.spool.redis.context import RedisContext
+from shoprelay.spool.redis.ingest import Ingest
+from shoprelay.spool.redis.keys import RELEASE, RENEW, id_time
+
+log = logging.getLogger("shoprelay.spool")
+
+_GROUP = "rules"
+#: Entries folded per read of a partition.
+_BATCH = 50
+#: How long a waiting server request's answer is kept.
+_ANSWER_TTL = 600
+
+
+class Intake:
+    """Append to the intake; with `start`, route it (the rules stage of this process)."""
+
+    def __init__(self, ctx: RedisContext, ingest: Ingest) -> None:
+        self._ctx = ctx
+        self._ingest = ingest
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._held: dict[int, bool] = {}  # partition → its leftovers were claimed
+        self.routing = False
+
+    def _stream(self, number: int) -> str:
+        return self._ctx.k("in", f"p{number}")
+
+    # ---- the request path --------------------------------------------------------------------
+
+    async def append(self, site: str, messages: list[dict[str, Any]],
+                     context: RequestContext, wait: bool) -> str:
+        first = messages[0].get("anonymousId") if messages else None
+        owner = context.cookie_visitor or (first if isinstance(first, str) and first
+                                           else str(messages[0].get("messageId", "")))
+        number = self._ctx.keys.partition_of(owner)
+        stream = self._stream(number)
+        async with self._ctx.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(stream, {"s": site, "t": repr(time.time()), "c": context.to_json(),
+                               "m": orjson.dumps(messages), "w": "1" if wait else ""})
+            pipe.publish(self._ctx.k("wakein"), str(number))
+            entry_id, _ = await pipe.execute()
+        if self.routing:
+            self._wake.set()
+        return f"{number}:{entry_id}"
+
+    async def routed(self, ticket: str) -> IngestResult | None:
+        key = self._ctx.k("ires", ticket)
+        async with self._ctx.redis.pipeline(transaction=True) as pipe:
+            pipe.get(key)
+            pipe.delete(key)
+            raw, _ = await pipe.execute()
+        return None if raw is None else IngestResult.from_json(raw)
+
+    # ---- the rules stage ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.routing:
+            return
+        self.routing = True
+        self._tasks = [asyncio.create_task(self._route_loop(), name="redis-rules-stage"),
+                       asyncio.create_task(self._listen(), name="redis-intake-wake")]
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        with contextlib.suppress(Exception):  # leases then just expire
+            for number in list(self._held):
+                await self._ctx.redis.eval(RELEASE, 1, self._ctx.k("inlease", f"p{number}"),
+                                           self._ctx.proc_id)
+        self._held.clear()
+        self.routing = False
+
+    def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with self._ctx.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self._ctx.k("wakein"))
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("redis spool: intake wake-up channel failed", exc_info=True)
+                await asyncio.sleep(1.0)
+
+    async def _route_loop(self) -> None:
+        interval = self._ctx.lease_ms / 3000.0
+        next_balance = 0.0
+        while True:
+            try:
+                now = time.monotonic()
+                if now >= next_balance:
+                    await self._balance()
+                    next_balance = now + interval
+                self._wake.clear()  # before looking: a wake-up during the round is kept
+                folded = 0
+                for number in list(self._held):
+                    folded += await self._route_partition(number)
+                if not folded:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), interval)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("redis spool: rules stage round failed", exc_info=True)
+                await asyncio.sleep(0.5)
+
+    async def _balance(self) -> None:
+        """Renew the held leases, take free ones up to a fair share, give extra ones up."""
+        ctx = self._ctx
+        partitions = ctx.keys.partitions
+        live = max(1, int(await ctx.redis.zcount(ctx.k("procs"), time.time(), "+inf")))
+        share = math.ceil(partitions / live)
+        for number in range(partitions):
+            lease = ctx.k("inlease", f"p{number}")
+            if number in self._held:
+                if not await ctx.redis.eval(RENEW, 1, lease, ctx.proc_id, ctx.lease_ms):
+                    log.warning("redis spool: lost the intake lease of partition %d", number)
+                    del self._held[number]
+            elif len(self._held) < share and await ctx.redis.set(
+                    lease, ctx.proc_id, nx=True, px=ctx.lease_ms):
+                with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
+                    await ctx.redis.xgroup_create(self._stream(number), _GROUP, id="0",
+                                                  mkstream=True)
+                self._held[number] = False
+        while len(self._held) > share:
+            number = max(self._held)
+            del self._held[number]
+            await ctx.redis.eval(RELEASE, 1, ctx.k("inlease", f"p{number}"), ctx.proc_id)
+
+    async def _route_partition(self, number: int) -> int:
+        ctx, stream = self._ctx, self._stream(number)
+        if not self._held[number]:
+            # Entries a previous holder read and did not acknowledge come first.
+            cursor = "0-0"
+            while True:
+                reply = await ctx.redis.xautoclaim(stream, _GROUP, ctx.proc_id, 0, cursor,
+                                                   count=_BATCH, justid=True)
+                cursor = reply[0]
+                if cursor in ("0-0", b"0-0"):
+                    break
+            self._held[number] = True
+        entries: list[tuple[str, dict[str, str]]] = []
+        for start in ("0", ">"):  # this process's own unacknowledged entries, then new ones
+            read: Any = await ctx.redis.xreadgroup(_GROUP, ctx.proc_id, {stream: start},
+                                                   count=_BATCH)
+            found = [e for _, got in read or [] for e in got]
+            # An entry deleted while pending comes back without fields: acknowledge it.
+            gone = [e[0] for e in found if not e[1]]
+            if gone:
+                await ctx.redis.xack(stream, _GROUP, *gone)
+            entries = [e for e in found if e[1]]
+            if entries:
+                break
+        folded = 0
+        for entry_id, fields in entries:
+            if number not in self._held:
+                break  # the lease was lost meanwhile: the next holder goes on
+            folded += await self._route_entry(number, stream, entry_id, fields)
+        return folded
+
+    async def _route_entry(self, number: int, stream: str, entry_id: str,
+                           fields: dict[str, str]) -> int:
+        ticket = f"{number}:{entry_id}"
+        done: list[Any] = ["K", stream, _GROUP, entry_id, "D", stream, entry_id]
+
+        def finish(result: IngestResult) -> list[Any]:
+            if not fields.get("w"):
+                return done
+            return [*done, "S", self._ctx.k("ires", ticket), result.to_json(), _ANSWER_TTL]
+
+        try:
+            messages = orjson.loads(fields["m"])
+            await self._ingest.ingest(fields["s"], messages,
+                                      RequestContext.from_json(fields["c"]),
+                                      float(fields["t"]), finish)
+        except Exception as exc:
+            log.exception("rules stage: intake entry %s could not be routed; moved to "
+                          "in:failed", ticket)
+            async with self._ctx.redis.pipeline(transaction=True) as pipe:
+                kept: dict[Any, Any] = {**fields,
+                                        "error": f"{type(exc).__name__}: {exc}"[:500]}
+                pipe.xadd(self._ctx.k("in", "failed"), kept)
+                pipe.xack(stream, _GROUP, entry_id)
+                pipe.xdel(stream, entry_id)
+                if fields.get("w"):
+                    pipe.set(self._ctx.k("ires", ticket), IngestResult("").to_json(),
+                             ex=_ANSWER_TTL)
+                await pipe.execute()
+            return 0
+        return len(messages)
+
+    # ---- what stats and traces read ----------------------------------------------------------
+
+    async def figures(self) -> tuple[int, float | None, int]:
+        """Entries not yet routed, the oldest one's arrival, entries that failed."""
+        streams = [self._stream(n) for n in range(self._ctx.keys.partitions)]
+        async with self._ctx.redis.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                pipe.xlen(stream)
+                pipe.xrange(stream, count=1)
+            pipe.xlen(self._ctx.k("in", "failed"))
+            *replies, failed = await pipe.execute()
+        pending, oldest = 0, None
+        for length, first in zip(replies[::2], replies[1::2], strict=True):
+            pending += int(length)
+            if first:
+                at = id_time(first[0][0])
+                oldest = at if oldest is None else min(oldest, at)
+        return pending, oldest, int(failed)
+
+    async def find(self, site: str, message_id: str) -> list[MessageRecord]:
+        """A message still in the intake (a scan: the intake holds only what is not routed)."""
+        needle = message_id
+        for number in range(self._ctx.keys.partitions):
+            entries: list[Any] = cast(list[Any], await self._ctx.redis.xrange(
+                self._stream(number), count=100_000))
+            for _, fields in entries:
+                if fields.get("s") != site or needle not in fields.get("m", ""):
+                    continue
+                for message in orjson.loads(fields["m"]):
+                    if str(message.get("messageId")) == message_id:
+                        at = float(fields["t"])
+                        return [MessageRecord(site, message_id, "", at, None,
+                                              notes=[(at, intake_note(at))])]
+        return []
