@@ -4,6 +4,7 @@ its request was in flight when the relay died."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -301,3 +302,64 @@ def test_a_second_relay_on_the_same_sqlite_file_is_refused_at_start(tmp_path: Pa
             wait_delivered(sb, "goshops", {1})
         finally:
             first.terminate()
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(p) for p in text.split()]
+
+
+def _stop_outside_a_transaction(pid: int, spool: Path) -> None:
+    """SIGSTOP the process, but never while it holds the SQLite write lock (the serving
+    process's appends would then wait for it)."""
+    import signal
+    import sqlite3
+
+    for _ in range(100):
+        os.kill(pid, signal.SIGSTOP)
+        conn = sqlite3.connect(spool, timeout=0.2)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.05)
+        finally:
+            conn.close()
+    raise AssertionError("the delivery process always held the write lock")
+
+
+def test_sigkill_between_intake_and_rules_loses_nothing_and_sends_nothing_twice(
+        tmp_path: Path) -> None:
+    """Requests acknowledged while the rules stage could not run (the delivery process, which
+    routes in this mode, is stopped), then SIGKILL: the acknowledged messages exist only in
+    the intake. A relay restarted on the same spool routes and delivers each once."""
+    import signal
+
+    with sandbox() as sb:
+        spool = tmp_path / "spool.db"
+        cfg = write_settings(tmp_path / "s.toml", spool=spool, sandbox_url=sb,
+                             relay={"spool_sync": "full", "delivery_process": True})
+        proc = RelayProcess(cfg, tmp_path / "relay.log")
+        try:
+            [child] = wait_for(lambda: _children(proc.proc.pid), timeout=10)
+            _stop_outside_a_transaction(child, spool)
+            for b in range(5):
+                post(proc.url, [view(b * 10 + i, visitor=f"v{i % 3}") for i in range(10)])
+            stats = spool_stats(cfg)
+            # Acknowledged, durable, and not routed: the kill falls between the two stages.
+            assert stats["intake"]["pending"] == 5 and stats["messages"] == 0, stats
+            proc.proc.kill()
+            proc.proc.wait()
+            os.kill(child, signal.SIGKILL)
+        finally:
+            proc.kill()
+        with relay(cfg):
+            expected = set(range(50))
+            for vendor in ALL_VENDORS:
+                exactly_once(wait_delivered(sb, vendor, expected, timeout=60), expected)
+            settle(sb, ALL_VENDORS)
+            for vendor in ALL_VENDORS:
+                exactly_once(delivered(sb, vendor), expected)
+        assert spool_stats(cfg)["intake"]["pending"] == 0

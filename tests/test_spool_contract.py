@@ -519,3 +519,81 @@ def test_vendor_figures_count_the_queue_and_the_last_hour(backend: Backend) -> N
         assert (alana.queued, alana.delivered_hour, alana.last_error) == (4, 0, "")
 
     run(backend, scenario)
+
+
+# ---- the intake and the rules stage ---------------------------------------------------------
+
+async def until_routed(spool: Spool, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (await spool.stats()).intake:
+        assert time.monotonic() < deadline, "the rules stage did not route the intake"
+        await asyncio.sleep(0.01)
+
+
+def test_an_append_is_stored_as_it_came_and_routed_behind_in_order(backend: Backend) -> None:
+    """The request path's append stores nothing but the intake entry; once the rules stage
+    runs, the messages are folded exactly as a direct ingest folds them: deduplicated, in the
+    order accepted, with their work."""
+    async def scenario(spool: Spool) -> None:
+        await spool.append("s", [view(1), view(2)], BROWSER)
+        await spool.append("s", [view(2), view(3)], BROWSER)  # m2 again: a resend
+        stats = await spool.stats()
+        assert (stats.intake, stats.messages, stats.queued()) == (2, 0, 0)
+        assert stats.intake_oldest is not None and stats.intake_oldest <= time.time()
+        [waiting] = await spool.find_messages("s", message_id="m3")
+        assert waiting.event is None and "not yet routed" in waiting.notes[0][1]
+        spool.route_intake()
+        await until_routed(spool)
+        stats = await spool.stats()
+        assert (stats.intake, stats.messages) == (0, 3)
+        rows = await due(spool)
+        assert [r.event.message_id for r in rows] == ["m1", "m2", "m3"]
+        [record] = await spool.find_messages("s", message_id="m2")
+        assert record.event is not None
+        assert any("resend" in note for _, note in record.notes)
+
+    run(backend, scenario)
+
+
+def test_a_waiting_append_hears_the_folds_answer_once(backend: Backend) -> None:
+    """The server API waits for the fold (an order already reported is answered as such)."""
+    async def scenario(spool: Spool) -> None:
+        spool.route_intake()
+        server = RequestContext(source="server", hints=[""])
+        order = track("Order Completed", "o-1", None, order_id="A-1")
+        order["userId"] = "u1"
+        again = {**order, "messageId": "o-2"}
+        first = await spool.append("s", [order], server, wait=True)
+        second = await spool.append("s", [again], server, wait=True)
+        answers: dict[str, Any] = {}
+        deadline = time.monotonic() + 10
+        while len(answers) < 2:
+            assert time.monotonic() < deadline
+            for ticket in (first, second):
+                if ticket not in answers and (got := await spool.routed(ticket)):
+                    answers[ticket] = got
+            await asyncio.sleep(0.01)
+        assert answers[first].stored == 1 and not answers[first].dropped
+        assert answers[second].stored == 0
+        assert answers[second].dropped == [(0, "duplicate: order A-1 was already reported")]
+        assert await spool.routed(first) is None  # read once, then forgotten
+
+    run(backend, scenario)
+
+
+def test_a_request_the_rules_cannot_fold_never_blocks_the_ones_behind(backend: Backend) -> None:
+    def router(event: Any) -> list[str]:
+        if event.message_id == "bad":
+            raise ValueError("a router bug")
+        return ["goshops"]
+
+    async def scenario(spool: Spool) -> None:
+        await spool.append("s", [track("Product Viewed", "bad", product_id="1")], BROWSER)
+        await spool.append("s", [view(7)], BROWSER)
+        spool.route_intake()
+        await until_routed(spool)
+        stats = await spool.stats()
+        assert stats.intake_failed == 1 and stats.messages == 1
+        assert [r.event.message_id for r in await due(spool)] == ["m7"]
+
+    run(backend, scenario, router=router)

@@ -175,10 +175,11 @@ class Intake:
             # Entries a previous holder read and did not acknowledge come first.
             cursor = "0-0"
             while True:
-                reply = await ctx.redis.xautoclaim(stream, _GROUP, ctx.proc_id, 0, cursor,
-                                                   count=_BATCH, justid=True)
+                reply = await ctx.redis.xautoclaim(stream, _GROUP, ctx.proc_id,
+                                                   min_idle_time=0, start_id=cursor,
+                                                   count=500)
                 cursor = reply[0]
-                if cursor in ("0-0", b"0-0"):
+                if cursor == "0-0":
                     break
             self._held[number] = True
         entries: list[tuple[str, dict[str, str]]] = []
