@@ -339,8 +339,10 @@ def test_sigkill_between_intake_and_rules_loses_nothing_and_sends_nothing_twice(
 
     with sandbox() as sb:
         spool = tmp_path / "spool.db"
+        token = "fault-admin-token-0123456789"
         cfg = write_settings(tmp_path / "s.toml", spool=spool, sandbox_url=sb,
-                             relay={"spool_sync": "full", "delivery_process": True})
+                             relay={"spool_sync": "full", "delivery_process": True,
+                                    "ready_max_intake_seconds": 1.0, "admin_token": token})
         proc = RelayProcess(cfg, tmp_path / "relay.log")
         try:
             [child] = wait_for(lambda: _children(proc.proc.pid), timeout=10)
@@ -350,6 +352,18 @@ def test_sigkill_between_intake_and_rules_loses_nothing_and_sends_nothing_twice(
             stats = spool_stats(cfg)
             # Acknowledged, durable, and not routed: the kill falls between the two stages.
             assert stats["intake"]["pending"] == 5 and stats["messages"] == 0, stats
+            # What an operator sees meanwhile: not ready once past the threshold, the figure
+            # in /metrics, the message's trace.
+            ready = wait_for(lambda: (r := httpx.get(f"{proc.url}/readyz")).status_code == 503
+                             and r, timeout=10)
+            assert ready.json()["status"] == "not_routing"
+            assert ready.json()["intake"]["pending"] == 5
+            metrics = httpx.get(f"{proc.url}/metrics",
+                                headers={"Authorization": f"Bearer {token}"}).text
+            assert "shoprelay_intake_pending 5.0" in metrics
+            trace = subprocess.run([sys.executable, "-m", "shoprelay", "trace", "m7",
+                                    "--config", str(cfg)], capture_output=True, text=True)
+            assert "not yet routed" in trace.stdout, trace.stdout + trace.stderr
             proc.proc.kill()
             proc.proc.wait()
             os.kill(child, signal.SIGKILL)
