@@ -166,14 +166,14 @@ class Ingest:
         no_consent = bool(accepted) and all(refuses_everything(c) for c in consents.values())
         if site.consent_required and not server:
             no_consent = no_consent or all(c is None for c in consents.values())
-        cookie_visitor = None
+        cookie_visitor = visitor = new_visitor = None
         if not server and not no_consent:
             cookie_visitor = self.cookie.read(request.cookies.get(self.cookie.name), site.name)
+            visitor = cookie_visitor
             if cookie_visitor is None and accepted:
-                cookie_visitor = await self._mint(site.name, accepted)
+                visitor, new_visitor = await self._mint(site.name, accepted)
         hints: list[str | None] | None = (
             [self._server_visitor(m, site.name) for m in accepted] if server else None)
-        visitor = cookie_visitor
         dropped: list[tuple[int, str]] = []
         if accepted:
             user_agent = request.headers.get("user-agent")
@@ -187,7 +187,8 @@ class Ingest:
             context = RequestContext(
                 source="server" if server else "browser", cookie_visitor=cookie_visitor,
                 ip=truncate_ip(ip) if site.ip_truncate else ip, user_agent=user_agent,
-                bot=False if server else is_bot(user_agent), consent=consents, hints=hints)
+                bot=False if server else is_bot(user_agent), consent=consents, hints=hints,
+                new_visitor=new_visitor)
             # Accept first, think after: one durable append, then the answer. The rules
             # stage folds it behind the request (shoprelay.spool: the intake).
             ticket = await self.spool.append(site.name, accepted, context, wait=server)
@@ -237,25 +238,28 @@ class Ingest:
         response.headers["Cache-Control"] = "no-store"
         return response
 
-    async def _mint(self, site: str, messages: list[dict[str, Any]]) -> str | None:
-        """The visitor a cookie-less browser request is given a cookie for, or None.
+    async def _mint(self, site: str, messages: list[dict[str, Any]]
+                    ) -> tuple[str | None, str | None]:
+        """For a cookie-less browser request: the visitor its answer's cookie names (None:
+        no cookie), and the new visitor the fold is to use (None: the fold finds it).
 
-        A request that brings no anonymousId gets a new visitor. One that does gets the
-        visitor its anonymousId derives (`visitor_for_anonymous_id`, the one the rules bind
-        it to) unless that anonymousId already belongs to a visitor, or a cookie for it was
-        already handed out here and is not routed yet: an anonymousId is no credential, so
-        only the request that first brings it is given the cookie (the rules then find
-        the visitor of later cookie-less requests through the alias)."""
+        A request whose first message brings no anonymousId gets a new visitor. One that
+        does gets the visitor its anonymousId derives (`visitor_for_anonymous_id`, the one
+        the rules will bind it to) unless that anonymousId already belongs to a visitor, or
+        a cookie for it was handed out here moments ago and is not routed yet: an
+        anonymousId is no credential, so only the request that first brings it is given the
+        cookie (the rules find the visitor of later cookie-less requests by the alias)."""
         anonymous_id = messages[0].get("anonymousId")
         if not isinstance(anonymous_id, str) or not anonymous_id:
-            return new_visitor_id()
+            visitor = new_visitor_id()
+            return visitor, visitor
         key = (site, anonymous_id)
         if key in self._minted or await self.spool.alias(site, anonymous_id) is not None:
-            return None
+            return None, None
         self._minted[key] = None
         if len(self._minted) > _MINTED_KEPT:
             self._minted.popitem(last=False)
-        return self.cookie.visitor_for_anonymous_id(site, anonymous_id)
+        return self.cookie.visitor_for_anonymous_id(site, anonymous_id), None
 
     async def _routed(self, ticket: str) -> IngestResult | None:
         """Wait for the rules stage to fold a server request (it usually takes a few

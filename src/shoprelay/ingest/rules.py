@@ -70,6 +70,9 @@ class RequestContext:
     bot: bool = False
     consent: dict[int, dict[str, bool] | None] = field(default_factory=dict)
     hints: Sequence[str | None] | None = None
+    #: A cookie-less browser request whose first message has no anonymousId: the new visitor
+    #: its answer's cookie names (the fold uses it where it would make a new one).
+    new_visitor: str | None = None
 
     def hint(self, index: int) -> str | None:
         return self.hints[index] if self.hints else None
@@ -80,7 +83,7 @@ class RequestContext:
         return orjson.dumps({
             "s": self.source, "c": self.cookie_visitor, "i": self.ip, "u": self.user_agent,
             "b": self.bot, "k": [[i, c] for i, c in self.consent.items() if c is not None],
-            "h": None if self.hints is None else list(self.hints)})
+            "h": None if self.hints is None else list(self.hints), "n": self.new_visitor})
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> RequestContext:
@@ -89,7 +92,8 @@ class RequestContext:
         return cls(source=data.get("s", "browser"), cookie_visitor=data.get("c"),
                    ip=data.get("i"), user_agent=data.get("u"), bot=bool(data.get("b")),
                    consent={int(i): c for i, c in data.get("k") or []},
-                   hints=None if hints is None else list(hints))
+                   hints=None if hints is None else list(hints),
+                   new_visitor=data.get("n"))
 
 
 #: Who speaks for a site's orders (the `order_source` site setting).
@@ -319,7 +323,8 @@ class IngestRules:
                 # (whose state is empty: nothing to read).
                 visitor = plan.result.visitor_id
                 if not visitor:
-                    visitor = self.new_id()
+                    # The one the request path already gave the client a cookie for.
+                    visitor = context.new_visitor or self.new_id()
                     fresh.add(visitor)
             if not plan.result.visitor_id:
                 plan.result.visitor_id = visitor
