@@ -417,6 +417,29 @@ def test_order_completed_then_sends_the_emptied_cart() -> None:
     assert cart["GeneralInfo"]["datetime"] == purchase["GeneralInfo"]["datetime"]
 
 
+def test_an_order_line_without_a_price_is_left_out_not_the_order() -> None:
+    # unit_price is "Required": the line cannot go, the rest of the order and the emptied
+    # cart ("If the cart is empty, then you need to send an empty cart event") still do.
+    purchase, cart = VENDOR.requests_for(track(ev.ORDER_COMPLETED, {"order_id": "o9", "products": [
+        {"product_id": "A", "price": 10, "quantity": 1},
+        {"product_id": "B", "quantity": 2},
+        {"product_id": "C", "price": 3, "quantity": 1.5}]}, cart=[], cart_id="cart-9"), CONFIG)
+    assert purchase.json["PurchasedItems"]["Products"] == [
+        {"product_id": "A", "unit_price": "10", "quantity": 1}]
+    assert len(purchase.notes) == 2
+    assert "order line 1 left out" in purchase.notes[0] and "price" in purchase.notes[0]
+    assert "order line 2 left out" in purchase.notes[1] and "whole" in purchase.notes[1]
+    assert cart.json["StatusCart"] == {"GUID": cart_guid("cart-9", []), "Products": []}
+
+
+def test_an_order_with_no_line_yespo_can_take_still_empties_the_cart() -> None:
+    refused, cart = VENDOR.requests_for(track(ev.ORDER_COMPLETED, {"order_id": "o9", "products": [
+        {"product_id": "B", "quantity": 2}]}, cart=[], cart_id="cart-9"), CONFIG)
+    # The purchase is dead-lettered alone with the reason; the cart is still emptied.
+    assert refused.refusal and "products[0].price" in refused.refusal
+    assert cart.json["StatusCart"]["Products"] == []
+
+
 def test_search_is_found_follows_the_result_count() -> None:
     def search(props: dict[str, Any]) -> list[dict[str, Any]]:
         return [b["SearchRequest"] for b in bodies(track(ev.PRODUCTS_SEARCHED, props))]
