@@ -183,6 +183,29 @@ def test_order_lines_take_their_list_ids_and_default_amount() -> None:
                                        ("c", None, 1, False), ("12", "rb12", 1, False)]
 
 
+def test_a_line_with_a_null_quantity_is_one_piece_with_a_note() -> None:
+    # `amount` is optional ("The amount of pieces if a user purchases more than one of the
+    # same product"): quantity null is one piece, not a lost order.
+    [request] = render(event(ev.ORDER_COMPLETED, {"products": [
+        {"product_id": "a", "price": 10, "quantity": None},
+        {"product_id": "b", "price": 5, "quantity": 2}]}))
+    assert [(p["item_id"], p["amount"]) for p in request.json] == [("a", 1), ("b", 2)]
+    assert request.notes == ("products[0].quantity is null: sent as amount 1",)
+
+
+def test_a_line_advisable_cannot_take_is_left_out_not_the_order() -> None:
+    first, second = VENDOR.requests_for(event(ev.ORDER_COMPLETED, {"products": [
+        {"product_id": "a", "quantity": 1}, {"product_id": "b", "quantity": 0},
+        {"product_id": "c"}, {"price": 3}]}), AdvisableConfig(
+            app_id="i", app_secret="s", base_url="http://adv.example", purchase_batch_size=1))
+    assert [p["item_id"] for p in first.json + second.json] == ["a", "c"]
+    # A note travels with the batch of the next line sent (the last batch for trailing ones).
+    assert first.notes == ()
+    assert second.notes[0] == ("order line 1 left out: products[1].quantity must be "
+                               "positive, got 0")
+    assert "order line 3 left out" in second.notes[1] and "product_id" in second.notes[1]
+
+
 def test_large_order_is_split_into_batches() -> None:
     order = {"order_id": "o3", "products": [{"product_id": str(i)} for i in range(5)]}
     sent = render(event(ev.ORDER_COMPLETED, order), config(purchase_batch_size=2))
