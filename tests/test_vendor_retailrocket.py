@@ -206,6 +206,27 @@ def test_a_block_id_goes_only_to_the_vendor_that_served_it(props: dict, site_own
     assert len(viewed) == (1 if method else 0)
 
 
+def test_an_over_long_block_id_is_cut_with_a_note_not_silently() -> None:
+    # "recomBlockId - любая строка до 50 символов": cut the same way on every call of the
+    # block, and recorded.
+    config = RetailRocketConfig(partner_id="p", api_key="k")
+    long_id = "block-" + "x" * 60
+    props = {"product_id": 1, "list_id": long_id, "recommendation_vendor": "retailrocket"}
+    calls = [*VENDOR.requests_for(event(ev.PRODUCT_LIST_VIEWED, props), config),
+             *VENDOR.requests_for(event(ev.PRODUCT_CLICKED, props), config),
+             *VENDOR.requests_for(event(ev.PRODUCT_ADDED, props), config)]
+    assert [c.json["recomBlockId"] for c in calls] == [long_id[:50]] * 3
+    for call in calls:
+        [note] = call.notes
+        assert "cut to 50 characters" in note and "66" in note
+    exact = VENDOR.requests_for(event(ev.PRODUCT_CLICKED, {**props, "list_id": "b" * 50}),
+                                config)
+    assert exact[0].json["recomBlockId"] == "b" * 50 and exact[0].notes == ()
+    # The note never rides on a plain event of the same product.
+    [viewed] = VENDOR.requests_for(event(ev.PRODUCT_VIEWED, props), config)
+    assert viewed.notes == () and "__notes__" not in viewed.json
+
+
 def test_set_contact_on_every_new_identity_fact_and_on_an_order_with_an_email() -> None:
     # "Метод нужно вызывать при регистрации, успешной авторизации, оформлении заказа и других
     # местах интернет-магазина, когда пользователь может оставить email адрес".
