@@ -299,6 +299,30 @@ def test_sandbox_accepts_what_the_adapter_sends_and_refuses_bad_requests() -> No
     assert all(not r["accepted"] for r in records)
 
 
+def test_sandbox_accepts_what_the_document_allows() -> None:
+    # Fields a table does not name are not forbidden: accepted and listed on the record.
+    # `productIds` is a "number array" (every other product id is "integer").
+    client = TestClient(create_app(["retailrocket"]))
+    auth = f"apiKey={DEMO_KEY}&partnerId={PARTNER_ID}"
+    view = {"sessionExternalId": "s", "productId": 1, "timestamp": STAMP}
+    group = {"sessionExternalId": "s", "groupId": 9, "productIds": [1, 2.0, 3.5],
+             "timestamp": STAMP}
+    assert client.post(f"/retailrocket/1.0/view?{auth}",
+                       json={**view, "price": 5}).status_code == 200
+    assert client.post(f"/retailrocket/1.0/groupView?{auth}", json=group).status_code == 200
+    batch = [{"view": {**view, "color": "red"}}, {"groupView": group}]
+    assert client.post(f"/retailrocket/1.0/visitorEvents?{auth}",
+                       json=batch).status_code == 200
+    first, second, third = client.get("/_sandbox/retailrocket/requests").json()
+    assert all(r["accepted"] for r in (first, second, third))
+    assert first["error"] == "body: fields the document does not name, ignored: ['price']"
+    assert second["error"] == ""
+    assert third["error"] == "[0].view: fields the document does not name, ignored: ['color']"
+    refused = client.post(f"/retailrocket/1.0/groupView?{auth}",
+                          json={**group, "productIds": ["1"]})
+    assert refused.status_code == 400 and "number array" in refused.json()["error"]
+
+
 def test_sandbox_answers_429_past_the_limit() -> None:
     client = TestClient(create_app(["retailrocket"]))
     url = f"/retailrocket/1.0/view?apiKey={DEMO_KEY}&partnerId={PARTNER_ID}"
