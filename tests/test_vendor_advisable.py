@@ -443,7 +443,9 @@ def test_sandbox_refuses_bad_auth(headers: dict[str, str]) -> None:
     ("/v1/ratings", {**good(), "value": "4"}, "body.value: must be a number"),
     ("/v1/purchases", {**good(), "amount": 0}, "body.amount: out of range"),
     ("/v1/purchases", {**good(), "price": -1}, "body.price: out of range"),
-    ("/v1/cart_additions", {**good(), "price": 1}, "body: unknown fields ['price']"),
+    ("/v1/cart_additions", {**good(), "colour": 1}, "body: unknown fields ['colour']"),
+    ("/v1/views", {**good(), "value": 3}, "body: unknown fields ['value']"),
+    ("/v1/bookmarks", {**good(), "amount": 0}, "body.amount: out of range"),
     ("/v1/views", [good()], "body: expected a JSON object"),
     ("/v1/purchases/batch", [], "body: purchases/batch takes a non-empty JSON array"),
     ("/v1/purchases/batch", good(), "body: purchases/batch takes a non-empty JSON array"),
@@ -467,6 +469,17 @@ def test_sandbox_accepts_both_timestamp_forms_and_full_batch() -> None:
     assert post(client, "/v1/views", {"user_id": "u", "item_id": "a"}).status_code == 201
     full = post(client, "/v1/purchases/batch", [good("purchases")] * 100)
     assert full.status_code == 201 and len(full.json()) == 100
+
+
+@pytest.mark.parametrize("path", ["/v1/views", "/v1/cart_additions", "/v1/bookmarks",
+                                  "/v1/ratings", "/v1/purchases"])
+def test_sandbox_accepts_the_optional_properties_on_every_interaction(path: str) -> None:
+    # "These are all optional and are used only in some interactions as you can find in
+    # docs": which ones is not said, so none refuses them.
+    client, _ = sandbox_client()
+    body = {**good("ratings" if path.endswith("ratings") else "views"), "price": 9.5,
+            "amount": 2, "duration": 1200}
+    assert post(client, path, body).status_code == 201
 
 
 def test_sandbox_refuses_non_json_and_unknown_paths() -> None:
