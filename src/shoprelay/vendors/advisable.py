@@ -21,6 +21,8 @@ Choices where the document is silent or loose (docs/vendors/advisable.md has the
 - The transfer is sent with `delete_user=true` (the document's default, made explicit): after
   a binding the relay never uses that visitor id as `user_id` again, so the guest is empty.
 - `purchase_batch_size` splits very large orders: the document gives no batch limit.
+- An order line Advisable cannot take is left out with a note, not the order; a line with
+  `quantity: null` is one piece (`amount` 1, noted), since `amount` is optional.
 """
 
 from __future__ import annotations
