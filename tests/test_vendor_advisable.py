@@ -183,6 +183,29 @@ def test_order_lines_take_their_list_ids_and_default_amount() -> None:
                                        ("c", None, 1, False), ("12", "rb12", 1, False)]
 
 
+def test_a_line_with_a_null_quantity_is_one_piece_with_a_note() -> None:
+    # `amount` is optional ("The amount of pieces if a user purchases more than one of the
+    # same product"): quantity null is one piece, not a lost order.
+    [request] = render(event(ev.ORDER_COMPLETED, {"products": [
+        {"product_id": "a", "price": 10, "quantity": None},
+        {"product_id": "b", "price": 5, "quantity": 2}]}))
+    assert [(p["item_id"], p["amount"]) for p in request.json] == [("a", 1), ("b", 2)]
+    assert request.notes == ("products[0].quantity is null: sent as amount 1",)
+
+
+def test_a_line_advisable_cannot_take_is_left_out_not_the_order() -> None:
+    first, second = VENDOR.requests_for(event(ev.ORDER_COMPLETED, {"products": [
+        {"product_id": "a", "quantity": 1}, {"product_id": "b", "quantity": 0},
+        {"product_id": "c"}, {"price": 3}]}), AdvisableConfig(
+            app_id="i", app_secret="s", base_url="http://adv.example", purchase_batch_size=1))
+    assert [p["item_id"] for p in first.json + second.json] == ["a", "c"]
+    # A note travels with the batch of the next line sent (the last batch for trailing ones).
+    assert first.notes == ()
+    assert second.notes[0] == ("order line 1 left out: products[1].quantity must be "
+                               "positive, got 0")
+    assert "order line 3 left out" in second.notes[1] and "product_id" in second.notes[1]
+
+
 def test_large_order_is_split_into_batches() -> None:
     order = {"order_id": "o3", "products": [{"product_id": str(i)} for i in range(5)]}
     sent = render(event(ev.ORDER_COMPLETED, order), config(purchase_batch_size=2))
@@ -420,7 +443,9 @@ def test_sandbox_refuses_bad_auth(headers: dict[str, str]) -> None:
     ("/v1/ratings", {**good(), "value": "4"}, "body.value: must be a number"),
     ("/v1/purchases", {**good(), "amount": 0}, "body.amount: out of range"),
     ("/v1/purchases", {**good(), "price": -1}, "body.price: out of range"),
-    ("/v1/cart_additions", {**good(), "price": 1}, "body: unknown fields ['price']"),
+    ("/v1/cart_additions", {**good(), "colour": 1}, "body: unknown fields ['colour']"),
+    ("/v1/views", {**good(), "value": 3}, "body: unknown fields ['value']"),
+    ("/v1/bookmarks", {**good(), "amount": 0}, "body.amount: out of range"),
     ("/v1/views", [good()], "body: expected a JSON object"),
     ("/v1/purchases/batch", [], "body: purchases/batch takes a non-empty JSON array"),
     ("/v1/purchases/batch", good(), "body: purchases/batch takes a non-empty JSON array"),
@@ -444,6 +469,17 @@ def test_sandbox_accepts_both_timestamp_forms_and_full_batch() -> None:
     assert post(client, "/v1/views", {"user_id": "u", "item_id": "a"}).status_code == 201
     full = post(client, "/v1/purchases/batch", [good("purchases")] * 100)
     assert full.status_code == 201 and len(full.json()) == 100
+
+
+@pytest.mark.parametrize("path", ["/v1/views", "/v1/cart_additions", "/v1/bookmarks",
+                                  "/v1/ratings", "/v1/purchases"])
+def test_sandbox_accepts_the_optional_properties_on_every_interaction(path: str) -> None:
+    # "These are all optional and are used only in some interactions as you can find in
+    # docs": which ones is not said, so none refuses them.
+    client, _ = sandbox_client()
+    body = {**good("ratings" if path.endswith("ratings") else "views"), "price": 9.5,
+            "amount": 2, "duration": 1200}
+    assert post(client, path, body).status_code == 201
 
 
 def test_sandbox_refuses_non_json_and_unknown_paths() -> None:

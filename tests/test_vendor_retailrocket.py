@@ -206,6 +206,27 @@ def test_a_block_id_goes_only_to_the_vendor_that_served_it(props: dict, site_own
     assert len(viewed) == (1 if method else 0)
 
 
+def test_an_over_long_block_id_is_cut_with_a_note_not_silently() -> None:
+    # "recomBlockId - любая строка до 50 символов": cut the same way on every call of the
+    # block, and recorded.
+    config = RetailRocketConfig(partner_id="p", api_key="k")
+    long_id = "block-" + "x" * 60
+    props = {"product_id": 1, "list_id": long_id, "recommendation_vendor": "retailrocket"}
+    calls = [*VENDOR.requests_for(event(ev.PRODUCT_LIST_VIEWED, props), config),
+             *VENDOR.requests_for(event(ev.PRODUCT_CLICKED, props), config),
+             *VENDOR.requests_for(event(ev.PRODUCT_ADDED, props), config)]
+    assert [c.json["recomBlockId"] for c in calls] == [long_id[:50]] * 3
+    for call in calls:
+        [note] = call.notes
+        assert "cut to 50 characters" in note and "66" in note
+    exact = VENDOR.requests_for(event(ev.PRODUCT_CLICKED, {**props, "list_id": "b" * 50}),
+                                config)
+    assert exact[0].json["recomBlockId"] == "b" * 50 and exact[0].notes == ()
+    # The note never rides on a plain event of the same product.
+    [viewed] = VENDOR.requests_for(event(ev.PRODUCT_VIEWED, props), config)
+    assert viewed.notes == () and "__notes__" not in viewed.json
+
+
 def test_set_contact_on_every_new_identity_fact_and_on_an_order_with_an_email() -> None:
     # "Метод нужно вызывать при регистрации, успешной авторизации, оформлении заказа и других
     # местах интернет-магазина, когда пользователь может оставить email адрес".
@@ -276,6 +297,30 @@ def test_sandbox_accepts_what_the_adapter_sends_and_refuses_bad_requests() -> No
     records = client.get("/_sandbox/retailrocket/requests?refused=1").json()
     assert len(records) == len(cases)
     assert all(not r["accepted"] for r in records)
+
+
+def test_sandbox_accepts_what_the_document_allows() -> None:
+    # Fields a table does not name are not forbidden: accepted and listed on the record.
+    # `productIds` is a "number array" (every other product id is "integer").
+    client = TestClient(create_app(["retailrocket"]))
+    auth = f"apiKey={DEMO_KEY}&partnerId={PARTNER_ID}"
+    view = {"sessionExternalId": "s", "productId": 1, "timestamp": STAMP}
+    group = {"sessionExternalId": "s", "groupId": 9, "productIds": [1, 2.0, 3.5],
+             "timestamp": STAMP}
+    assert client.post(f"/retailrocket/1.0/view?{auth}",
+                       json={**view, "price": 5}).status_code == 200
+    assert client.post(f"/retailrocket/1.0/groupView?{auth}", json=group).status_code == 200
+    batch = [{"view": {**view, "color": "red"}}, {"groupView": group}]
+    assert client.post(f"/retailrocket/1.0/visitorEvents?{auth}",
+                       json=batch).status_code == 200
+    first, second, third = client.get("/_sandbox/retailrocket/requests").json()
+    assert all(r["accepted"] for r in (first, second, third))
+    assert first["error"] == "body: fields the document does not name, ignored: ['price']"
+    assert second["error"] == ""
+    assert third["error"] == "[0].view: fields the document does not name, ignored: ['color']"
+    refused = client.post(f"/retailrocket/1.0/groupView?{auth}",
+                          json={**group, "productIds": ["1"]})
+    assert refused.status_code == 400 and "number array" in refused.json()["error"]
 
 
 def test_sandbox_answers_429_past_the_limit() -> None:

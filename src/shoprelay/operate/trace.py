@@ -14,9 +14,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from shoprelay.events import ORDER_COMPLETED
+from shoprelay.events import ORDER_COMPLETED, StoredEvent
 from shoprelay.settings import Settings
 from shoprelay.spool.base import MessageRecord, WorkRecord
+from shoprelay.vendors import VENDORS
 
 #: What a vendor's outcome is called, the same words in the CLI, the JSON and the debugger.
 SENT, QUEUED, RETRYING, PAUSED, DEAD, SKIPPED, NOT_SENT, BACKFILL = (
@@ -111,6 +112,20 @@ def _without_work(settings: Settings, record: MessageRecord, vendor: str,
     return out
 
 
+def adapter_notes(event: StoredEvent, vendor: str, config: Any) -> list[str]:
+    """What the adapter left out of the event's requests (a malformed optional field, an
+    order line the vendor cannot take), recomputed: adapters are pure, so rendering the
+    stored event again gives the notes its requests carried when they were sent."""
+    adapter = VENDORS.get(vendor)
+    if adapter is None:
+        return []
+    try:
+        requests = adapter.requests_for(event, config)
+    except Exception:  # a refused event's reason is its dead letter's; nothing to add
+        return []
+    return [note for request in requests for note in request.notes]
+
+
 def explain(settings: Settings, record: MessageRecord, reasons: Any,
             pauses: PauseState | None = None, now: float | None = None) -> dict[str, Any]:
     """The trace of one message as JSON-ready data: the message, notes, and per vendor its
@@ -138,6 +153,10 @@ def explain(settings: Settings, record: MessageRecord, reasons: Any,
         work = record.work.get(vendor)
         if work is not None:
             trace["vendors"][vendor] = _from_work(record.site, work, pauses, now)
+            if event is not None and site is not None and vendor in site.vendors:
+                notes = adapter_notes(event, vendor, site.vendors[vendor])
+                if notes:
+                    trace["vendors"][vendor]["notes"] = notes
         elif event is None:
             note = record.notes[-1][1] if record.notes else "not stored"
             trace["vendors"][vendor] = {"outcome": NOT_SENT, "reason": note}
@@ -160,6 +179,7 @@ def render_text(trace: dict[str, Any]) -> str:
         if outcome.get("reason"):
             line += f" {outcome['reason']}"
         lines.append(line)
+        lines += [f"      note: {note}" for note in outcome.get("notes", [])]
         if outcome.get("request"):
             lines.append("      request: " + outcome["request"].replace("\n", " ")[:300])
         if outcome.get("answer"):

@@ -17,7 +17,9 @@ Python's, so the sandbox answers as a FastAPI service most plausibly would:
 - `user_id` and `item_id` are non-empty strings, `recommendation_id` a string; `timestamp` epoch
   milliseconds as a digit string or a whole number (the document allows both), and one that
   looks like seconds (before 1973 read as ms) is refused; `price` ≥ 0, `amount` > 0 and
-  `duration` ≥ 0 are numbers, and only on purchases (`price`, `amount`) and views (`duration`);
+  `duration` ≥ 0 are numbers. The document says they "are all optional and are used only in
+  some interactions as you can find in docs" without saying which: they are accepted on every
+  interaction (`value` "only exists in ratings payload", so it is refused elsewhere);
 - a batch holds at most `max_batch` (100) purchases: the document gives no cap, this is ours;
 - `delete_user` is a query flag (FastAPI's reading of a bool parameter); transferring a user to
   itself is 422; a guest Advisable never saw transfers nothing and still answers 200, because a
@@ -48,14 +50,16 @@ from shoprelay.sandbox.base import (
 )
 
 APP_ID = "sandbox-app"
-_BASE = {"user_id", "item_id", "timestamp", "recommendation_id"}
-#: interaction path → fields it accepts beyond the basic ones (`value` is required on ratings).
+#: The basic properties, and the optional ones ("price", "amount", "duration": "used only in
+#: some interactions as you can find in docs", which do not say which): every interaction.
+_BASE = {"user_id", "item_id", "timestamp", "recommendation_id", "price", "amount", "duration"}
+#: interaction path → fields it accepts beyond those (`value` is required on ratings).
 INTERACTIONS: dict[str, set[str]] = {
-    "views": {"duration"},
+    "views": set(),
     "cart_additions": set(),
     "bookmarks": set(),
     "ratings": {"value"},
-    "purchases": {"price", "amount"},
+    "purchases": set(),
 }
 #: Every reasonable spelling of each type's path (the document names "cart addition",
 #: "bookmark", ... but not the path segment): singular or plural, `_` or `-` or nothing.

@@ -9,7 +9,9 @@ document lists. Where it is silent the sandbox chooses:
 - `item` and `customer` must be non-empty strings; `date` any reasonable reading of a date
   (the document gives no format): ISO-8601 date or date-time with or without an offset, or
   epoch seconds or milliseconds as a number or digit string;
-- unknown fields are 400, stricter than the vendor probably is, so a misnamed field shows here;
+- fields the document does not name are accepted (it does not forbid them, and the vendor
+  most plausibly ignores them) and listed on the record, so a misnamed field still shows on
+  the demo page without the request being refused;
 - a body that is not JSON, or not sent as `application/json` (the document's body type), is 400;
 - more than `per_second` calls a second for one key is 429 with Retry-After, as HTTP APIs do
   (the document gives no limit; the default matches the adapter's own ceiling).
@@ -60,16 +62,18 @@ def check_date(value: Any) -> None:
         raise Refusal(400, f"data.date is not a date: {value!r}") from None
 
 
-def check_body(body: Any) -> None:
-    """Refuse (400) a body that is not the document's `{project, data: {…}}`."""
+def check_body(body: Any) -> list[str]:
+    """Refuse (400) a body that is not the document's `{project, data: {…}}`; return notes on
+    what was accepted but not named by the document (unknown fields)."""
     if not isinstance(body, dict):
         raise Refusal(400, "body must be a JSON object")
     for key in ("project", "data"):
         if key not in body:
             raise Refusal(400, f"{key} is required")
+    notes = []
     unknown = set(body) - {"project", "data"}
     if unknown:
-        raise Refusal(400, f"unknown fields {sorted(unknown)}")
+        notes.append(f"fields the document does not name, ignored: {sorted(unknown)}")
     if not isinstance(body["project"], str) or not body["project"]:
         raise Refusal(400, f"project must be a non-empty string, got {body['project']!r}")
     data = body["data"]
@@ -80,13 +84,14 @@ def check_body(body: Any) -> None:
             raise Refusal(400, f"data.{key} is required")
     unknown = set(data) - set(_DATA_FIELDS)
     if unknown:
-        raise Refusal(400, f"data: unknown fields {sorted(unknown)}")
+        notes.append(f"data fields the document does not name, ignored: {sorted(unknown)}")
     if data["event"] not in EVENTS:
         raise Refusal(400, f"data.event must be one of {sorted(EVENTS)}, got {data['event']!r}")
     for key in ("item", "customer"):
         if not isinstance(data[key], str) or not data[key].strip():
             raise Refusal(400, f"data.{key} must be a non-empty string, got {data[key]!r}")
     check_date(data["date"])
+    return notes
 
 
 class GoShopsSandbox(Sandbox):
@@ -112,9 +117,11 @@ class GoShopsSandbox(Sandbox):
             if "application/json" not in request.headers.get("content-type", ""):
                 raise Refusal(400, "the body must be application/json")
             body = parse_json_body(raw)
-            check_body(body)
+            notes = check_body(body)
             if body["project"] != self.project:
                 raise Refusal(401, f"x-api-key is not valid for project {body['project']!r}")
+            if notes:
+                request.state.sandbox_note = "; ".join(notes)
             return json_response({})
 
         async def endpoint(request: Request) -> Response:

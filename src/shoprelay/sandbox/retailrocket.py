@@ -2,8 +2,10 @@
 
 Auth is `apiKey` + `partnerId` in the query (401 on a wrong key, as the document's codes say);
 each method's body is checked for its required fields and types (400 with the reason); an
-unknown method is 404. The document names a limit of 50 requests a second per shop but no code
-for exceeding it: the sandbox answers 429 with Retry-After, as HTTP APIs do.
+unknown method is 404. Fields a method's table does not name are accepted (the document does
+not forbid them) and listed on the record, so a misnamed field still shows on the demo page.
+The document names a limit of 50 requests a second per shop but no code for exceeding it: the
+sandbox answers 429 with Retry-After, as HTTP APIs do.
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ from shoprelay.sandbox.base import (
 
 PARTNER_ID = "sandbox-partner"
 
-_S, _I, _N, _IA = "string", "integer", "number", "integer array"
+_S, _I, _N, _NA = "string", "integer", "number", "number array"
 _SESSION = {"sessionExternalId": (True, _S), "timestamp": (True, _S)}
 _STOCK = {"stockId": (False, _S)}
 #: method → {field: (required, type)}, from the document's tables.
 SCHEMAS: dict[str, dict[str, tuple[bool, str]]] = {
     "view": {**_SESSION, "productId": (True, _I), **_STOCK},
-    "groupView": {**_SESSION, "groupId": (True, _I), "productIds": (True, _IA), **_STOCK},
+    # "productIds | Да | number array" (every other product id is "integer").
+    "groupView": {**_SESSION, "groupId": (True, _I), "productIds": (True, _NA), **_STOCK},
     "addToBasket": {**_SESSION, "productId": (True, _I), **_STOCK},
     "categoryView": {**_SESSION, "categoryId": (True, _I)},
     "order": {**_SESSION, "productId": (True, _I), **_STOCK, "price": (True, _N),
@@ -62,13 +65,15 @@ def _type_ok(value: Any, kind: str) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if kind == _N:
         return isinstance(value, int | float) and not isinstance(value, bool)
-    if kind == _IA:
-        return isinstance(value, list) and all(_type_ok(v, _I) for v in value)
+    if kind == _NA:
+        return isinstance(value, list) and all(_type_ok(v, _N) for v in value)
     return False
 
 
-def check_event(method: str, body: Any, where: str = "body") -> None:
-    """Refuse (400) a body that does not match the method's table in the document."""
+def check_event(method: str, body: Any, where: str = "body",
+                notes: list[str] | None = None) -> None:
+    """Refuse (400) a body that does not match the method's table in the document; fields the
+    table does not name are added to `notes`."""
     if not isinstance(body, dict):
         raise Refusal(400, f"{where}: expected a JSON object")
     schema = SCHEMAS[method]
@@ -80,8 +85,8 @@ def check_event(method: str, body: Any, where: str = "body") -> None:
         if not _type_ok(body[key], kind):
             raise Refusal(400, f"{where}: {key} must be {kind}, got {body[key]!r}")
     unknown = set(body) - set(schema)
-    if unknown:
-        raise Refusal(400, f"{where}: unknown fields {sorted(unknown)}")
+    if unknown and notes is not None:
+        notes.append(f"{where}: fields the document does not name, ignored: {sorted(unknown)}")
     try:
         stamp = datetime.fromisoformat(body["timestamp"].replace("Z", "+00:00"))
     except ValueError:
@@ -125,6 +130,7 @@ class RetailRocketSandbox(Sandbox):
             if "application/json" not in request.headers.get("content-type", ""):
                 raise Refusal(400, "Content-type must be application/json")
             body = parse_json_body(raw)
+            notes: list[str] = []
             if method == "visitorEvents":
                 if not isinstance(body, list) or not body:
                     raise Refusal(400, "visitorEvents takes a non-empty JSON array")
@@ -134,9 +140,11 @@ class RetailRocketSandbox(Sandbox):
                     (kind, event), = envelope.items()
                     if kind not in BATCH_METHODS:
                         raise Refusal(400, f"[{i}]: {kind} is not a visitorEvents type")
-                    check_event(kind, event, f"[{i}].{kind}")
+                    check_event(kind, event, f"[{i}].{kind}", notes)
             else:
-                check_event(method, body)
+                check_event(method, body, notes=notes)
+            if notes:
+                request.state.sandbox_note = "; ".join(notes)
             return json_response({})
 
         async def endpoint(request: Request) -> Response:

@@ -12,15 +12,23 @@ most plausibly does, and is written here so nobody mistakes it for the vendor's 
   request, so a batch is by definition oversize.
 - `Content-type: application/json` is required, as the document's request headers say.
 - Required fields and types come from the parameter tables. Where the table and the example
-  disagree both are accepted: StatusCart `price` / `discount` as string or number, `isInStock`
-  as "0"/"1" or 0/1, `cookies` as an object with `sc` or a plain string. `datetime` (no
-  "Required" in the tables) must, when present, be integer milliseconds — a seconds value is
+  disagree both are accepted: StatusCart `price` / `discount` as string or number, the stock
+  flag spelt `isInStock` (examples) or `isinStock` (table) and valued "0"/"1" or 0/1,
+  `cookies` as an object with `sc` or a plain string, the impressions under the example's
+  `ProductImpression` (an object with `Products`) or the table's `ProductImpressions` ("Type:
+  array of objects", or the object). `datetime` has no type and no "Required" in the tables:
+  when present it must be milliseconds, as an integer or a digit string — a seconds value is
   refused, because that is the mistake the field invites.
-- The ProductImpressions body key is `ProductImpression`, as in the example.
 - Fields the document does not name are refused, except `tag_*` fields and the `Tags` object
-  it invites; the real tracker probably ignores them, but a typo should show up here.
-- CustomerData must name the customer (`externalCustomerId`, `user_email` or `user_phone`):
-  the event exists to carry that data.
+  it invites ("All additional fields can be transferred in this parameter. The prefix tag_ is
+  required"): so a typo shows up here.
+- Every customer field of CustomerData is "Optional": one naming nobody is accepted, with a
+  note on the record (it tells Yespo nothing about the user).
+- StatusCart: "An event is sent after the cart status (with a new GUID) is changed", the GUID
+  "Displays the current composition of the shopping cart": a GUID the visitor (site id + `sc`)
+  used before for another composition (products and quantities) is refused (`CartGuids`).
+- SearchRequest: "Send it only if the search returned no results", but the example has
+  `isFound: 1`: a request with `isFound: 1` is accepted, with a note on the record.
 - The document names no rate limit. The sandbox answers 429 with Retry-After past 50 requests
   a second per site id, like the relay's default `rate_limit_per_second`.
 - An accepted event gets 200 with an empty body (the document shows no response body).
@@ -28,6 +36,7 @@ most plausibly does, and is written here so nobody mistakes it for the vendor's 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from starlette.requests import Request
@@ -44,15 +53,19 @@ from shoprelay.sandbox.base import (
 )
 
 _S, _I, _NS, _FLAG, _TAGS = "string", "integer", "string or number", "0 or 1", "string array"
+_MS = "epoch milliseconds (an integer or a digit string)"
 #: Below this a "millisecond" timestamp is really seconds (1e11 ms is March 1973).
 _MIN_MS = 100_000_000_000
 
 _GENERAL = {
-    "eventName": (True, _S), "siteId": (True, _S), "datetime": (False, _I),
+    "eventName": (True, _S), "siteId": (True, _S), "datetime": (False, _MS),
     "externalCustomerId": (False, _S), "user_phone": (False, _S), "user_email": (False, _S),
     "user_name": (False, _S), "user_es_contact_id": (False, _S),
 }
-_PAGE_PRODUCT = {"productKey": (True, _S), "price": (True, _S), "isInStock": (False, _FLAG)}
+#: The table spells the stock flag `isinStock` (Type: int), the examples `isInStock` ("1"):
+#: both are accepted, as int or string 0/1.
+_PAGE_PRODUCT = {"productKey": (True, _S), "price": (True, _S), "isInStock": (False, _FLAG),
+                 "isinStock": (False, _FLAG)}
 _CART_LINE = {"productKey": (True, _S), "price": (True, _NS), "discount": (False, _NS),
               "quantity": (True, _I), "price_currency_code": (False, _S)}
 _PURCHASE_LINE = {"product_id": (True, _S), "unit_price": (True, _S), "quantity": (True, _I)}
@@ -85,6 +98,10 @@ def _type_ok(value: Any, kind: str) -> bool:
                                        and value in (0, 1))
     if kind == _TAGS:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == _MS:
+        # "datetime | 1579622183208 | Timestamp (millisecond)": no type is given.
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, str) and value.isascii() and value.isdigit())
     return False
 
 
@@ -135,14 +152,12 @@ def _lines(obj: dict[str, Any], key: str, schema: dict[str, tuple[bool, str]], w
 
 
 def check_general(given: Any, event_name: str | None = None) -> dict[str, Any]:
-    schema = dict(_GENERAL)
-    if event_name == "ProductUpdate":
-        # The ProductUpdate example has no visitor: it is a catalogue call.
-        schema = {"eventName": (True, _S), "siteId": (True, _S)}
-    info: dict[str, Any] = _fields(given, schema, "GeneralInfo", extra=frozenset({"cookies"}))
-    if "datetime" in info and info["datetime"] < _MIN_MS:
+    info: dict[str, Any] = _fields(given, _GENERAL, "GeneralInfo", extra=frozenset({"cookies"}))
+    if "datetime" in info and int(info["datetime"]) < _MIN_MS:
         raise Refusal(400, f"GeneralInfo.datetime must be milliseconds, got {info['datetime']}")
-    if event_name == "ProductUpdate":
+    if event_name == "ProductUpdate" and "cookies" not in info:
+        # The ProductUpdate example has no visitor (it is a catalogue call), and its table
+        # names siteId alone; the other GeneralInfo fields are still accepted.
         return info
     if "cookies" not in info:
         raise Refusal(400, "GeneralInfo.cookies is required")
@@ -156,8 +171,10 @@ def check_general(given: Any, event_name: str | None = None) -> dict[str, Any]:
     return info
 
 
-def check_event(body: Any, site_ids: frozenset[str]) -> str:
-    """Refuse (400) an event the document says is wrong; return its eventName."""
+def check_event(body: Any, site_ids: frozenset[str], notes: list[str] | None = None) -> str:
+    """Refuse (400) an event the document says is wrong; return its eventName. What the
+    document allows but advises against is added to `notes` (the record shows it)."""
+    notes = [] if notes is None else notes
     if isinstance(body, list):
         raise Refusal(400, "one event per request: the tracker takes a JSON object, not an array")
     if not isinstance(body, dict):
@@ -172,21 +189,40 @@ def check_event(body: Any, site_ids: frozenset[str]) -> str:
     if info["siteId"] not in site_ids:
         raise Refusal(400, f"GeneralInfo.siteId: unknown site {info['siteId']!r}")
     key = BODY_KEYS[name]
-    unknown = set(body) - {"GeneralInfo"} - ({key} if key else set())
+    keys = {key} if key else set()
+    if name == "ProductImpressions":
+        # The example's key is `ProductImpression`, the table's `ProductImpressions`.
+        keys = {"ProductImpression", "ProductImpressions"}
+    unknown = set(body) - {"GeneralInfo"} - keys
     if unknown:
         raise Refusal(400, f"unknown top-level fields for {name}: {sorted(unknown)}")
     if key is None:
-        if not any(info.get(k) for k in ("externalCustomerId", "user_email", "user_phone")):
-            raise Refusal(400, "CustomerData needs externalCustomerId, user_email or user_phone")
+        # Every customer field is "Optional": a CustomerData naming nobody is accepted,
+        # with a note, since it tells Yespo nothing about the user.
+        if not any(info.get(k) for k in ("externalCustomerId", "user_email", "user_phone",
+                                          "user_name", "user_es_contact_id")):
+            notes.append("CustomerData names no customer (every customer field is optional, "
+                         "but \"you need to send a request with the data on the user\")")
         return name
-    if key not in body:
+    present = sorted(keys & set(body))
+    if len(present) > 1:
+        raise Refusal(400, f"both {present[0]} and {present[1]}: one event object a request")
+    if not present:
         raise Refusal(400, f"{key} is required for eventName {name}")
+    key = present[0]
     payload = body[key]
     if name == "ProductUpdate":
         if not isinstance(payload, list) or not payload:
             raise Refusal(400, "ProductUpdate must be a non-empty array of objects")
         for i, line in enumerate(payload):
             _fields(line, _UPDATE_LINE, f"ProductUpdate[{i}]")
+        return name
+    if name == "ProductImpressions" and isinstance(payload, list):
+        # The table: "ProductImpressions | Required | Type: array of objects".
+        if not payload:
+            raise Refusal(400, f"{key} must not be empty")
+        for i, line in enumerate(payload):
+            _fields(line, _IMPRESSION, f"{key}[{i}]")
         return name
     if not isinstance(payload, dict):
         raise Refusal(400, f"{key}: expected a JSON object")
@@ -214,8 +250,60 @@ def check_event(body: Any, site_ids: frozenset[str]) -> str:
         _fields(payload, {"search": (True, _S), "isFound": (False, _FLAG)}, key)
         if isinstance(payload.get("isFound"), str):
             raise Refusal(400, "SearchRequest.isFound must be integer 0 or 1")
+        if payload.get("isFound") == 1:
+            # "Send it only if the search returned no results", yet the example has
+            # isFound: 1. Accepted, as the example shows, and noted: only a shop that asked
+            # for every search (the relay's search_requests = "all") should send it.
+            notes.append("SearchRequest with isFound 1: the document says \"Send it only if "
+                         "the search returned no results\" (expected only with "
+                         "search_requests = \"all\")")
     _tags(payload, key)
     return name
+
+
+class CartGuids:
+    """Which cart composition each StatusCart GUID named, per visitor (site id + `sc`).
+
+    "An event is sent after the cart status (with a new GUID) is changed", and the GUID
+    "Displays the current composition of the shopping cart": a GUID seen before with other
+    products or quantities is refused. The same GUID with the same composition (a resend, or a
+    cart page showing an unchanged cart) is accepted, and so is a new GUID for an unchanged
+    cart ("Can be generated from random numbers"). A price change alone is not a change of
+    composition (the document does not say): accepted either way. Bounded, oldest first."""
+
+    def __init__(self, visitors: int = 10_000, per_visitor: int = 200) -> None:
+        self.visitors = visitors
+        self.per_visitor = per_visitor
+        self._seen: OrderedDict[tuple[str, str], OrderedDict[str, Any]] = OrderedDict()
+
+    @staticmethod
+    def _visitor(info: dict[str, Any]) -> tuple[str, str]:
+        cookies = info["cookies"]
+        return str(info["siteId"]), str(cookies["sc"] if isinstance(cookies, dict) else cookies)
+
+    @staticmethod
+    def _composition(cart: dict[str, Any]) -> Any:
+        return sorted((str(line["productKey"]), int(line["quantity"]))
+                      for line in cart["Products"])
+
+    def check(self, info: dict[str, Any], cart: dict[str, Any]) -> None:
+        known: dict[str, Any] = self._seen.get(self._visitor(info), {})
+        guid = cart["GUID"]
+        if guid in known and known[guid] != self._composition(cart):
+            raise Refusal(400, f"StatusCart.GUID {guid!r} already named another composition of "
+                               "this visitor's cart: \"An event is sent after the cart status "
+                               "(with a new GUID) is changed\"")
+
+    def remember(self, info: dict[str, Any], cart: dict[str, Any]) -> None:
+        visitor = self._visitor(info)
+        known = self._seen.setdefault(visitor, OrderedDict())
+        self._seen.move_to_end(visitor)
+        known[cart["GUID"]] = self._composition(cart)
+        known.move_to_end(cart["GUID"])
+        while len(known) > self.per_visitor:
+            known.popitem(last=False)
+        while len(self._seen) > self.visitors:
+            self._seen.popitem(last=False)
 
 
 class YespoSandbox(Sandbox):
@@ -228,16 +316,25 @@ class YespoSandbox(Sandbox):
     def routes(self, sandbox: SandboxState) -> list[BaseRoute]:
         limiter = SlidingWindow(self.per_second, 1.0)
         site_ids = frozenset({self.site_id})
+        guids = CartGuids()
 
         async def call(request: Request, raw: bytes) -> Response:
             if "application/json" not in request.headers.get("content-type", ""):
                 raise Refusal(400, "Content-type must be application/json")
             body = parse_json_body(raw)
-            check_event(body, site_ids)
-            wait = limiter.hit(body["GeneralInfo"]["siteId"])
+            notes: list[str] = []
+            name = check_event(body, site_ids, notes)
+            info = body["GeneralInfo"]
+            if name == "StatusCart":
+                guids.check(info, body["StatusCart"])
+            wait = limiter.hit(info["siteId"])
             if wait is not None:
                 raise Refusal(429, "more than the site's requests per second",
                               {"Retry-After": str(max(1, round(wait)))})
+            if name == "StatusCart":
+                guids.remember(info, body["StatusCart"])
+            if notes:
+                request.state.sandbox_note = "; ".join(notes)
             return Response(status_code=200)
 
         async def endpoint(request: Request) -> Response:

@@ -21,6 +21,8 @@ Choices where the document is silent or loose (docs/vendors/advisable.md has the
 - The transfer is sent with `delete_user=true` (the document's default, made explicit): after
   a binding the relay never uses that visitor id as `user_id` again, so the guest is empty.
 - `purchase_batch_size` splits very large orders: the document gives no batch limit.
+- An order line Advisable cannot take is left out with a note, not the order; a line with
+  `quantity: null` is one piece (`amount` 1, noted), since `amount` is optional.
 """
 
 from __future__ import annotations
@@ -217,31 +219,60 @@ class Advisable(Vendor[AdvisableConfig]):
         if not isinstance(owners, dict):
             owners = {}
         stamp = str(ev.epoch_ms(event.timestamp))
-        purchases = []
+        purchases: list[dict[str, Any]] = []
+        #: (note, index of the first purchase sent after it): a note travels with its batch.
+        notes: list[tuple[str, int]] = []
         for i, line in enumerate(lines):
-            if not isinstance(line, dict):
-                raise MappingError(f"products[{i}] must be an object")
-            item = _item_id(line, f"products[{i}].product_id")
-            purchase: dict[str, Any] = {"user_id": event.customer_id, "item_id": item,
-                                        "timestamp": stamp}
-            if line.get("price") is not None:
-                purchase["price"] = _number(line["price"], f"products[{i}].price")
-            amount = _number(line.get("quantity", 1), f"products[{i}].quantity")
-            if amount <= 0:
-                raise MappingError(f"products[{i}].quantity must be positive, got {amount}")
-            purchase["amount"] = amount
-            # Ingest keys the map by the id as the client wrote it (`12.0`), we send `12`.
-            raw = str(product_ref(line)).strip()
-            if line.get("list_id"):
-                block = _recommendation(line["list_id"], _stated(line), config)
-            else:
-                key = item if item in list_ids else raw
-                block = _recommendation(list_ids.get(key), owners.get(key), config)
-            purchase.update(block)
+            try:
+                purchase, note = self._purchase(line, i, event, stamp, list_ids, owners, config)
+            except MappingError as exc:
+                # One line Advisable cannot take (no item id, a bad price or quantity) is
+                # left out with its reason; the order's other lines still go.
+                notes.append((f"order line {i} left out: {exc}", len(purchases)))
+                continue
+            if note:
+                notes.append((note, len(purchases)))
             purchases.append(purchase)
+        if not purchases:
+            raise MappingError("no line of the order can be sent to Advisable: "
+                               + "; ".join(note for note, _ in notes))
         size = config.purchase_batch_size
+        last = len(purchases) - 1
         return [self._post(f"/v1/{config.purchase_path}/batch", purchases[i:i + size], config)
+                .noted([n for n, at in notes if i <= min(at, last) < i + size])
                 for i in range(0, len(purchases), size)]
+
+    def _purchase(self, line: Any, i: int, event: StoredEvent, stamp: str,
+                  list_ids: dict[str, Any], owners: dict[str, Any],
+                  config: AdvisableConfig) -> tuple[dict[str, Any], str]:
+        """One order line as a purchase, and a note on what was assumed ("" if nothing)."""
+        if not isinstance(line, dict):
+            raise MappingError(f"products[{i}] must be an object")
+        item = _item_id(line, f"products[{i}].product_id")
+        purchase: dict[str, Any] = {"user_id": event.customer_id, "item_id": item,
+                                    "timestamp": stamp}
+        if line.get("price") is not None:
+            purchase["price"] = _number(line["price"], f"products[{i}].price")
+        note = ""
+        quantity = line.get("quantity", 1)
+        if quantity is None:
+            # `amount` is optional ("The amount of pieces if a user purchases more than one
+            # of the same product"): a line without a quantity is one piece.
+            note = f"products[{i}].quantity is null: sent as amount 1"
+            quantity = 1
+        amount = _number(quantity, f"products[{i}].quantity")
+        if amount <= 0:
+            raise MappingError(f"products[{i}].quantity must be positive, got {amount}")
+        purchase["amount"] = amount
+        # Ingest keys the map by the id as the client wrote it (`12.0`), we send `12`.
+        raw = str(product_ref(line)).strip()
+        if line.get("list_id"):
+            block = _recommendation(line["list_id"], _stated(line), config)
+        else:
+            key = item if item in list_ids else raw
+            block = _recommendation(list_ids.get(key), owners.get(key), config)
+        purchase.update(block)
+        return purchase, note
 
     def _transfer(self, event: StoredEvent, config: AdvisableConfig) -> list[VendorRequest]:
         if not event.enrichment.new_binding:

@@ -30,6 +30,10 @@ from shoprelay.vendors.base import (
 
 #: The "method" `calls_for` gives an order line it cannot render, in the line's place.
 _REFUSED = ""
+#: A body key carrying what was changed on the way from `calls_for` to `requests_for` only.
+_NOTES = "__notes__"
+#: "Идентификатор блока рекомендаций `recomBlockId` - любая строка до 50 символов".
+BLOCK_ID_CHARS = 50
 
 _VALID_CONTACT = re.compile(r"^[A-Za-z0-9]{1,50}$")
 #: Envelopes of the document's `visitorEvents` table. Its example also shows recomBlockViewed,
@@ -199,7 +203,8 @@ class RetailRocket(Vendor[RetailRocketConfig]):
             if method == _REFUSED:
                 requests.append(VendorRequest.refused(body["reason"]))
                 continue
-            requests.append(self._request(method, body, event, config))
+            notes = body.pop(_NOTES, [])
+            requests.append(self._request(method, body, event, config).noted(notes))
         return requests
 
     def calls_for(self, event: StoredEvent,
@@ -213,13 +218,22 @@ class RetailRocket(Vendor[RetailRocketConfig]):
 
         # A block's id goes only to the vendor that served it (CONTRACT §3): another
         # vendor's block is a plain event here, or nothing.
-        block = (str(props["list_id"])[:50] if props.get("list_id") and owns_block(
+        block = (str(props["list_id"]) if props.get("list_id") and owns_block(
             self.name, _stated(props), config) else None)
+        noted: dict[str, Any] = {}
+        if block is not None and len(block) > BLOCK_ID_CHARS:
+            # "recomBlockId - любая строка до 50 символов": cut the same way every time, so
+            # the block's views, taps and additions still agree, and say so.
+            cut, block = block, block[:BLOCK_ID_CHARS]
+            noted = {_NOTES: [f"recomBlockId cut to {BLOCK_ID_CHARS} characters (\"любая "
+                              f"строка до 50 символов\"): list_id has {len(cut)}, "
+                              f"sent {block!r}"]}
         if name == ev.PRODUCT_LIST_VIEWED:
             if props.get("list_id"):
                 if block is None:
                     return []
-                return [("recomBlockViewed", {**base, "recomBlockId": block, **stamp})]
+                return [("recomBlockViewed", {**base, "recomBlockId": block, **stamp,
+                                              **noted})]
             if props.get("category_id") is not None:
                 return [("categoryView", {**base, "categoryId": _int(props["category_id"],
                                                                      "category_id"), **stamp})]
@@ -240,13 +254,13 @@ class RetailRocket(Vendor[RetailRocketConfig]):
             product = {"productId": self._product(props)}
             if block is not None:
                 return [("recomAddToBasket", {**base, **product, **stock, **stamp,
-                                              "recomBlockId": block})]
+                                              "recomBlockId": block, **noted})]
             return [("addToBasket", {**base, **product, **stock, **stamp})]
         if name == ev.PRODUCT_CLICKED:
             if block is None:
                 return []
             return [("recomTap", {**base, "productId": self._product(props), **stock, **stamp,
-                                  "recomBlockId": block})]
+                                  "recomBlockId": block, **noted})]
         if name in (ev.PROMOTION_VIEWED, ev.PROMOTION_CLICKED):
             promotion = props.get("promotion_id")
             if not promotion:

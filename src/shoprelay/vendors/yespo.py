@@ -41,6 +41,7 @@ from shoprelay.vendors.base import (
 #: Keys a body carries from `bodies_for` to `requests_for` only.
 _NOTES = "__notes__"
 _SKIPPED = "__skipped__"
+_REFUSED = "__refused__"
 
 
 def _stated(props: dict[str, Any]) -> str | None:
@@ -191,6 +192,9 @@ class Yespo(Vendor[YespoConfig]):
         for body in self.bodies_for(event, config):
             if _SKIPPED in body:
                 requests.append(VendorRequest.skipped(body[_SKIPPED]))
+                continue
+            if _REFUSED in body:
+                requests.append(VendorRequest.refused(body[_REFUSED]))
                 continue
             notes = body.pop(_NOTES, [])
             requests.append(VendorRequest(method="POST", url=url,
@@ -383,6 +387,12 @@ class Yespo(Vendor[YespoConfig]):
         return body
 
     def _purchase(self, event: StoredEvent, config: YespoConfig) -> list[dict[str, Any]]:
+        """PurchasedItems, then the emptied cart. A line Yespo cannot take (no price: its
+        `unit_price` is "Required"; no product id; a fractional quantity) is left out with its
+        reason, like a bad cart line: the rest of the order still reaches Yespo, and so does
+        the emptied cart. An order with no line left is refused alone (dead letter, with the
+        reasons) and the cart is still emptied: otherwise the buyer gets an abandoned-cart
+        mail for a cart they paid for."""
         props = event.properties
         order_id = props.get("order_id")
         if order_id is None or order_id == "":
@@ -390,26 +400,42 @@ class Yespo(Vendor[YespoConfig]):
         lines = props.get("products")
         if not isinstance(lines, list) or not lines:
             raise MappingError("Order Completed needs products[] for Yespo's PurchasedItems")
-        items = []
+        items, notes = [], []
         for i, line in enumerate(lines):
-            if not isinstance(line, dict):
-                raise MappingError(f"products[{i}] must be an object")
-            if line.get("price") is None:
-                raise MappingError(f"products[{i}].price is required by Yespo (unit_price)")
-            items.append({
-                "product_id": _key(product_ref(line), f"products[{i}].product_id"),
-                "unit_price": price_text(line["price"], f"products[{i}].price"),
-                "quantity": _quantity(line.get("quantity"), f"products[{i}].quantity"),
-            })
-        bodies = [self._body("PurchasedItems", event, config,
-                             {"Products": items, "OrderNumber": _key(order_id, "order_id")})]
+            try:
+                items.append(self._purchase_line(line, i))
+            except MappingError as exc:
+                notes.append(f"order line {i} left out: {exc}")
+        if items:
+            bodies = [self._body("PurchasedItems", event, config,
+                                 {"Products": items, "OrderNumber": _key(order_id, "order_id")},
+                                 notes=notes)]
+        else:
+            bodies = [{_REFUSED: "no line of the order can be sent to Yespo: "
+                                 + "; ".join(notes)}]
         if event.enrichment.cart is not None and (event.enrichment.cart_id
                                                   or event.properties.get("cart_id")):
             # Without a cart id the visitor never had a cart Yespo knows of: nothing to empty.
             # "If the cart is empty, then you need to send an empty cart event": the purchase
             # emptied it, and Yespo would otherwise remind the buyer of a cart they paid for.
             bodies.append(self._status_cart(event, config))
+        elif not items:
+            # Nothing else to send: the whole event is refused, as before any line rule.
+            raise MappingError(bodies[0][_REFUSED])
         return bodies
+
+    @staticmethod
+    def _purchase_line(line: Any, i: int) -> dict[str, Any]:
+        where = f"products[{i}]"
+        if not isinstance(line, dict):
+            raise MappingError(f"{where} must be an object")
+        if line.get("price") is None:
+            raise MappingError(f"{where}.price is required by Yespo (unit_price)")
+        return {
+            "product_id": _key(product_ref(line), f"{where}.product_id"),
+            "unit_price": price_text(line["price"], f"{where}.price"),
+            "quantity": _quantity(line.get("quantity"), f"{where}.quantity"),
+        }
 
     def _customer_data(self, event: StoredEvent, config: YespoConfig) -> list[dict[str, Any]]:
         """ "Email should be sent at least in the personal account, on the page 'Thank you for
