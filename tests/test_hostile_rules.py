@@ -23,6 +23,7 @@ from test_identity_privacy import (
     with_server_key,
 )
 
+from shoprelay.events import StoredEvent
 from shoprelay.ingest.rules import identify_signature
 from shoprelay.vendors.retailrocket import contact_external_id
 
@@ -143,9 +144,9 @@ def test_a_flood_of_cart_additions_keeps_the_cart_and_the_spool_bounded(tmp_path
             last = orjson.loads(conn.execute("SELECT data FROM messages WHERE message_id = ?",
                                              ("add-1-999",)).fetchone()[0])
         grown = (tmp_path / "spool.db").stat().st_size - before
-        cart = last["enrichment"]["cart"]
+        cart = StoredEvent.from_dict(last).enrichment.cart or []
         assert len(cart) == MAX_CART_LINES
-        assert cart[-1]["product_id"] == "p1999" and cart[0]["product_id"] == "p1900"
+        assert cart[-1].product_id == "p1999" and cart[0].product_id == "p1900"
         assert last["enrichment"]["extra"]["cart_dropped"] == ["p1899"]
         # 2,000 events, each with at most 100 short lines: well under the 178 MB of before.
         assert grown < 25_000_000, grown

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from shoprelay.events import ORDER_COMPLETED, StoredEvent
+from shoprelay.events import ORDER_COMPLETED, StoredEvent, stored_user_agent
 from shoprelay.identity.state import VisitorState, apply
 
 #: Given a stored event, the vendor names that should receive it.
@@ -298,7 +298,7 @@ class IngestRules:
                 state.claimed = False  # logged out: no claim left
             enrichment.claimed_identity = state.claimed
             enrichment.ip = context.ip
-            enrichment.user_agent = context.user_agent
+            enrichment.user_agent = stored_user_agent(context.user_agent)
             enrichment.bot = context.bot
             enrichment.source = context.source
             enrichment.consent = context.consent.get(index)
