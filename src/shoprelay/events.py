@@ -55,6 +55,9 @@ MAX_USER_ID_CHARS = 256
 #: Contact details copied into every event of the visitor (RFC 5321: an address has at most
 #: 254 characters; E.164 numbers 15 digits, formatted ones more). A longer value is not copied.
 MAX_CONTACT_CHARS = {"email": 254, "phone": 64, "name": 256}
+#: The carts a request stores beyond each visitor's last cart event in it: at most this many
+#: times the request's own bytes (see `identity.state.bound_carts`).
+CART_STORE_FACTOR = 4
 
 
 def kept_text(value: str | None, limit: int) -> str | None:
@@ -118,7 +121,8 @@ class Enrichment:
     name: str | None = None
     #: The whole cart after this event; set only on events that change or show the cart
     #: (Product Added / Removed, Cart Viewed; `[]` on Order Completed: the purchase emptied
-    #: it).
+    #: it). None on such an event too when a later event of the same request stores the
+    #: visitor's cart (`extra["cart_later"]` names it; see `identity.state.bound_carts`).
     cart: list[CartLine] | None = None
     #: A stable id of the visitor's current cart (a new one after the cart empties on purchase).
     cart_id: str | None = None

@@ -9,13 +9,16 @@ in) so it behaves the same under any spool backend.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
+import orjson
+
 from shoprelay import events as ev
 from shoprelay.events import (
+    CART_STORE_FACTOR,
     MAX_CONTACT_CHARS,
     MAX_KEPT_ID_CHARS,
     CartLine,
@@ -281,6 +284,50 @@ def apply(
     enrichment.session_started = state.session_started
     _context(enrichment, message)
     return enrichment
+
+
+def bound_carts(
+    events: Sequence[tuple[str, Sequence[str], dict[str, Any], Enrichment]],
+) -> None:
+    """Bound the carts one request stores: (visitor id, vendors, message, enrichment) of each
+    event the request stores, in order; trims the enrichments in place.
+
+    The whole cart goes with every event that changes or shows it (Yespo's StatusCart
+    carries the whole cart), so a batch of 1,000 additions stored the 100-line cart 1,000
+    times, 50× the request. A visitor's last cart event of the request always keeps its cart
+    (it is the composition the vendor must end with); from there back, the earlier ones keep
+    theirs while the request's carts stay within CART_STORE_FACTOR times the bytes of its
+    messages' `properties` (what the client itself sent about the products; a batch context
+    would count once per message). The events before that store no cart, and
+    `extra["cart_later"]` names the message that sends the visitor's cart as it ended. An
+    ordinary request (a few cart events) loses nothing."""
+    last: dict[tuple[str, frozenset[str]], str] = {}
+    several = False
+    for visitor, vendors, message, enrichment in events:
+        if enrichment.cart:
+            key = (visitor, frozenset(vendors))
+            several = several or key in last
+            last[key] = str(message.get("messageId", ""))
+    if not several:
+        return
+    budget = CART_STORE_FACTOR * sum(len(orjson.dumps(message.get("properties")))
+                                     for _, _, message, _ in events)
+    spent = 0
+    exhausted = False
+    kept: set[tuple[str, frozenset[str]]] = set()
+    for visitor, vendors, _message, enrichment in reversed(events):
+        if not enrichment.cart:
+            continue  # none, or the empty cart a purchase leaves (two bytes): kept
+        key = (visitor, frozenset(vendors))
+        cost = len(orjson.dumps([line.to_stored() for line in enrichment.cart]))
+        if key not in kept:
+            kept.add(key)  # the visitor's last cart event of the request
+        elif exhausted or spent + cost > budget:
+            exhausted = True
+            enrichment.cart = None
+            enrichment.extra["cart_later"] = last[key]
+            continue
+        spent += cost
 
 
 def _link(state: VisitorState, product: str, list_id: str, vendor: str | None) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import orjson
 
 from shoprelay.events import ORDER_COMPLETED, StoredEvent, stored_user_agent
-from shoprelay.identity.state import VisitorState, apply
+from shoprelay.identity.state import VisitorState, apply, bound_carts
 
 #: Given a stored event, the vendor names that should receive it.
 Router = Callable[[StoredEvent], list[str]]
@@ -319,6 +319,8 @@ class IngestRules:
             seen_messages.add(message_id)
             plan.states[visitor] = state
             plan.stored.append(StoredMessage(visitor, event, vendors))
+        bound_carts([(m.visitor_id, m.vendors, m.event.message, m.event.enrichment)
+                     for m in plan.stored])
         plan.result.stored = len(plan.stored)
         return plan
 
