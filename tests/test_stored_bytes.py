@@ -96,6 +96,22 @@ def test_a_cart_flood_stores_at_most_ten_times_each_request(tmp_path: Path) -> N
                        for e in events)
 
 
+def test_a_flood_ending_in_a_purchase_points_at_the_purchase(tmp_path: Path) -> None:
+    """The purchase empties the cart: it is the request's last cart event, its empty cart is
+    stored, and the additions that store no cart name it."""
+    with relay_stack(tmp_path, vendors=["yespo"], forward=False) as stack:
+        client = Client(tmp_path, stack.relay_url)
+        order = {"type": "track", "event": "Order Completed", "messageId": "order-1",
+                 "properties": {"order_id": "o-1", "products": [{"product_id": "p1",
+                                                                  "price": 1}]}}
+        size, events, stored = client.send(*[added(i) for i in range(300)], order)
+        assert stored <= FACTOR * size
+        assert events[-1]["enrichment"]["cart"] == []
+        assert events[0]["enrichment"]["extra"]["cart_later"] == "order-1"
+        assert [r.json["StatusCart"]["Products"] for r in rendered(events[-1])
+                if "StatusCart" in r.json] == [[]]
+
+
 def test_an_ordinary_request_keeps_every_cart_event_as_it_was(tmp_path: Path) -> None:
     """A handful of cart changes in one request (the tracker batches for a second): every
     event still stores the cart after it, compactly, so Yespo gets each StatusCart."""

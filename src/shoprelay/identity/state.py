@@ -304,7 +304,7 @@ def bound_carts(
     last: dict[tuple[str, frozenset[str]], str] = {}
     several = False
     for visitor, vendors, message, enrichment in events:
-        if enrichment.cart:
+        if enrichment.cart is not None:
             key = (visitor, frozenset(vendors))
             several = several or key in last
             last[key] = str(message.get("messageId", ""))
@@ -316,13 +316,14 @@ def bound_carts(
     exhausted = False
     kept: set[tuple[str, frozenset[str]]] = set()
     for visitor, vendors, _message, enrichment in reversed(events):
-        if not enrichment.cart:
-            continue  # none, or the empty cart a purchase leaves (two bytes): kept
+        if enrichment.cart is None:
+            continue
         key = (visitor, frozenset(vendors))
         cost = len(orjson.dumps([line.to_stored() for line in enrichment.cart]))
         if key not in kept:
             kept.add(key)  # the visitor's last cart event of the request
-        elif exhausted or spent + cost > budget:
+        elif enrichment.cart and (exhausted or spent + cost > budget):
+            # (An empty cart, as a purchase leaves it, costs two bytes: always kept.)
             exhausted = True
             enrichment.cart = None
             enrichment.extra["cart_later"] = last[key]
