@@ -34,6 +34,41 @@ ORDER_COMPLETED = "Order Completed"
 PRODUCT_UPDATED = "Product Updated"
 
 
+# ---- What one request may make the relay store ----------------------------------------------
+# Every stored event is the message as sent (validation bounds that: 32 KB a message, and at
+# most STORE_FACTOR times the request's body with the batch context merged in) plus the
+# enrichment below. What the enrichment copies from elsewhere — the request's headers, the
+# visitor's state — is stored once per event, so each such copy is bounded here: without a
+# bound, one long value is stored again with every later event (a 30 KB User-Agent header on
+# a batch of 500 bare `page` messages stored 15 MB).
+
+#: Characters of the User-Agent header kept on an event (longer ones are cut). Browsers send
+#: well under 512; only the `bot` flag, decided on the whole header, depends on it.
+MAX_USER_AGENT_CHARS = 512
+#: An id the visitor's state keeps and copies into later events — a cart line's product id,
+#: the shop's cart id, a recommendation block id — is kept only up to this length (a longer
+#: one is no id a vendor's catalogue holds; the event that sent it still stores it as sent).
+MAX_KEPT_ID_CHARS = 128
+#: Longest `userId` accepted (validation refuses a message with a longer one): the user id
+#: is copied into every later event of the visitor.
+MAX_USER_ID_CHARS = 256
+#: Contact details copied into every event of the visitor (RFC 5321: an address has at most
+#: 254 characters; E.164 numbers 15 digits, formatted ones more). A longer value is not copied.
+MAX_CONTACT_CHARS = {"email": 254, "phone": 64, "name": 256}
+#: The carts a request stores beyond each visitor's last cart event in it: at most this many
+#: times the request's own bytes (see `identity.state.bound_carts`).
+CART_STORE_FACTOR = 4
+
+
+def kept_text(value: str | None, limit: int) -> str | None:
+    """`value` if it fits in `limit` characters, else None (an over-long value is not kept)."""
+    return value if value is None or len(value) <= limit else None
+
+
+def stored_user_agent(user_agent: str | None) -> str | None:
+    return user_agent[:MAX_USER_AGENT_CHARS] if user_agent else user_agent
+
+
 @dataclass(frozen=True, slots=True)
 class CartLine:
     """One line of a visitor's cart as the relay keeps it (for Yespo's whole-cart StatusCart)."""
@@ -43,9 +78,25 @@ class CartLine:
     price: float | None = None
     currency: str | None = None
 
+    def to_stored(self) -> list[Any]:
+        """The line as stored: `[product_id, quantity, price, currency]`, trailing unknowns
+        left off (`["p1", 2, 9.5]`). A cart is stored with every event that changes or shows
+        it, so the keys of the older dict form (~50 bytes a line) were most of the spool."""
+        stored: list[Any] = [self.product_id, self.quantity, self.price, self.currency]
+        while stored[-1] is None:
+            stored.pop()
+        return stored
+
     def to_dict(self) -> dict[str, Any]:
         return {"product_id": self.product_id, "quantity": self.quantity, "price": self.price,
                 "currency": self.currency}
+
+    @classmethod
+    def from_stored(cls, value: Any) -> CartLine:
+        """A stored line: the list form, or the dict form older releases stored."""
+        if isinstance(value, dict):
+            return cls(**value)
+        return cls(*value)
 
 
 @dataclass(slots=True)
@@ -68,7 +119,10 @@ class Enrichment:
     email: str | None = None
     phone: str | None = None
     name: str | None = None
-    #: The whole cart after this event; set only on events that touch the cart.
+    #: The whole cart after this event; set only on events that change or show the cart
+    #: (Product Added / Removed, Cart Viewed; `[]` on Order Completed: the purchase emptied
+    #: it). None on such an event too when a later event of the same request stores the
+    #: visitor's cart (`extra["cart_later"]` names it; see `identity.state.bound_carts`).
     cart: list[CartLine] | None = None
     #: A stable id of the visitor's current cart (a new one after the cart empties on purchase).
     cart_id: str | None = None
@@ -82,10 +136,10 @@ class Enrichment:
     #: When the visitor's current session began (relay clock, epoch seconds).
     session_started: float = 0.0
     ip: str | None = None
+    #: At most MAX_USER_AGENT_CHARS. (The referrer, page URL and locale are not copied here:
+    #: they are the message's own `context.page` / `context.locale`, and no adapter read the
+    #: copies; events stored by older releases may still hold them, and they are ignored.)
     user_agent: str | None = None
-    referrer: str | None = None
-    page_url: str | None = None
-    locale: str | None = None
     #: UTM campaign (`context.campaign`: source, medium, name, term, content).
     campaign: dict[str, str] | None = None
     #: Consent per category as the client (and Sec-GPC) stated it; absent = not stated.
@@ -105,7 +159,10 @@ class Enrichment:
             value = getattr(self, name)
             if name == "cart":
                 if value is not None:
-                    data["cart"] = [line.to_dict() for line in value]
+                    data["cart"] = [line.to_stored() for line in value]
+            elif name == "source":
+                if value != "browser":  # the default: most events come from the browser
+                    data[name] = value
             elif value not in (None, {}, "", False):
                 data[name] = value
         return data
@@ -117,7 +174,7 @@ class Enrichment:
         known = {f for f in cls.__dataclass_fields__}
         kwargs = {k: v for k, v in data.items() if k in known}
         if cart is not None:
-            kwargs["cart"] = [CartLine(**line) for line in cart]
+            kwargs["cart"] = [CartLine.from_stored(line) for line in cart]
         return cls(**kwargs)
 
 

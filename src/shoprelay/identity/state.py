@@ -9,18 +9,28 @@ in) so it behaves the same under any spool backend.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
+import orjson
+
 from shoprelay import events as ev
-from shoprelay.events import CartLine, Enrichment
+from shoprelay.events import (
+    CART_STORE_FACTOR,
+    MAX_CONTACT_CHARS,
+    MAX_KEPT_ID_CHARS,
+    CartLine,
+    Enrichment,
+    kept_text,
+)
 from shoprelay.vendors.base import product_ref
 
 #: Most lines a visitor's cart keeps (beyond it the oldest line goes, recorded on the event as
-#: `cart_dropped`): the whole cart is stored with every cart event, so this bounds what one
-#: cart event stores (~7 KB) whatever a client sends.
+#: `cart_dropped`): the whole cart is stored with the events that change or show it, so this
+#: (with MAX_KEPT_ID_CHARS) bounds what one cart event stores (~1.5 KB with short ids, at
+#: most ~16 KB) whatever a client sends.
 MAX_CART_LINES = 100
 #: How many product → recommendation-block links a visitor keeps (oldest dropped first).
 MAX_BLOCK_LINKS = 200
@@ -65,7 +75,7 @@ class VisitorState:
         # visitor touched by every ingest request.
         return {
             "user_id": self.user_id, "email": self.email, "phone": self.phone,
-            "name": self.name, "cart": [line.to_dict() for line in self.cart],
+            "name": self.name, "cart": [line.to_stored() for line in self.cart],
             "cart_id": self.cart_id, "cart_version": self.cart_version, "blocks": self.blocks,
             "session_id": self.session_id,
             "session_started": self.session_started, "last_seen": self.last_seen,
@@ -75,7 +85,7 @@ class VisitorState:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VisitorState:
         data = dict(data)
-        data["cart"] = [CartLine(**line) for line in data.get("cart", [])]
+        data["cart"] = [CartLine.from_stored(line) for line in data.get("cart", [])]
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -103,8 +113,13 @@ def _product(props: dict[str, Any]) -> str | None:
     return _text(product_ref(props))
 
 
+def _kept_id(value: Any) -> str | None:
+    """An id the state keeps (and copies into later events): None if over-long."""
+    return kept_text(_text(value), MAX_KEPT_ID_CHARS)
+
+
 def _line(props: dict[str, Any]) -> CartLine | None:
-    product = _product(props)
+    product = _kept_id(product_ref(props))
     if product is None:
         return None
     quantity = _number(props.get("quantity"), 1) or 1
@@ -229,6 +244,7 @@ def apply(
         if state.cart != before:
             state.cart_version += 1
         enrichment.cart = list(state.cart)
+        enrichment.cart_id = state.cart_id
         enrichment.cart_version = state.cart_version
     elif name == ev.ORDER_COMPLETED:
         raw_lines = props.get("products")
@@ -256,19 +272,68 @@ def apply(
         state.cart_id = None
         state.cart_version = 0
 
-    if enrichment.cart_id is None:
-        enrichment.cart_id = state.cart_id
+    # The cart id goes only with the cart events and the purchase (Yespo's GUID, Alana's
+    # cartId): no adapter reads it on any other event.
     enrichment.user_id = state.user_id
-    enrichment.email = state.email
-    enrichment.phone = state.phone
-    enrichment.name = state.name
+    # Copied into every later event of the visitor: an over-long value (no real address,
+    # number or name) is not, or one identify would be stored again with each event.
+    enrichment.email = kept_text(state.email, MAX_CONTACT_CHARS["email"])
+    enrichment.phone = kept_text(state.phone, MAX_CONTACT_CHARS["phone"])
+    enrichment.name = kept_text(state.name, MAX_CONTACT_CHARS["name"])
     enrichment.session_id = state.session_id
     enrichment.session_started = state.session_started
     _context(enrichment, message)
     return enrichment
 
 
+def bound_carts(
+    events: Sequence[tuple[str, Sequence[str], dict[str, Any], Enrichment]],
+) -> None:
+    """Bound the carts one request stores: (visitor id, vendors, message, enrichment) of each
+    event the request stores, in order; trims the enrichments in place.
+
+    The whole cart goes with every event that changes or shows it (Yespo's StatusCart
+    carries the whole cart), so a batch of 1,000 additions stored the 100-line cart 1,000
+    times, 50× the request. A visitor's last cart event of the request always keeps its cart
+    (it is the composition the vendor must end with); from there back, the earlier ones keep
+    theirs while the request's carts stay within CART_STORE_FACTOR times the bytes of its
+    messages' `properties` (what the client itself sent about the products; a batch context
+    would count once per message). The events before that store no cart, and
+    `extra["cart_later"]` names the message that sends the visitor's cart as it ended. An
+    ordinary request (a few cart events) loses nothing."""
+    last: dict[tuple[str, frozenset[str]], str] = {}
+    several = False
+    for visitor, vendors, message, enrichment in events:
+        if enrichment.cart is not None:
+            key = (visitor, frozenset(vendors))
+            several = several or key in last
+            last[key] = str(message.get("messageId", ""))
+    if not several:
+        return
+    budget = CART_STORE_FACTOR * sum(len(orjson.dumps(message.get("properties")))
+                                     for _, _, message, _ in events)
+    spent = 0
+    exhausted = False
+    kept: set[tuple[str, frozenset[str]]] = set()
+    for visitor, vendors, _message, enrichment in reversed(events):
+        if enrichment.cart is None:
+            continue
+        key = (visitor, frozenset(vendors))
+        cost = len(orjson.dumps([line.to_stored() for line in enrichment.cart]))
+        if key not in kept:
+            kept.add(key)  # the visitor's last cart event of the request
+        elif enrichment.cart and (exhausted or spent + cost > budget):
+            # (An empty cart, as a purchase leaves it, costs two bytes: always kept.)
+            exhausted = True
+            enrichment.cart = None
+            enrichment.extra["cart_later"] = last[key]
+            continue
+        spent += cost
+
+
 def _link(state: VisitorState, product: str, list_id: str, vendor: str | None) -> None:
+    if len(product) > MAX_KEPT_ID_CHARS or len(list_id) > MAX_KEPT_ID_CHARS:
+        return  # a link is copied into later events: over-long ids are not kept
     state.blocks.pop(product, None)
     state.blocks[product] = {"list": list_id, "vendor": vendor, "session": state.session_id}
     while len(state.blocks) > MAX_BLOCK_LINKS:
@@ -285,15 +350,12 @@ def _announce(state: VisitorState, enrichment: Enrichment, brought: dict[str, An
 
 
 def _context(enrichment: Enrichment, message: dict[str, Any]) -> None:
-    """Copy what vendors and operators want from the message context (page, UTM, locale)."""
+    """The UTM campaign, which may come from the page URL's parameters. (The page URL,
+    referrer and locale are in the stored message itself: copying them only stored them
+    twice.)"""
     context = message.get("context")
     if not isinstance(context, dict):
         return
-    page = context.get("page")
-    if isinstance(page, dict):
-        enrichment.referrer = _text(page.get("referrer"))
-        enrichment.page_url = _text(page.get("url"))
-    enrichment.locale = _text(context.get("locale"))
     campaign = campaign_of(message)
     if isinstance(campaign, dict):
         kept = {k: str(v) for k, v in campaign.items()
@@ -312,7 +374,7 @@ def _cap_cart(state: VisitorState) -> list[str]:
 def _update_cart(
     state: VisitorState, name: str, props: dict[str, Any], new_id: Callable[[], str]
 ) -> None:
-    shop_cart_id = _text(props.get("cart_id"))
+    shop_cart_id = _kept_id(props.get("cart_id"))
     if shop_cart_id:
         state.cart_id = shop_cart_id
     elif state.cart_id is None:

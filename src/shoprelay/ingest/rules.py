@@ -19,8 +19,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from shoprelay.events import ORDER_COMPLETED, StoredEvent
-from shoprelay.identity.state import VisitorState, apply
+from shoprelay.events import ORDER_COMPLETED, StoredEvent, stored_user_agent
+from shoprelay.identity.state import VisitorState, apply, bound_carts
 
 #: Given a stored event, the vendor names that should receive it.
 Router = Callable[[StoredEvent], list[str]]
@@ -364,7 +364,7 @@ class IngestRules:
                 state.claimed = False  # logged out: no claim left
             enrichment.claimed_identity = state.claimed
             enrichment.ip = context.ip
-            enrichment.user_agent = context.user_agent
+            enrichment.user_agent = stored_user_agent(context.user_agent)
             enrichment.bot = context.bot
             enrichment.source = context.source
             enrichment.consent = context.consent.get(index)
@@ -385,6 +385,8 @@ class IngestRules:
             seen_messages.add(message_id)
             plan.states[visitor] = state
             plan.stored.append(StoredMessage(visitor, event, vendors))
+        bound_carts([(m.visitor_id, m.vendors, m.event.message, m.event.enrichment)
+                     for m in plan.stored])
         plan.result.stored = len(plan.stored)
         return plan
 

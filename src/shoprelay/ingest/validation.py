@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from shoprelay.events import PRODUCT_UPDATED
+from shoprelay.events import MAX_USER_ID_CHARS, PRODUCT_UPDATED
 
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
@@ -264,6 +264,9 @@ def _problem(message: Any, type_hint: str) -> tuple[str, str] | None:
         if isinstance(value, int):
             # Numeric ids are common (userId: 42); they are ids, so they are kept as text.
             message[key] = str(value)
+        if key == "userId" and len(message[key]) > MAX_USER_ID_CHARS:
+            # The visitor's user id is copied into every later event of theirs.
+            return "bad_field", f"userId must be at most {MAX_USER_ID_CHARS} characters"
     if kind == "track" and not (isinstance(message.get("event"), str) and message["event"]):
         return "no_event", "a track message needs an event name"
     if kind == "identify" and not message.get("userId") and not message.get("traits"):

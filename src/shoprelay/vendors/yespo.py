@@ -355,6 +355,13 @@ class Yespo(Vendor[YespoConfig]):
         still sends the empty event. A line that cannot be rendered is left out with its
         reason instead of freezing the visitor's cart at Yespo."""
         enrichment = event.enrichment
+        later = enrichment.extra.get("cart_later")
+        if enrichment.cart is None and later:
+            # The relay kept this request's carts within bounds: a later event of the same
+            # request sends the cart as it ended, so this state is superseded anyway.
+            return {_SKIPPED: f"StatusCart not sent: message {later} of the same request sends "
+                              "this visitor's cart as it ended (the request changed the cart "
+                              "more often than the relay stores the whole cart for)"}
         if enrichment.cart is None:
             raise MappingError(f"{event.name} carries no cart state (enrichment.cart): "
                                "Yespo's StatusCart needs the whole cart")
