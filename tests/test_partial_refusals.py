@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from servers import wait_for
 from test_delivery_support import (
@@ -213,3 +215,28 @@ def test_advisable_purchase_batch_loses_only_its_bad_line(tmp_path: Path) -> Non
         batches = [r["body"] for r in records(sb, "advisable") if r["path"].endswith("/batch")]
         assert [[p["item_id"] for p in b] for b in batches] == [["201"], ["203"],
                                                                  ["301", "302", "303"]]
+
+
+# ---- a paused vendor's work does not expire --------------------------------------------------
+
+def test_work_held_by_a_pause_longer_than_the_max_age_is_still_delivered(
+        tmp_path: Path) -> None:
+    # The max age dead-letters work that could not be delivered; work a pause held on purpose
+    # (a wrong key: "its work stays queued") must not expire at the next probe.
+    options = DeliveryOptions(idle_poll=0.1, first_retry=0.2, max_retry=1.0, timeout=5.0,
+                              probe_first=0.2, probe_max=0.3, max_age=1.0)
+    with sandbox() as sb:
+        cfg = write_settings(tmp_path / "s.toml", spool=tmp_path / "spool.db", sandbox_url=sb,
+                             vendors=["goshops"])
+        fault(sb, "goshops", kind="status", status=401)  # until cleared: the rotated key
+        with relay(cfg, options) as r:
+            post(r.url, [view(i, visitor=f"v{i}") for i in range(1, 6)])
+            health = r.app.state.forwarder.workers[0].health
+            wait_for(lambda: health.paused)
+            # Probes keep being refused well past the max age.
+            wait_for(lambda: len(records(sb, "goshops", accepted=False)) >= 12, timeout=30)
+            assert time.time() - health.since > options.max_age
+            httpx.delete(f"{sb}/_sandbox/goshops/faults").raise_for_status()  # fixed
+            wait_for(lambda: set(delivered(sb, "goshops")) == set(range(1, 6)), timeout=30)
+        assert dead_letters(cfg) == []
+        assert delivered(sb, "goshops") == Counter(range(1, 6))

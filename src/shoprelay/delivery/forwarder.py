@@ -192,7 +192,9 @@ class VendorWorker:
         self._totals = {}
         self._parts_dead = {}
         for row in rows:
-            if now - row.created_at > self.options.max_age:
+            # Time paused is not counted: the work was held on purpose, not failing.
+            age = now - row.created_at - self.health.paused_between(row.created_at, now)
+            if age > self.options.max_age:
                 hours = self.options.max_age / 3600
                 last = f"; last failure: {row.error}" if row.error else ""
                 await self.spool.mark_dead([row.id], status=None,
@@ -576,6 +578,18 @@ class VendorWorker:
         return outcome, response.status_code, response.text
 
 
+def _stored_states(store: Any) -> dict[str, Any]:
+    """What the previous run wrote to the vendor-state store ({} when nothing can be read)."""
+    if store is None:
+        return {}
+    try:
+        states = store.read_all()
+    except Exception:  # the status display must never stop delivery
+        log.exception("could not read the vendor states left by the previous run")
+        return {}
+    return states if isinstance(states, dict) else {}
+
+
 def _client() -> httpx.AsyncClient:
     return httpx.AsyncClient(
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
@@ -646,7 +660,9 @@ class Forwarder:
 
     def start(self, *, maintenance: bool = True) -> None:
         self._loop = asyncio.get_running_loop()
+        stored = _stored_states(self.health_store)
         for worker in self.workers:  # a restart begins active: the settings may be fixed
+            worker.health.restore(stored.get(f"{worker.site}/{worker.vendor.name}"))
             worker.health.save()
         self.spool.on_new_work = self._wake_threadsafe
         self._tasks = [asyncio.create_task(w.run(), name=f"deliver-{w.site}-{w.vendor.name}")
