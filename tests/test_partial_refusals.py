@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -240,3 +242,38 @@ def test_work_held_by_a_pause_longer_than_the_max_age_is_still_delivered(
             wait_for(lambda: set(delivered(sb, "goshops")) == set(range(1, 6)), timeout=30)
         assert dead_letters(cfg) == []
         assert delivered(sb, "goshops") == Counter(range(1, 6))
+
+
+# ---- limits: live and backfill together, SQLite spool ----------------------------------------
+
+def test_live_and_backfill_together_stay_within_the_limit_on_sqlite(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A vendor added later is backfilled while live traffic flows; the vendor counts both
+    # against one limit. Its sandbox answers 429 past 4 requests a second, the relay's
+    # setting says 4: neither the relay nor `shoprelay backfill` may push the sum past it.
+    from shoprelay.sandbox import SANDBOXES
+
+    limit = 4
+    monkeypatch.setattr(SANDBOXES["goshops"], "per_second", limit)
+    overrides = {"goshops": {"rate_limit_per_second": limit}}
+    with sandbox() as sb:
+        before = write_settings(tmp_path / "before.toml", spool=tmp_path / "spool.db",
+                                sandbox_url=sb, vendors=["advisable"])
+        with relay(before, OPTIONS) as r:
+            post(r.url, [view(i, visitor=f"v{i % 5}") for i in range(1, 21)])
+        after = write_settings(tmp_path / "after.toml", spool=tmp_path / "spool.db",
+                               sandbox_url=sb, vendors=["advisable", "goshops"],
+                               overrides=overrides)
+        live = set(range(1001, 1031))
+        with relay(after, OPTIONS) as r:
+            post(r.url, [view(i, visitor=f"live{i}") for i in sorted(live)])  # a live backlog
+            done = subprocess.run(
+                [sys.executable, "-m", "shoprelay", "backfill", "--config", str(after),
+                 "--vendor", "goshops", "--since", "2026-01-01T00:00:00Z", "--share", "0.5"],
+                capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+            assert "sent 20 event(s)" in done.stdout
+            wait_for(lambda: live <= set(delivered(sb, "goshops")), timeout=60)
+        assert delivered(sb, "goshops") == Counter([*range(1, 21), *live])
+        # The vendor never had to refuse a request for the limit.
+        assert records(sb, "goshops", accepted=False) == []

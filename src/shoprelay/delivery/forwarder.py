@@ -26,7 +26,7 @@ import httpx
 import orjson
 
 from shoprelay.delivery.health import VendorHealth, store_for
-from shoprelay.delivery.limits import Limiter, SlidingWindowLimiter
+from shoprelay.delivery.limits import Limiter, SlidingWindowLimiter, file_limiter_factory
 from shoprelay.delivery.retry import FIRST_DELAY, MAX_DELAY, backoff
 from shoprelay.spool.base import EXCHANGE_CHARS, OutboxRow, Spool
 from shoprelay.vendors.base import (
@@ -610,6 +610,12 @@ class Forwarder:
         self.client = _client()
         self._clients: dict[str, httpx.AsyncClient] = {}
         self.limiters: dict[tuple[str, str, str], Limiter] = {}
+        #: With a SQLite spool file, each limit is also kept in a file beside it, so the
+        #: relay and a backfill beside it stay within the limit together; the in-process
+        #: limiter in front paces the starts (the shared log does not).
+        self.file_limiters: dict[tuple[str, str, str], Limiter] = {}
+        beside = (file_limiter_factory(spool, self.options.timeout + 5)
+                  if limiter_factory is None else None)
         self.workers: list[VendorWorker] = []
         for site, vendor, config in targets:
             mine = []
@@ -624,7 +630,12 @@ class Forwarder:
                         limiter_factory(limit.requests, limit.per_seconds, "/".join(key))
                         if limiter_factory is not None
                         else SlidingWindowLimiter(limit.requests, limit.per_seconds))
+                    if beside is not None:
+                        self.file_limiters[key] = beside(limit.requests, limit.per_seconds,
+                                                         "/".join(key))
                 mine.append(self.limiters[key])
+                if key in self.file_limiters:
+                    mine.append(self.file_limiters[key])
             if vendor.name not in self._clients:
                 self._clients[vendor.name] = self.client if not self._clients else _client()
             self.workers.append(VendorWorker(spool, site, vendor, config,
