@@ -543,9 +543,13 @@ class VendorWorker:
     async def _exchange(self, request: VendorRequest) -> tuple[Outcome, int | None, str]:
         taken: list[Limiter] = []
         try:
-            for limiter in self.limiters:
-                await limiter.acquire()
-                taken.append(limiter)
+            try:
+                for limiter in self.limiters:
+                    await limiter.acquire()
+                    taken.append(limiter)
+            except Exception as exc:  # the limiter's store (Redis, the file) failed: not sent
+                log.warning("%s: rate limiter failed: %r", self.vendor.name, exc)
+                return Outcome(ok=False, retry=True, detail=f"rate limiter: {exc}"), None, ""
             self.counters.requests += 1
             try:
                 response = await self.client.request(
