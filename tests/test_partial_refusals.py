@@ -244,6 +244,28 @@ def test_work_held_by_a_pause_longer_than_the_max_age_is_still_delivered(
         assert delivered(sb, "goshops") == Counter(range(1, 6))
 
 
+def test_work_held_by_a_pause_does_not_expire_across_a_restart(tmp_path: Path) -> None:
+    # The relay is stopped while Go Shops is paused, past the max age, and started again with
+    # the key fixed: the pause it remembers (the vendor-state file beside the spool) still
+    # does not count towards the age of the work it held.
+    options = DeliveryOptions(idle_poll=0.1, first_retry=0.2, max_retry=1.0, timeout=5.0,
+                              probe_first=0.2, probe_max=0.3, max_age=1.0)
+    with sandbox() as sb:
+        cfg = write_settings(tmp_path / "s.toml", spool=tmp_path / "spool.db", sandbox_url=sb,
+                             vendors=["goshops"])
+        fault(sb, "goshops", kind="status", status=401)
+        with relay(cfg, options) as r:
+            post(r.url, [view(i, visitor=f"v{i}") for i in range(1, 4)])
+            health = r.app.state.forwarder.workers[0].health
+            wait_for(lambda: health.paused)
+            wait_for(lambda: len(records(sb, "goshops", accepted=False)) >= 12, timeout=30)
+            assert time.time() - health.since > options.max_age
+        httpx.delete(f"{sb}/_sandbox/goshops/faults").raise_for_status()
+        with relay(cfg, options):
+            wait_for(lambda: set(delivered(sb, "goshops")) == {1, 2, 3}, timeout=30)
+        assert dead_letters(cfg) == []
+
+
 # ---- limits: live and backfill together, SQLite spool ----------------------------------------
 
 def test_live_and_backfill_together_stay_within_the_limit_on_sqlite(
