@@ -15,7 +15,7 @@ from shoprelay.sandbox import SANDBOXES, create_app
 from shoprelay.sandbox.base import DEMO_KEY
 from shoprelay.settings import SettingsError, parse
 from shoprelay.vendors import VENDORS
-from shoprelay.vendors.alana import VENDOR, AlanaConfig, reset_seconds
+from shoprelay.vendors.alana import VENDOR, AlanaConfig, check_event, reset_seconds
 from shoprelay.vendors.base import MappingError, RateLimit, VendorRequest
 
 VISITOR = "0123456789abcdef0123456789abcdef"
@@ -339,9 +339,31 @@ def test_errors_in_answer_are_failed_events() -> None:
     assert "refused 2" in outcome.detail and "stored 3" in outcome.detail
 
 
-def test_unreadable_success_is_still_success() -> None:
-    outcome = VENDOR.read_response(200, {}, b"<html>ok</html>")
-    assert outcome.ok and outcome.failed_events == 0
+@pytest.mark.parametrize(("body", "maybe_stored"), [
+    (b"<html>ok</html>", True),
+    (b"", True),
+    (b'{"stored": 2, "errors": 0}', True),
+    (b'{"status": "error", "stored": 1, "errors": 1}', True),
+    (b'{"status": "error"}', True),
+    (b'{"status": "error", "stored": 0, "errors": 2}', False),
+])
+def test_a_2xx_without_status_ok_is_no_success(body: bytes, maybe_stored: bool) -> None:
+    # "status | string | Always "ok" on success". Not a success, yet never retried or resent
+    # when the answer leaves open that Alana stored some of it; a plain refusal when it says
+    # it stored none.
+    outcome = VENDOR.read_response(200, {}, body)
+    assert not outcome.ok and not outcome.retry
+    assert outcome.maybe_stored is maybe_stored
+
+
+def test_check_event_keeps_to_the_document() -> None:
+    assert check_event({"eventType": "home-page-view", "visitorId": "v"}) is None
+    assert "productId" in str(check_event({"eventType": "add-to-cart", "visitorId": "v"}))
+    assert "does not name" in str(check_event({"eventType": "home-page-view", "visitorId": "v",
+                                               "productId": "p"}))
+    assert "revenue" in str(check_event({"eventType": "purchase-complete", "visitorId": "v",
+                                         "productIds": ["p"], "revenue": "1",
+                                         "currency": "USD"}))
 
 
 def test_429_honours_rate_limit_reset_as_unix_time() -> None:
@@ -582,8 +604,8 @@ BAD_EVENTS: list[tuple[dict[str, Any], str]] = [
     ({"eventType": "search", "visitorId": VISITOR, "query": ""}, "query must be"),
     ({"eventType": "category-view", "visitorId": VISITOR}, "categoryPath is required"),
     ({"eventType": "detail-page-view", "visitorId": VISITOR}, "productId is required"),
-    ({"eventType": "detail-page-view", "visitorId": VISITOR, "productId": 42},
-     "productId must be a non-empty string"),
+    ({"eventType": "detail-page-view", "visitorId": VISITOR, "productId": ""},
+     "productId must be a non-empty string or an integer"),
     ({"eventType": "add-to-cart", "visitorId": VISITOR}, "add-to-cart: productId is required"),
     ({"eventType": "purchase-complete", "visitorId": VISITOR, "revenue": 1, "currency": "USD"},
      "productIds is required"),
@@ -593,7 +615,6 @@ BAD_EVENTS: list[tuple[dict[str, Any], str]] = [
       "revenue": "1", "currency": "USD"}, "revenue must be a number"),
     ({"eventType": "purchase-complete", "visitorId": VISITOR, "productIds": ["a"],
       "revenue": 1}, "currency is required"),
-    ({**GOOD, "productId": "p"}, "unknown fields ['productId']"),
     ("not an object", "must be a JSON object"),  # type: ignore[list-item]
 ]
 
@@ -608,6 +629,29 @@ def test_sandbox_counts_bad_events_as_errors(client: TestClient, bad: Any, reaso
     assert reason in record["error"]
     outcome = VENDOR.read_response(200, dict(response.headers), response.content)
     assert outcome.ok and outcome.failed_events == 1
+
+
+def test_sandbox_stores_fields_the_document_does_not_name(client: TestClient) -> None:
+    # The "Event Types" table lists required fields, not the only ones allowed: an extra
+    # field is stored (and named in the record), an integer productId is a reasonable reading.
+    extra = {"eventType": "detail-page-view", "visitorId": VISITOR, "productId": 42,
+             "price": 10}
+    response = post(client, {"events": [extra]}, {"content-type": "application/json"})
+    assert response.json() == {"status": "ok", "stored": 1, "errors": 0}
+    (record,) = records(client)
+    assert "ignored fields events[0]: ['price']" in record["error"]
+
+
+def test_sandbox_notices_a_second_copy(client: TestClient) -> None:
+    first = {"eventType": "add-to-cart", "visitorId": VISITOR, "productId": "p-1",
+             "metadata": {"messageId": "m-1"}}
+    other = {**first, "metadata": {"messageId": "m-2"}}
+    for body in ({"events": [first, other]}, {"events": [other]}):
+        response = post(client, body, {"content-type": "application/json"})
+        assert response.json()["errors"] == 0  # Alana stores a resend again, silently
+    one, two = records(client)
+    assert one["copies"] == 0 and two["copies"] == 1
+    assert "events[0] is copy 2 of an event already stored" in two["error"]
 
 
 def test_sandbox_rate_limit_per_key_and_ip(client: TestClient) -> None:

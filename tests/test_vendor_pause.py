@@ -147,10 +147,12 @@ def test_a_404_on_the_vendor_endpoint_pauses_while_a_400_dead_letters_only_its_e
         assert len(letters) == 1 and letters[0].status == 400
 
 
-def test_alana_errors_leave_exactly_the_refused_events_in_the_dead_letter(
+def test_alana_errors_leave_the_batch_in_the_dead_letter_and_nothing_resent(
         tmp_path: Path) -> None:
     # Alana answers `{"status": "ok", "stored": 2, "errors": 0}`, "errors | number | Number of
-    # events that failed validation": nothing Alana did not store may count as delivered.
+    # events that failed validation": which ones it does not say, and it describes no
+    # de-duplication, so nothing of the batch is sent again (issue 20; the halving search
+    # this test once checked stored the good events two to five times).
     refused = {7, 13, 21}
     with sandbox() as sb:
         cfg = write_settings(tmp_path / "s.toml", spool=tmp_path / "spool.db", sandbox_url=sb,
@@ -160,18 +162,14 @@ def test_alana_errors_leave_exactly_the_refused_events_in_the_dead_letter(
         with relay(cfg, OPTIONS, forward=False) as r:
             post(r.url, [view(i, visitor=f"v{i % 4}") for i in range(30)])
         with relay(cfg, OPTIONS) as r:  # the whole backlog in one round: one batch of 30
-            letters = wait_for(lambda: len(d := dead_letters(cfg)) == len(refused) and d,
-                               timeout=30)
-            assert {int(d.event.properties["product_id"]) for d in letters} == refused
-            assert all('"errors":1' in d.response.replace(" ", "") for d in letters)
-            worker = r.app.state.forwarder.workers[0]
-            wait_for(lambda: worker.counters.delivered == 30 - len(refused))
+            letters = wait_for(lambda: len(d := dead_letters(cfg)) == 30 and d, timeout=30)
+            assert all("refused 3" in d.error for d in letters)
+            assert all('"errors":3' in d.response.replace(" ", "") for d in letters)
             metrics = httpx.get(f"{r.url}/metrics",
                                 headers={"Authorization": "Bearer adm-token-0123456789"}).text
             assert 'shoprelay_vendor_refused_in_batch_total{site="shop",vendor="alana"} 3.0' \
                 in metrics
-        # Every other event was stored by Alana (in some accepted answer with errors=0 for it).
-        first = records(sb, "alana")[0]
+        [first] = records(sb, "alana")
         assert len(first["body"]["events"]) == 30
 
 

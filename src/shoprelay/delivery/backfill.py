@@ -14,10 +14,10 @@ so a crash between the two may send that one event again (as the live path may).
 
 Sending reuses the live `VendorWorker` (lanes per visitor, batching, retries with backoff,
 dead letters) on an in-memory queue of the claimed page, with the limiters of the live path
-plus one at `share` of each documented limit: with the Redis spool the live limiter is the
-shared one, so live and backfill together stay within the vendor's limit, and backfill never
-takes more than its share. With SQLite the live limiter lives in the relay process: the share
-bounds the backfill, not the sum (docs/decisions.md).
+plus one at `share` of each documented limit. The live path's limiters count for every
+process on the spool (Redis: kept in Redis; SQLite: kept in `<spool>.limits` beside the file,
+`limits.FileWindowLimiter`), so live and backfill together stay within the vendor's limit, and
+backfill never takes more than its share.
 """
 
 from __future__ import annotations
@@ -231,7 +231,8 @@ class Backfill:
                                   concurrency=relay.delivery_concurrency,
                                   max_age=relay.delivery_max_age_hours * 3600.0,
                                   idle_poll=0.2)
-        # The live path's limiters (with Redis: the shared ones, counted for every process)...
+        # The live path's limiters (shared with the relay: Redis, or the file beside a
+        # SQLite spool)...
         forwarder = Forwarder(self.spool, [(self.site, self.adapter, self.config)], options,
                               limiter_factory=self.limiter_factory)
         worker = forwarder.workers[0]

@@ -26,10 +26,17 @@ import httpx
 import orjson
 
 from shoprelay.delivery.health import VendorHealth, store_for
-from shoprelay.delivery.limits import Limiter, SlidingWindowLimiter
+from shoprelay.delivery.limits import Limiter, SlidingWindowLimiter, file_limiter_factory
 from shoprelay.delivery.retry import FIRST_DELAY, MAX_DELAY, backoff
 from shoprelay.spool.base import EXCHANGE_CHARS, OutboxRow, Spool
-from shoprelay.vendors.base import MappingError, Outcome, Vendor, VendorConfig, VendorRequest
+from shoprelay.vendors.base import (
+    UNITS_KEY,
+    MappingError,
+    Outcome,
+    Vendor,
+    VendorConfig,
+    VendorRequest,
+)
 
 log = logging.getLogger("shoprelay.delivery")
 
@@ -163,7 +170,14 @@ class VendorWorker:
         if not rows:
             return 0
         lanes = await self._plan(rows, now)
-        await asyncio.gather(*(self._run_lane(lane) for lane in lanes))
+        # Every lane runs to its end before the next round: one failing (the spool) must not
+        # leave the others running beside a round that takes their rows again.
+        results = await asyncio.gather(*(self._run_lane(lane) for lane in lanes),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                log.error("delivery lane failed for %s/%s: %r", self.site, self.vendor.name,
+                          result)
         return len(rows)
 
     # ---- planning ---------------------------------------------------------------------------
@@ -178,7 +192,9 @@ class VendorWorker:
         self._totals = {}
         self._parts_dead = {}
         for row in rows:
-            if now - row.created_at > self.options.max_age:
+            # Time paused is not counted: the work was held on purpose, not failing.
+            age = now - row.created_at - self.health.paused_between(row.created_at, now)
+            if age > self.options.max_age:
                 hours = self.options.max_age / 3600
                 last = f"; last failure: {row.error}" if row.error else ""
                 await self.spool.mark_dead([row.id], status=None,
@@ -221,7 +237,8 @@ class VendorWorker:
         for row, remaining in rendered:
             root = find(f"v:{row.visitor_id}")
             for _, request in remaining:
-                if batching and request.batch_key is not None:
+                if (batching and request.batch_key is not None
+                        and not request.batch_key.startswith(UNITS_KEY)):
                     other = find(f"b:{request.batch_key}")
                     if other != root:
                         parent[other] = root
@@ -243,8 +260,10 @@ class VendorWorker:
                 row, index, request = pending[0]
                 lane.jobs.append(_Job([(row, index)], request))
             elif pending:
+                requests = [r for _, _, r in pending]
                 try:
-                    merged = self.vendor.merge([r for _, _, r in pending], self.config)
+                    merged = (self.vendor.merge_units(requests) if units
+                              else self.vendor.merge(requests, self.config))
                 except Exception:
                     log.exception("%s: merging a batch failed; sending one by one",
                                   self.vendor.name)
@@ -253,17 +272,23 @@ class VendorWorker:
                     lane.jobs.append(_Job([(row, i) for row, i, _ in pending], merged))
             pending.clear()
 
+        units = False
         for row, remaining in items:
             for index, request in remaining:
                 key = request.batch_key if batching else None
+                if request.batch_key is not None and request.batch_key.startswith(UNITS_KEY):
+                    # Units of one adapter request go back together, whatever the size (the
+                    # adapter sized the request); never with another row's.
+                    key = f"{request.batch_key}@{row.id}"
                 if key is None:
                     flush()
                     open_key = None
                     lane.jobs.append(_Job([(row, index)], request))
                     continue
-                if key != open_key or len(pending) >= size:
+                if key != open_key or (len(pending) >= size and not units):
                     flush()
                     open_key = key
+                    units = key.startswith(UNITS_KEY)
                 pending.append((row, index, request))
         flush()
         return lane
@@ -280,99 +305,150 @@ class VendorWorker:
                     return
                 if any(row.id in parked for row, _ in job.items):
                     continue
-                if job.request.refusal:
-                    # A part the adapter cannot render: nothing to send, its reason kept.
-                    reason = f"mapping: {job.request.refusal}"
-                    if not await self._dead_part(job, status=None, error=reason):
-                        await self.spool.mark_dead([row.id for row in job.rows], status=None,
-                                                   error=reason)
-                        self.counters.dead += 1
-                    continue
-                if job.request.is_skip:
-                    # Nothing to send, only a reason to record (Vendor.skipped).
-                    await self._finish(job, skipped=True)
-                    self._noted(job.request)
-                    continue
-                if self.health.paused and not self.health.take_probe():
-                    return  # the work stays queued as it is until the vendor accepts again
-                outcome, status, answer = await self._send(job)
-                if outcome.pause or (outcome.retry and self.health.paused):
-                    # Held, not failed: the rows keep their place and their attempt count.
-                    self.health.pause(status, outcome.detail)
-                    return
-                self.health.resume()  # the vendor took the credentials and the address
-                rows = job.rows
-                ids = [row.id for row in rows]
-                if outcome.ok and outcome.failed_events:
-                    await self._partly_refused(job, jobs, outcome, status, answer, parked)
-                elif outcome.ok:
-                    await self._finish(job, status=status, request=self._shown(job.request),
-                                       response=self._answer(answer))
-                    if job.request.notes:
-                        self._noted(job.request)
-                elif outcome.retry:
-                    attempts = max(row.attempts for row in rows) + 1
-                    delay = backoff(attempts, outcome.retry_after,
-                                    first=self.options.first_retry, cap=self.options.max_retry)
-                    await self.spool.mark_retry(ids, next_at=time.time() + delay, status=status,
-                                                error=outcome.detail,
-                                                request=self._shown(job.request),
-                                                response=self._answer(answer))
-                    self.counters.retried += len(ids)
-                    # The rest of this lane waits: order per visitor matters more than speed.
-                    return
-                elif len(rows) > 1:
-                    # The vendor refused the whole batch: send its events one by one, in the
-                    # same order, so only the event at fault goes to the dead letter.
-                    log.info("%s refused a batch of %d (%s); retrying them one by one",
-                             self.vendor.name, len(rows), outcome.detail)
-                    jobs[:0] = [_Job([item], r) for item, r in self._split(job)]
-                else:
-                    request_text = self._shown(job.request, EXCHANGE_KEPT_FOR_DEAD)
-                    # A refusal of one of a row's requests (one order line) is about that
-                    # request: the row's other requests are still sent.
-                    if await self._dead_part(job, status=status, error=outcome.detail,
-                                             request=request_text, response=answer[:4000]):
-                        continue
-                    await self.spool.mark_dead(ids, status=status, error=outcome.detail,
-                                               response=answer[:4000], request=request_text)
-                    self.counters.dead += len(ids)
-                    parked.update(ids)
+                try:
+                    if not await self._run_job(job, jobs, parked):
+                        return
+                except Exception as exc:  # a bug must not abort the round and resend forever
+                    log.exception("%s/%s: handling a request failed", self.site,
+                                  self.vendor.name)
+                    await self._dead_on_error(job, exc, parked)
 
-    async def _partly_refused(self, job: _Job, jobs: list[_Job], outcome: Outcome,
-                              status: int | None, answer: str, parked: set[int]) -> None:
-        """The vendor took the request but did not store `failed_events` of its events
-        (Alana's `{stored, errors}`) without saying which. Nothing of it is marked delivered:
-        when every event failed they all go to the dead letter with the answer; otherwise the
-        batch is sent again in halves, down to single events, so exactly the refused ones end
-        in the dead letter. Halving costs about 2·log2(n) requests per refused event where one
-        by one would cost n (Alana allows 100 requests a minute per key and IP). The stored
-        events of a batch are sent again; each carries its messageId for the vendor to
-        de-duplicate on (docs/vendors/alana.md)."""
+    async def _run_job(self, job: _Job, jobs: list[_Job], parked: set[int]) -> bool:
+        """Send one job and settle what it carried. False: the rest of the lane waits (a
+        retry or a pause keeps the visitors' order)."""
+        if job.request.refusal:
+            # A part the adapter cannot render: nothing to send, its reason kept.
+            await self._dead(job.items, status=None, error=f"mapping: {job.request.refusal}",
+                             parked=parked)
+            return True
+        if job.request.is_skip:
+            # Nothing to send, only a reason to record (Vendor.skipped).
+            await self._finish(job.items, skipped=True)
+            self._noted(job.request)
+            return True
+        if self.health.paused and not self.health.take_probe():
+            return False  # the work stays queued as it is until the vendor accepts again
+        outcome, status, answer = await self._send(job)
+        if outcome.pause or (outcome.retry and self.health.paused):
+            # Held, not failed: the rows keep their place and their attempt count.
+            self.health.pause(status, outcome.detail)
+            return False
+        self.health.resume()  # the vendor took the credentials and the address
+        if outcome.ok and not outcome.failed_events:
+            await self._finish(job.items, status=status, request=self._shown(job.request),
+                               response=self._answer(answer))
+            if job.request.notes:
+                self._noted(job.request)
+            return True
+        if outcome.retry and not outcome.ok:
+            rows = job.rows
+            attempts = max(row.attempts for row in rows) + 1
+            delay = backoff(attempts, outcome.retry_after,
+                            first=self.options.first_retry, cap=self.options.max_retry)
+            await self.spool.mark_retry([row.id for row in rows],
+                                        next_at=time.time() + delay, status=status,
+                                        error=outcome.detail,
+                                        request=self._shown(job.request),
+                                        response=self._answer(answer))
+            self.counters.retried += len(rows)
+            # The rest of this lane waits: order per visitor matters more than speed.
+            return False
+        await self._refused(job, jobs, outcome, status, answer, parked)
+        return True
+
+    async def _refused(self, job: _Job, jobs: list[_Job], outcome: Outcome,
+                       status: int | None, answer: str, parked: set[int]) -> None:
+        """Every refusal, of a whole request or of some of its events, batched or not, is
+        settled here, on one rule: nothing the vendor may have stored is sent again, and
+        what it refused goes to the dead letter, each event (or order line) on its own
+        where that can be told.
+
+        - A final refusal of the whole request (a 4xx: the vendor stored none of it): a
+          request carrying several events or lines is sent again one by one, in order, so
+          only the one at fault is dead-lettered and the rest delivered.
+        - Accepted, but `failed_events` of its events not stored (Alana's `errors`): when
+          that is all of them, each is dead-lettered; when only some, and the vendor does
+          not say which, every event of the request goes to the dead letter with the count,
+          and none is sent again (docs/vendors/alana.md: a resend would store the others
+          twice, Alana describes no de-duplication).
+        - A failure after which some events may be stored (`maybe_stored`): the same, never
+          resent.
+        """
         items = job.items
-        if outcome.failed_events >= len(items):
-            log.warning("%s stored none of %d event(s): %s", self.vendor.name, len(items),
-                        outcome.detail)
-            ids = [row.id for row in job.rows]
-            request_text = self._shown(job.request, EXCHANGE_KEPT_FOR_DEAD)
-            await self.spool.mark_dead(ids, status=status, error=outcome.detail,
-                                       response=answer[:4000], request=request_text)
-            self.counters.dead += len(ids)
-            self.counters.refused_in_batch += len(ids)
-            parked.update(ids)
+        request_text = self._shown(job.request, EXCHANGE_KEPT_FOR_DEAD)
+        response = answer[:4000]
+        if outcome.ok or outcome.maybe_stored:
+            error = outcome.detail or f"HTTP {status}"
+            failed = outcome.failed_events
+            if outcome.ok and failed >= len(items):
+                log.warning("%s stored none of %d event(s): %s", self.vendor.name,
+                            len(items), error)
+                self.counters.refused_in_batch += len(items)
+            else:
+                if outcome.ok:
+                    self.counters.refused_in_batch += failed
+                if len(items) > 1:
+                    error += (f"; the answer does not say which of the {len(items)} events of "
+                              "this request, so none is sent again (a resend would store the "
+                              "others twice)")
+                log.warning("%s/%s: %s", self.site, self.vendor.name, error)
+            await self._dead(items, status=status, error=error, request=request_text,
+                             response=response, parked=parked)
             return
-        log.info("%s refused %d of %d event(s) of a batch (%s); sending it again in halves "
-                 "to find them", self.vendor.name, outcome.failed_events, len(items),
-                 outcome.detail)
-        split = self._split(job)
-        half = (len(split) + 1) // 2
-        jobs[:0] = [self._job(part) for part in (split[:half], split[half:]) if part]
+        if len(items) > 1:
+            # The vendor refused the whole request: send its events (or lines) one by one, in
+            # the same order, so only the one at fault goes to the dead letter.
+            log.info("%s refused a batch of %d (%s); retrying them one by one",
+                     self.vendor.name, len(items), outcome.detail)
+            jobs[:0] = [_Job([item], r) for item, r in self._split(job)]
+            return
+        await self._dead(items, status=status, error=outcome.detail, request=request_text,
+                         response=response, parked=parked)
 
-    def _job(self, part: list[tuple[tuple[OutboxRow, int], VendorRequest]]) -> _Job:
-        if len(part) == 1:
-            return _Job([part[0][0]], part[0][1])
-        return _Job([item for item, _ in part], self.vendor.merge([r for _, r in part],
-                                                                  self.config))
+    async def _dead(self, items: list[tuple[OutboxRow, int]], *, status: int | None,
+                    error: str, request: str = "", response: str = "",
+                    parked: set[int]) -> None:
+        """Dead-letter these requests. One of a row's several requests (an order line) is
+        dead-lettered alone and the row goes on with its others; a row's whole work (its one
+        request, or a replayed part) is dead-lettered as the row, and its lane skips it."""
+        parts: list[tuple[OutboxRow, int]] = []
+        whole: dict[int, OutboxRow] = {}
+        for row, index in items:
+            if row.part is None and self._totals.get(row.id, 1) > 1:
+                parts.append((row, index))
+            else:
+                whole.setdefault(row.id, row)
+        for row, index in parts:
+            await self.spool.mark_part_dead(row.id, index, status=status, error=error,
+                                            request=request, response=response)
+            self.counters.dead += 1
+            self._parts_dead[row.id] = self._parts_dead.get(row.id, 0) + 1
+            log.info("%s/%s: request %d of %s dead-lettered alone: %s", self.site,
+                     self.vendor.name, index, row.event.message_id, error)
+            if self.bus is not None and self.bus.active:
+                self.bus.publish("outcome", {
+                    "site": self.site, "vendor": self.vendor.name, "outcome": "dead",
+                    "reason": f"request {index} dead-lettered alone: {error}",
+                    "messageIds": [row.event.message_id]})
+        if whole:
+            await self.spool.mark_dead(list(whole), status=status, error=error,
+                                       response=response, request=request)
+            self.counters.dead += len(whole)
+            parked.update(whole)
+        if parts:
+            await self._finish(parts)
+
+    async def _dead_on_error(self, job: _Job, exc: Exception, parked: set[int]) -> None:
+        """The relay itself failed on a job (a bug): its rows go to the dead letter with the
+        error, not back to the queue, since the request may have reached the vendor."""
+        ids = [row.id for row in job.rows if row.id not in parked]
+        if not ids:
+            return
+        error = self.vendor.mask(f"relay error: {type(exc).__name__}: {exc}", self.config)
+        await self.spool.mark_dead(ids, status=None, error=error,
+                                   request=self._shown(job.request, EXCHANGE_KEPT_FOR_DEAD))
+        self.counters.dead += len(ids)
+        parked.update(ids)
 
     def _noted(self, request: VendorRequest) -> None:
         """What the adapter left out of a delivered request (a malformed optional field, an
@@ -408,40 +484,18 @@ class VendorWorker:
     def _render(self, row: OutboxRow) -> list[VendorRequest]:
         """The row's requests: the event's, or the one part a replayed part letter is for
         (rendering is deterministic, so index `part` is the same request as before)."""
-        requests = self.vendor.requests_for(row.event, self.config)
+        requests = self.vendor.units(self.vendor.requests_for(row.event, self.config))
         if row.part is None:
             return requests
         return requests[row.part:row.part + 1]
 
-    async def _dead_part(self, job: _Job, *, status: int | None, error: str,
-                         request: str = "", response: str = "") -> bool:
-        """One request of a row refused on its own (an order line the adapter cannot render,
-        or one the vendor answered 400): dead-letter that part alone and let the row go on
-        with its others. False when the request is the row's whole work (one request, or a
-        replayed part): the caller dead-letters the row as usual."""
-        [(row, index)] = job.items
-        if row.part is not None or self._totals.get(row.id, 1) <= 1:
-            return False
-        await self.spool.mark_part_dead(row.id, index, status=status, error=error,
-                                        request=request, response=response)
-        self.counters.dead += 1
-        self._parts_dead[row.id] = self._parts_dead.get(row.id, 0) + 1
-        log.info("%s/%s: request %d of %s dead-lettered alone: %s", self.site,
-                 self.vendor.name, index, row.event.message_id, error)
-        if self.bus is not None and self.bus.active:
-            self.bus.publish("outcome", {
-                "site": self.site, "vendor": self.vendor.name, "outcome": "dead",
-                "reason": f"request {index} dead-lettered alone: {error}",
-                "messageIds": [row.event.message_id]})
-        await self._finish(job)
-        return True
-
-    async def _finish(self, job: _Job, *, skipped: bool = False, status: int | None = None,
-                      request: str = "", response: str = "") -> None:
+    async def _finish(self, items: list[tuple[OutboxRow, int]], *, skipped: bool = False,
+                      status: int | None = None, request: str = "",
+                      response: str = "") -> None:
         """Record a delivered request: rows whose last request it was are done, others move
         their resume point past it (so a restart does not send it again)."""
         last: dict[int, int] = {}
-        for row, index in job.items:
+        for row, index in items:
             last[row.id] = max(index, last.get(row.id, -1))
         done = [rid for rid, index in last.items() if index + 1 >= self._totals.get(rid, 1)]
         for rid, index in last.items():
@@ -489,9 +543,13 @@ class VendorWorker:
     async def _exchange(self, request: VendorRequest) -> tuple[Outcome, int | None, str]:
         taken: list[Limiter] = []
         try:
-            for limiter in self.limiters:
-                await limiter.acquire()
-                taken.append(limiter)
+            try:
+                for limiter in self.limiters:
+                    await limiter.acquire()
+                    taken.append(limiter)
+            except Exception as exc:  # the limiter's store (Redis, the file) failed: not sent
+                log.warning("%s: rate limiter failed: %r", self.vendor.name, exc)
+                return Outcome(ok=False, retry=True, detail=f"rate limiter: {exc}"), None, ""
             self.counters.requests += 1
             try:
                 response = await self.client.request(
@@ -524,6 +582,18 @@ class VendorWorker:
         return outcome, response.status_code, response.text
 
 
+def _stored_states(store: Any) -> dict[str, Any]:
+    """What the previous run wrote to the vendor-state store ({} when nothing can be read)."""
+    if store is None:
+        return {}
+    try:
+        states = store.read_all()
+    except Exception:  # the status display must never stop delivery
+        log.exception("could not read the vendor states left by the previous run")
+        return {}
+    return states if isinstance(states, dict) else {}
+
+
 def _client() -> httpx.AsyncClient:
     return httpx.AsyncClient(
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
@@ -544,6 +614,12 @@ class Forwarder:
         self.client = _client()
         self._clients: dict[str, httpx.AsyncClient] = {}
         self.limiters: dict[tuple[str, str, str], Limiter] = {}
+        #: With a SQLite spool file, each limit is also kept in a file beside it, so the
+        #: relay and a backfill beside it stay within the limit together; the in-process
+        #: limiter in front paces the starts (the shared log does not).
+        self.file_limiters: dict[tuple[str, str, str], Limiter] = {}
+        beside = (file_limiter_factory(spool, self.options.timeout + 5)
+                  if limiter_factory is None else None)
         self.workers: list[VendorWorker] = []
         for site, vendor, config in targets:
             mine = []
@@ -558,7 +634,12 @@ class Forwarder:
                         limiter_factory(limit.requests, limit.per_seconds, "/".join(key))
                         if limiter_factory is not None
                         else SlidingWindowLimiter(limit.requests, limit.per_seconds))
+                    if beside is not None:
+                        self.file_limiters[key] = beside(limit.requests, limit.per_seconds,
+                                                         "/".join(key))
                 mine.append(self.limiters[key])
+                if key in self.file_limiters:
+                    mine.append(self.file_limiters[key])
             if vendor.name not in self._clients:
                 self._clients[vendor.name] = self.client if not self._clients else _client()
             self.workers.append(VendorWorker(spool, site, vendor, config,
@@ -594,7 +675,9 @@ class Forwarder:
 
     def start(self, *, maintenance: bool = True) -> None:
         self._loop = asyncio.get_running_loop()
+        stored = _stored_states(self.health_store)
         for worker in self.workers:  # a restart begins active: the settings may be fixed
+            worker.health.restore(stored.get(f"{worker.site}/{worker.vendor.name}"))
             worker.health.save()
         self.spool.on_new_work = self._wake_threadsafe
         self._tasks = [asyncio.create_task(w.run(), name=f"deliver-{w.site}-{w.vendor.name}")

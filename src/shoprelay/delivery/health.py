@@ -26,6 +26,8 @@ log = logging.getLogger("shoprelay.delivery")
 
 ACTIVE = "active"
 PAUSED = "paused"
+#: Past pauses remembered (older ones no queued work can still be inside of, in practice).
+_HELD_KEPT = 100
 
 
 @dataclass(slots=True)
@@ -47,6 +49,9 @@ class VendorHealth:
     pauses: int = 0
     #: Set by the store so every change of state is written where the CLI reads it.
     store: Any = None
+    #: Past pauses as (start, end): work held by a pause does not age meanwhile (the max age
+    #: counts time the vendor could be tried), so a key fixed after a day loses nothing.
+    held: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def paused(self) -> bool:
@@ -76,6 +81,7 @@ class VendorHealth:
         now = time.time() if now is None else now
         log.warning("vendor %s/%s resumed after %.0f s paused (%s)", self.site, self.vendor,
                     now - self.since, self.reason)
+        self.held = [*self.held, (self.since, now)][-_HELD_KEPT:]
         self.state, self.since, self.reason, self.status = ACTIVE, now, "", None
         self.next_probe = 0.0
         self.save()
@@ -92,6 +98,25 @@ class VendorHealth:
         self.next_probe = now + self.probe_max
         return True
 
+    def paused_between(self, start: float, now: float) -> float:
+        """Seconds of [start, now] this vendor was paused (its work held, not tried)."""
+        spans = [*self.held, (self.since, now)] if self.paused else self.held
+        return sum(max(0.0, min(end, now) - max(begin, start)) for begin, end in spans)
+
+    def restore(self, entry: dict[str, Any] | None) -> None:
+        """Take the past pauses from the state a previous run left in the store (a pause
+        still on when it stopped counts until its last write), so a restart does not age
+        the work they held."""
+        if not isinstance(entry, dict):
+            return
+        spans = []
+        for span in entry.get("held") or []:
+            if isinstance(span, list | tuple) and len(span) == 2:
+                spans.append((float(span[0]), float(span[1])))
+        if entry.get("state") == PAUSED and entry.get("since") and entry.get("updated_at"):
+            spans.append((float(entry["since"]), float(entry["updated_at"])))
+        self.held = spans[-_HELD_KEPT:]
+
     def wait(self, now: float | None = None) -> float:
         """Seconds until the next probe (0 when not paused)."""
         if not self.paused:
@@ -103,7 +128,7 @@ class VendorHealth:
                 "reason": self.reason, "status": self.status, "since": self.since,
                 "next_probe": self.next_probe if self.paused else None,
                 "probes": self.probes, "pauses": self.pauses, "updated_at": time.time(),
-                "pid": os.getpid()}
+                "pid": os.getpid(), "held": [list(span) for span in self.held]}
 
     def save(self) -> None:
         if self.store is not None:

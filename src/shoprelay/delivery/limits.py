@@ -24,11 +24,23 @@ still decides what is allowed; pacing only spreads the starts it allows.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import hashlib
 import heapq
+import logging
 import math
+import os
+import sqlite3
+import threading
 import time
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
+
+log = logging.getLogger("shoprelay.delivery")
+
+#: Longest single sleep while waiting for a shared slot (other processes free them unseen).
+_SHARED_MAX_SLEEP = 0.05
 
 
 class Limiter(Protocol):
@@ -101,3 +113,131 @@ class SlidingWindowLimiter:
         self._in_flight -= 1
         heapq.heappush(self._frees, time.monotonic() + self.window)
         self._changed.set()
+
+
+class FileWindowLimiter:
+    """The same sliding log, kept in a small SQLite file beside a SQLite spool, so a limit
+    holds for every process on that spool together: the relay and a `shoprelay backfill`
+    beside it (with the Redis spool, `shared_limits.RedisWindowLimiter` does this).
+
+    One row per request: the moment its slot frees. A request in flight frees at its start +
+    `in_flight_ttl` + the window (a process that died mid-request gives its slot back then),
+    and at its end + the window once answered; at most N rows may be unfreed. Each decision
+    is one `BEGIN IMMEDIATE` transaction, so two processes never both take the last slot. Time
+    is the wall clock every process on the host shares. The file holds only a hash of the
+    limit's key (which may name a credential), no secret. Calls run in a thread: the file
+    lock of another process must not stall the event loop.
+    """
+
+    def __init__(self, path: str, key: str, requests: int, per_seconds: float, *,
+                 in_flight_ttl: float = 60.0) -> None:
+        self.path = path
+        self.key = hashlib.sha256(key.encode()).hexdigest()[:24]
+        self.requests = max(1, requests)
+        self.window = per_seconds
+        self.in_flight_ttl = in_flight_ttl
+        self._lock = asyncio.Lock()
+        self._db_lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        #: Rows of our requests in flight, oldest first (freed in that order, as in Redis).
+        self._held: collections.deque[int] = collections.deque()
+        self._blocked_until = 0.0
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                                 check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=OFF")  # slots are worthless after a crash
+            db.execute("CREATE TABLE IF NOT EXISTS slots (key TEXT NOT NULL, frees REAL NOT NULL)")
+            db.execute("CREATE INDEX IF NOT EXISTS slots_key ON slots (key, frees)")
+            db.execute("CREATE TABLE IF NOT EXISTS blocks (key TEXT PRIMARY KEY, until REAL)")
+            self._db = db
+        return self._db
+
+    def _take(self) -> tuple[int | None, float]:
+        """(row of the slot taken, 0) or (None, seconds to wait)."""
+        with self._db_lock:
+            db = self._connection()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                now = time.time()
+                row = db.execute("SELECT until FROM blocks WHERE key = ?", (self.key,)).fetchone()
+                if row is not None and row[0] > now:
+                    return None, row[0] - now
+                db.execute("DELETE FROM slots WHERE key = ? AND frees <= ?", (self.key, now))
+                (held,) = db.execute("SELECT COUNT(*) FROM slots WHERE key = ?",
+                                     (self.key,)).fetchone()
+                if held < self.requests:
+                    cursor = db.execute("INSERT INTO slots (key, frees) VALUES (?, ?)",
+                                        (self.key, now + self.in_flight_ttl + self.window))
+                    return int(cursor.lastrowid or 0), 0.0
+                (first,) = db.execute("SELECT MIN(frees) FROM slots WHERE key = ?",
+                                      (self.key,)).fetchone()
+                return None, max(0.001, float(first) - now)
+            finally:
+                db.execute("COMMIT")
+
+    def _free(self, row: int) -> None:
+        with self._db_lock:
+            self._connection().execute("UPDATE slots SET frees = ? WHERE rowid = ?",
+                                       (time.time() + self.window, row))
+
+    def _block(self, until: float) -> None:
+        with self._db_lock:
+            self._connection().execute(
+                "INSERT INTO blocks (key, until) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+                "SET until = max(until, excluded.until)", (self.key, until))
+
+    async def acquire(self) -> None:
+        async with self._lock:  # this process's requests queue in order
+            while True:
+                row, wait = await asyncio.to_thread(self._take)
+                if row is not None:
+                    self._held.append(row)
+                    return
+                # Slots are freed by other processes too, which cannot tell this one.
+                await asyncio.sleep(min(wait, _SHARED_MAX_SLEEP))
+
+    def release(self) -> None:
+        """The request is over: the oldest of ours in flight frees one window from now (no
+        slot is ever freed before its own request's answer; see `limits.py`)."""
+        if self._held:
+            self._spawn(asyncio.to_thread(self._free, self._held.popleft()))
+
+    def block_for(self, seconds: float) -> None:
+        """The vendor said to wait: no process on this spool starts a request before."""
+        self._blocked_until = max(self._blocked_until, time.monotonic() + seconds)
+        self._spawn(asyncio.to_thread(self._block, time.time() + seconds))
+
+    @property
+    def blocked_for(self) -> float:
+        return max(0.0, self._blocked_until - time.monotonic())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Future[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # A lost release keeps its slot only until the in-flight TTL runs out.
+            log.warning("shared limiter update failed: %s", task.exception())
+
+
+def file_limiter_factory(spool: Any, in_flight_ttl: float) -> Callable[[int, float, str],
+                                                                          Limiter] | None:
+    """For a SQLite spool file: limiters kept in `<spool>.limits` beside it, shared by every
+    process on the spool; None for any other spool (in memory, or Redis with its own)."""
+    path = getattr(spool, "path", None)
+    if not isinstance(path, str | os.PathLike) or str(path) in ("", ":memory:"):
+        return None
+    where = os.fspath(path) + ".limits"
+
+    def make(requests: int, per_seconds: float, key: str) -> Limiter:
+        return FileWindowLimiter(where, key, requests, per_seconds,
+                                 in_flight_ttl=in_flight_ttl)
+
+    return make

@@ -14,12 +14,18 @@ plausibly does, and is strict where strictness catches adapter bugs:
   `errors` and the good ones in `stored` (that is what the answer's two counts imply). The
   record's `error` names each refused event by index with its reason, since the answer does
   not.
-- Per event: `eventType` one of the seven, `visitorId` a non-empty string, `userId` a string,
-  `metadata` an object, the type's required fields present with the documented types
-  (`productId`, `query`, `categoryPath`, `currency` non-empty strings; `productIds` a
-  non-empty array of strings; `revenue` a number). A field the document does not list for the
-  type counts as an error: the real service probably ignores it, but a misspelt field must not
-  pass unnoticed here.
+- Per event: `eventType` one of the seven ("One of the 7 event types listed above"),
+  `visitorId` a non-empty string, `userId` a string, `metadata` an object (the "Common
+  Fields" table), and the type's "Required Fields" present. The document gives those no
+  types, so every reasonable reading passes: `query`, `categoryPath`, `currency` non-empty
+  strings; `productId` a non-empty string (its examples) or an integer; `productIds` a
+  non-empty array of those; `revenue` a number.
+- A field the document does not name for the type is accepted and stored: the table lists
+  *required* fields, not the only ones allowed (an earlier version refused them, which the
+  document does not). The record names them ("ignored fields"), so a misspelt field is still
+  seen; tests/test_partial_refusals.py checks the relay sends only the named ones.
+- Every stored event is counted (`SandboxState.keep`): Alana documents no de-duplication, so a
+  second copy is stored again, and the record says so (`copies`, and in `error`).
 - Past a limit: 429 with `X-RateLimit-Limit`, `X-RateLimit-Remaining: 0`, `X-RateLimit-Reset`
   as a Unix time in seconds (the Express/GitHub convention) and `Retry-After` in seconds.
 """
@@ -63,6 +69,10 @@ def _non_empty_string(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
+def _product(value: Any) -> bool:
+    return _non_empty_string(value) or (isinstance(value, int) and not isinstance(value, bool))
+
+
 def _number(value: Any) -> bool:
     return (isinstance(value, int | float) and not isinstance(value, bool)
             and math.isfinite(value))
@@ -71,10 +81,10 @@ def _number(value: Any) -> bool:
 _CHECKS: dict[str, tuple[Any, str]] = {
     "query": (_non_empty_string, "a non-empty string"),
     "categoryPath": (_non_empty_string, "a non-empty string"),
-    "productId": (_non_empty_string, "a non-empty string"),
+    "productId": (_product, "a non-empty string or an integer"),
     "currency": (_non_empty_string, "a non-empty string"),
-    "productIds": (lambda v: isinstance(v, list) and bool(v)
-                   and all(_non_empty_string(i) for i in v), "a non-empty array of strings"),
+    "productIds": (lambda v: isinstance(v, list) and bool(v) and all(_product(i) for i in v),
+                   "a non-empty array of strings or integers"),
     "revenue": (_number, "a number"),
 }
 
@@ -98,10 +108,14 @@ def event_problem(event: Any) -> str | None:
         check, kind_text = _CHECKS[key]
         if not check(event[key]):
             return f"{kind}: {key} must be {kind_text}, got {event[key]!r}"
-    unknown = set(event) - set(_COMMON) - set(REQUIRED[kind])
-    if unknown:
-        return f"{kind}: unknown fields {sorted(unknown)}"
     return None
+
+
+def unnamed_fields(event: Any) -> list[str]:
+    """Fields of a stored event that the document does not name for its type (kept, shown)."""
+    if not isinstance(event, dict) or event.get("eventType") not in REQUIRED:
+        return []
+    return sorted(set(event) - set(_COMMON) - set(REQUIRED[event["eventType"]]))
 
 
 class AlanaSandbox(Sandbox):
@@ -155,10 +169,18 @@ class AlanaSandbox(Sandbox):
                     m in orjson.dumps(events[i]).decode() for m in injected)
                     else "injected fault: event refused") for i, p in problems]
             refused = [f"events[{i}]: {p}" for i, p in problems if p is not None]
+            notes = []
             if refused:
                 # The answer only counts; the record says which events and why.
-                request.state.sandbox_note = (f"{len(refused)} of {len(events)} events "
-                                              "refused: " + "; ".join(refused))
+                notes.append(f"{len(refused)} of {len(events)} events refused: "
+                             + "; ".join(refused))
+            ignored = [f"events[{i}]: {fields}" for i, p in problems
+                       if p is None and (fields := unnamed_fields(events[i]))]
+            if ignored:
+                notes.append("ignored fields " + "; ".join(ignored))
+            if notes:
+                request.state.sandbox_note = "; ".join(notes)
+            sandbox.keep(request, [(i, events[i]) for i, p in problems if p is None])
             return json_response({"status": "ok", "stored": len(events) - len(refused),
                                   "errors": len(refused)})
 

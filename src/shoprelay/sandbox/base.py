@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -37,6 +37,9 @@ class Record:
     status: int
     error: str = ""
     at: float = field(default_factory=time.time)
+    #: Events of this request that are a second (or later) copy of one the sandbox already
+    #: stored: a relay must never cause one (`SandboxState.keep`).
+    copies: int = 0
 
     @property
     def accepted(self) -> bool:
@@ -47,7 +50,7 @@ class Record:
             "vendor": self.vendor, "method": self.method, "path": self.path,
             "query": self.query, "headers": self.headers, "body": self.body,
             "status": self.status, "error": self.error, "at": self.at,
-            "accepted": self.accepted,
+            "accepted": self.accepted, "copies": self.copies,
         }
 
 
@@ -96,6 +99,9 @@ class Fault:
     #: whose body contains one of them (others pass, the fault waits), e.g. a 400 for one
     #: order line.
     matches: list[str] | None = None
+    #: "status": the JSON body to answer instead of `{"error": ...}` (e.g. a 200 whose body
+    #: is not the vendor's success answer).
+    body: Any = None
 
 
 class SlidingWindow:
@@ -158,6 +164,9 @@ class SandboxState:
         #: the bodies of those held by a "delay" or "hang" fault (which one is in flight).
         self.in_flight = 0
         self.held: list[Any] = []
+        #: Every event stored, by its canonical JSON, and how many times: the vendor stores a
+        #: resend again, so the sandbox must notice the second copy.
+        self.stored: Counter[bytes] = Counter()
 
     def add(self, record: Record) -> None:
         self.records.append(record)
@@ -167,6 +176,25 @@ class SandboxState:
     def clear(self) -> None:
         self.records.clear()
         self.faults.clear()
+        self.stored.clear()
+
+    def keep(self, request: Request, events: list[tuple[int, Any]]) -> list[int]:
+        """Store `events` ((index in the request, event) pairs) as the vendor does, copies
+        too, and return the indexes of those that are a copy of one stored before, field for
+        field. The request's record counts them in `copies` and names them in its `error`."""
+        again: list[int] = []
+        notes: list[str] = []
+        for i, event in events:
+            key = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+            self.stored[key] += 1
+            if self.stored[key] > 1:
+                again.append(i)
+                notes.append(f"events[{i}] is copy {self.stored[key]} of an event already stored")
+        if again:
+            request.state.sandbox_copies = len(again)
+            old = getattr(request.state, "sandbox_note", "")
+            request.state.sandbox_note = "; ".join([old, *notes] if old else notes)
+        return again
 
     def next_fault(self, raw: bytes = b"") -> Fault | None:
         if not self.faults:
@@ -228,7 +256,8 @@ class SandboxState:
                 headers["Retry-After"] = str(int(fault.retry_after))
             record.status, record.error = fault.status, f"injected fault: HTTP {fault.status}"
             self.add(record)
-            return json_response({"error": record.error}, fault.status, headers)
+            answer = {"error": record.error} if fault.body is None else fault.body
+            return json_response(answer, fault.status, headers)
         try:
             response = await handler(request, raw)
         except Refusal as refusal:
@@ -239,5 +268,6 @@ class SandboxState:
         # A handler that accepted the request but refused part of it (Alana's per-event
         # errors) says which in `request.state.sandbox_note`.
         record.error = getattr(request.state, "sandbox_note", "")
+        record.copies = getattr(request.state, "sandbox_copies", 0)
         self.add(record)
         return response

@@ -132,6 +132,9 @@ class Advisable(Vendor[AdvisableConfig]):
             ev.PRODUCT_REVIEWED, ev.ORDER_COMPLETED, ev.IDENTIFY,
         }
     )
+    # `/purchases/batch` "accepts an array as an input": each purchase stands alone, so one
+    # the vendor refuses is dead-lettered alone (shoprelay.vendors.base `array_units`).
+    array_units = True
 
     def rate_limits(self, config: AdvisableConfig) -> list[RateLimit]:
         return [RateLimit(config.rate_limit_per_second, 1.0, scope="app_id")]

@@ -58,6 +58,62 @@ _EPOCH_MS_THRESHOLD = 1_000_000_000_000
 
 Json = dict[str, Any]
 
+#: The document's "Event Types" table: each type's required fields beyond `visitorId`.
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "home-page-view": (),
+    "search": ("query",),
+    "category-view": ("categoryPath",),
+    "detail-page-view": ("productId",),
+    "add-to-cart": ("productId",),
+    "shopping-cart-page-view": (),
+    "purchase-complete": ("productIds", "revenue", "currency"),
+}
+#: The document's "Common Fields" table.
+COMMON = ("eventType", "visitorId", "userId", "metadata")
+
+
+def _filled(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+#: Types of the required fields. The document types only the common fields; these are the
+#: relay's reading (docs/vendors/alana.md, "confirm before going live"): ids and text as
+#: non-empty strings (its examples), `productIds` a non-empty list of them, `revenue` a number.
+_TYPES: dict[str, tuple[Any, str]] = {
+    "query": (_filled, "a non-empty string"),
+    "categoryPath": (_filled, "a non-empty string"),
+    "productId": (_filled, "a non-empty string"),
+    "currency": (lambda v: isinstance(v, str) and bool(_CURRENCY.match(v)),
+                 "a three-letter currency code"),
+    "productIds": (lambda v: isinstance(v, list) and bool(v) and all(_filled(i) for i in v),
+                   "a non-empty array of non-empty strings"),
+    "revenue": (lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+                and math.isfinite(v), "a number"),
+}
+
+
+def check_event(event: Json) -> str | None:
+    """Why Alana's document would not have it stored, or None. Checked on every event before
+    it goes, so the refusals Alana answers with a bare count stay rare; it also keeps the
+    event to the fields the document names (common ones and the type's required ones)."""
+    kind = event.get("eventType")
+    if kind not in REQUIRED:
+        return f"eventType must be one of the 7 event types, got {kind!r}"
+    if not _filled(event.get("visitorId")):
+        return "visitorId must be a non-empty string"
+    if "userId" in event and not _filled(event["userId"]):
+        return f"userId must be a non-empty string, got {event['userId']!r}"
+    if "metadata" in event and not isinstance(event["metadata"], dict):
+        return "metadata must be an object"
+    for key in REQUIRED[kind]:
+        check, text = _TYPES[key]
+        if key not in event or not check(event[key]):
+            return f"{kind}: {key} must be {text}, got {event.get(key)!r}"
+    extra = sorted(set(event) - set(COMMON) - set(REQUIRED[kind]))
+    if extra:
+        return f"{kind}: fields the document does not name: {extra}"
+    return None
+
 
 @dataclass(kw_only=True)
 class AlanaConfig(VendorConfig):
@@ -178,6 +234,11 @@ class Alana(Vendor[AlanaConfig]):
         if body is None:
             return []
         notes = body.pop(_NOTES, [])
+        problem = check_event(body)
+        if problem is not None:
+            # Alana would count it in `errors` without saying which: in a batch that would
+            # leave every event of it in doubt (docs/vendors/alana.md, "Answers").
+            raise MappingError(f"Alana would refuse it: {problem}")
         return [self._request([body], config).noted(notes)]
 
     def event_for(self, event: StoredEvent, config: AlanaConfig) -> Json | None:
@@ -314,16 +375,36 @@ class Alana(Vendor[AlanaConfig]):
             answer = orjson.loads(body) if body else None
         except orjson.JSONDecodeError:
             answer = None
+        shown = body.decode("utf-8", "replace")[:300]
         if not isinstance(answer, dict):
-            # The request was accepted; an answer we cannot read is no reason to send it again.
-            return Outcome(ok=True, detail=f"HTTP {status}, answer not understood")
+            # "status | string | Always "ok" on success": without it this is no known
+            # success, yet the events may be stored, so they are not sent again either.
+            return Outcome(ok=False, maybe_stored=True,
+                           detail=f"HTTP {status} without Alana's {{status, stored, errors}} "
+                                  f"answer, so the events may or may not be stored: {shown!r}")
         stored, errors = answer.get("stored"), answer.get("errors")
-        if isinstance(errors, int) and not isinstance(errors, bool) and errors > 0:
+        if answer.get("status") != "ok":
+            detail = (f"Alana answered status {answer.get('status')!r}, not \"ok\" (\"Always "
+                      f"\"ok\" on success\"): {shown}")
+            if _count(stored) == 0:
+                # It says it stored none: a refusal of the whole request.
+                return Outcome(ok=False, detail=detail)
+            return Outcome(ok=False, maybe_stored=True, detail=detail)
+        if (count := _count(errors)) is not None and count > 0:
             # The answer counts the refused events but does not say which ones or why.
-            return Outcome(ok=True, failed_events=errors,
-                           detail=f"Alana stored {stored} event(s) and refused {errors} "
+            return Outcome(ok=True, failed_events=count,
+                           detail=f"Alana stored {stored} event(s) and refused {count} "
                                   "that failed its validation")
         return Outcome(ok=True, detail=f"Alana stored {stored} event(s)")
+
+
+def _count(value: Any) -> int | None:
+    """A count from Alana's answer (`stored`, `errors`: "number"), or None if it is none."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value) or value < 0 or value != int(value):
+        return None
+    return int(value)
 
 
 def _error_text(body: bytes) -> str:

@@ -107,11 +107,17 @@ class Outcome:
     #: Seconds the vendor asked us to wait (Retry-After, X-RateLimit-Reset), if it said.
     retry_after: float | None = None
     #: Events of a batch the vendor refused although the request succeeded (Alana `errors`).
+    #: The delivery layer never sends such a request again (the others are stored); which
+    #: events go to the dead letter: shoprelay.delivery.forwarder `_refused`.
     failed_events: int = 0
     detail: str = ""
     #: The answer is about the settings (credentials, address), not the event: the delivery
     #: layer pauses the vendor and keeps its work queued (shoprelay.delivery.health).
     pause: bool = False
+    #: Not a success, yet some of the request's events may be stored (an answer that is
+    #: neither a success nor a refusal of the whole request): nothing of it is sent again,
+    #: neither as a retry nor one by one; it goes to the dead letter with `detail`.
+    maybe_stored: bool = False
 
 
 @dataclass(kw_only=True)
@@ -148,6 +154,9 @@ def owns_block(vendor: str, stated: str | None, config: VendorConfig) -> bool:
 
 C = TypeVar("C", bound=VendorConfig)
 
+#: The batch key prefix of units of one adapter request (`Vendor.units`).
+UNITS_KEY = "units:"
+
 #: A rate-limit scope part that is no settings key: the relay's own egress address (one
 #: bucket per process; Alana limits per key *and* IP).
 EGRESS_IP = "ip"
@@ -170,6 +179,11 @@ class Vendor(Generic[C]):
     handles: ClassVar[frozenset[str]] = frozenset()
     #: Most events one request may carry (1 = no batching).
     max_batch: ClassVar[int] = 1
+    #: The adapter's requests with a JSON array body carry independent units, each stored
+    #: on its own (Advisable's `/purchases/batch`: "it accepts an array as an input"). The
+    #: delivery layer then handles each element as a request of its own (`units`), merged
+    #: back into the adapter's request to be sent, so a refused line is dead-lettered alone.
+    array_units: ClassVar[bool] = False
 
     def rate_limits(self, config: C) -> list[RateLimit]:
         """The vendor's documented limits, possibly raised or lowered by settings."""
@@ -225,6 +239,30 @@ class Vendor(Generic[C]):
     def merge(self, requests: list[VendorRequest], config: C) -> VendorRequest:
         """Merge requests sharing a `batch_key` into one (only called when max_batch > 1)."""
         raise NotImplementedError
+
+    def units(self, requests: list[VendorRequest]) -> list[VendorRequest]:
+        """The requests as the delivery layer counts them: with `array_units`, one request per
+        element of each array body, those of one request sharing a `units:` batch key (and
+        the notes riding on the first), so `merge_units` rebuilds the adapter's request."""
+        if not self.array_units:
+            return requests
+        out: list[VendorRequest] = []
+        for index, request in enumerate(requests):
+            body = request.json
+            if not isinstance(body, list) or len(body) < 2:
+                out.append(request)
+                continue
+            for i, unit in enumerate(body):
+                out.append(dataclasses.replace(request, json=[unit],
+                                               batch_key=f"{UNITS_KEY}{index}",
+                                               notes=request.notes if i == 0 else ()))
+        return out
+
+    def merge_units(self, requests: list[VendorRequest]) -> VendorRequest:
+        """The adapter's request again, from the units `units` made of it."""
+        return dataclasses.replace(requests[0], batch_key=None,
+                                   json=[unit for r in requests for unit in r.json],
+                                   notes=tuple(n for r in requests for n in r.notes))
 
     def read_response(self, status: int, headers: dict[str, str], body: bytes) -> Outcome:
         """Classify an answer. The default suits most HTTP APIs."""
