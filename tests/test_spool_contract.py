@@ -597,3 +597,32 @@ def test_a_request_the_rules_cannot_fold_never_blocks_the_ones_behind(backend: B
         assert [r.event.message_id for r in await due(spool)] == ["m7"]
 
     run(backend, scenario, router=router)
+
+
+def test_a_request_of_several_visitors_keeps_each_visitors_order_and_its_answer(
+        backend: Backend) -> None:
+    """A batch carrying several visitors' messages (a server library's, say) is folded so
+    that each visitor's messages keep their order across requests, and a waiting sender hears
+    each refusal under the index it sent (Redis splits such a request by intake partition)."""
+    async def scenario(spool: Spool) -> None:
+        spool.route_intake()
+        server = RequestContext(source="server", hints=["", "", "", ""])
+        orders = []
+        for i in range(4):
+            order = track("Order Completed", f"o-{i}", None, order_id=f"B-{i}")
+            order["userId"] = f"user-{i}"
+            orders.append(order)
+        await spool.append("s", orders[:2], RequestContext(source="server", hints=["", ""]))
+        ticket = await spool.append("s", [{**o, "messageId": f"again-{i}"}
+                                          for i, o in enumerate(orders)], server, wait=True)
+        deadline = time.monotonic() + 10
+        while (answer := await spool.routed(ticket)) is None:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert answer.dropped == [(0, "duplicate: order B-0 was already reported"),
+                                  (1, "duplicate: order B-1 was already reported")]
+        assert answer.stored == 2
+        rows = await due(spool)
+        assert sorted(r.event.message_id for r in rows) == ["again-2", "again-3", "o-0", "o-1"]
+
+    run(backend, scenario)

@@ -57,29 +57,65 @@ class Intake:
 
     # ---- the request path --------------------------------------------------------------------
 
+    def _owner(self, message: dict[str, Any], index: int, context: RequestContext) -> str:
+        """What a message's intake partition follows: whatever names its visitor before the
+        fold (the cookie, the backend's hint, the anonymousId, the user id)."""
+        for value in (context.cookie_visitor, context.hint(index), message.get("anonymousId"),
+                      message.get("userId")):
+            if isinstance(value, str) and value:
+                return value
+        return ""
+
     async def append(self, site: str, messages: list[dict[str, Any]],
                      context: RequestContext, wait: bool) -> str:
-        first = messages[0].get("anonymousId") if messages else None
-        owner = context.cookie_visitor or (first if isinstance(first, str) and first
-                                           else str(messages[0].get("messageId", "")))
-        number = self._ctx.keys.partition_of(owner)
-        stream = self._stream(number)
-        async with self._ctx.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(stream, {"s": site, "t": repr(time.time()), "c": context.to_json(),
-                               "m": orjson.dumps(messages), "w": "1" if wait else ""})
-            pipe.publish(self._ctx.k("wakein"), str(number))
-            entry_id, _ = await pipe.execute()
+        """One entry per intake partition the request's messages belong to (most requests:
+        one): a visitor's messages always go through the same partition, so they are folded
+        in the order accepted even when one request carries several visitors'."""
+        parts: dict[int, list[int]] = {}
+        first = ""
+        for index, message in enumerate(messages):
+            owner = self._owner(message, index, context) or first
+            first = first or owner
+            parts.setdefault(self._ctx.keys.partition_of(owner), []).append(index)
+        at = repr(time.time())
+        async with self._ctx.redis.pipeline(transaction=len(parts) > 1) as pipe:
+            for number, indexes in parts.items():
+                whole = len(indexes) == len(messages)
+                part_context = context if whole else RequestContext(
+                    source=context.source, cookie_visitor=context.cookie_visitor,
+                    ip=context.ip, user_agent=context.user_agent, bot=context.bot,
+                    consent={new: context.consent.get(old) for new, old in enumerate(indexes)},
+                    hints=None if context.hints is None else [context.hints[i] for i in indexes],
+                    new_visitor=context.new_visitor if 0 in indexes else None)
+                fields: dict[Any, Any] = {
+                    "s": site, "t": at, "c": part_context.to_json(),
+                    "m": orjson.dumps(messages if whole else [messages[i] for i in indexes]),
+                    "w": "1" if wait else ""}
+                if not whole:
+                    fields["i"] = orjson.dumps(indexes)  # the answer's indexes are the request's
+                pipe.xadd(self._stream(number), fields)
+            pipe.publish(self._ctx.k("wakein"), "1")
+            *entry_ids, _ = await pipe.execute()
         if self.routing:
             self._wake.set()
-        return f"{number}:{entry_id}"
+        return ",".join(f"{number}:{entry_id}"
+                        for number, entry_id in zip(parts, entry_ids, strict=True))
 
     async def routed(self, ticket: str) -> IngestResult | None:
-        key = self._ctx.k("ires", ticket)
-        async with self._ctx.redis.pipeline(transaction=True) as pipe:
-            pipe.get(key)
-            pipe.delete(key)
-            raw, _ = await pipe.execute()
-        return None if raw is None else IngestResult.from_json(raw)
+        """The request's answer once every one of its entries was folded (then forgotten)."""
+        keys = [self._ctx.k("ires", part) for part in ticket.split(",")]
+        raws = await self._ctx.redis.mget(keys)
+        if any(raw is None for raw in raws):
+            return None
+        await self._ctx.redis.delete(*keys)
+        results = [IngestResult.from_json(raw) for raw in raws if raw is not None]
+        merged = results[0]
+        for more in results[1:]:
+            merged.stored += more.stored
+            merged.duplicates += more.duplicates
+            merged.dropped += more.dropped
+        merged.dropped.sort()
+        return merged
 
     # ---- the rules stage ---------------------------------------------------------------------
 
@@ -209,6 +245,9 @@ class Intake:
         def finish(result: IngestResult) -> list[Any]:
             if not fields.get("w"):
                 return done
+            if fields.get("i"):  # a part of a request: its indexes back to the request's
+                indexes = orjson.loads(fields["i"])
+                result.dropped = [(indexes[i], why) for i, why in result.dropped]
             return [*done, "S", self._ctx.k("ires", ticket), result.to_json(), _ANSWER_TTL]
 
         try:
