@@ -8,15 +8,20 @@ ignored a message's own userId, so Alana got the purchase without it."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
+import pytest
 from relay_fixtures import WRITE_KEY, Stack, relay_stack
+from servers import free_port, serve, wait_for
 from test_identity_privacy import (
     CHROME,
     Device,
@@ -166,6 +171,22 @@ def test_a_backend_order_naming_a_user_carries_it_without_any_identify(tmp_path:
         visitor = events[0]["visitorId"]
         assert rr_calls(stack, 3) == [("setContact", contact_external_id("u-5")),
                                       ("order", visitor), ("order", visitor)]
+
+
+def test_a_catalogue_updates_user_id_names_no_one(tmp_path: Path) -> None:
+    """Server libraries need some id on a track: the backend sends `Product Updated` as
+    `track("catalogue", ...)`. That id binds nothing and sends no identity call."""
+    with relay_stack(tmp_path, vendors=["retailrocket", "yespo"],
+                     adjust=with_server_key) as stack:
+        server_post(stack.relay_url, {"type": "track", "event": "Product Updated",
+                                      "userId": "catalogue", "properties": {
+                                          "product_id": "430738", "price": 201.95,
+                                          "currency": "UAH", "in_stock": True}})
+        [update] = settle(stack, "yespo", 1)
+        assert update["body"]["GeneralInfo"]["eventName"] == "ProductUpdate"
+        settle(stack, "retailrocket", 0)
+        with sqlite3.connect(tmp_path / "spool.db") as conn:
+            assert conn.execute("SELECT COUNT(*) FROM users").fetchone()[0] == 0
 
 
 def test_identity_calls_follow_a_message_once_and_never_for_identical_repeats(
@@ -344,6 +365,102 @@ def test_requests_at_the_same_moment_reach_vendors_in_the_order_the_relay_stored
                    else record["body"][0]["user_id"])
             seen.setdefault(who, []).append(kind)
         assert sorted(seen.values()) == [["purchase"]] * visitors + [["transfer"]] * visitors
+
+
+# ---- the real RudderStack SDK -------------------------------------------------------------
+
+class IdentifyAfterOrder:
+    """The relay's server holding the SDK's identify request until its first track request
+    was answered (stored): the race of the XHR queue, which sends requests side by side, made
+    certain instead of likely."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.tracked: asyncio.Event | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        if self.tracked is None:
+            self.tracked = asyncio.Event()
+        if scope["path"] == "/v1/identify":
+            # Bounded, so an SDK that waited for each answer would fail the order check
+            # below rather than hang.
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self.tracked.wait(), 20)
+        await self.app(scope, receive, send)
+        if scope["path"] == "/v1/track":
+            self.tracked.set()
+
+
+@contextmanager
+def rudder_relay(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
+    """The demo shop with the relay inside, on two names (the page's origin is the other):
+    (relay URL, page URL, sandbox URL)."""
+    from demo_shop.app import create_app as create_shop_app
+    from shoprelay.app import create_app
+    from shoprelay.delivery.forwarder import DeliveryOptions
+    from shoprelay.demo import DEMO_WRITE_KEY, demo_table
+    from shoprelay.sandbox import create_app as create_sandbox_app
+    from shoprelay.settings import parse
+
+    with ExitStack() as stack:
+        sandbox_url = stack.enter_context(serve(create_sandbox_app(), lifespan="off"))
+        port = free_port()
+        relay_url, page_url = f"http://127.0.0.1:{port}", f"http://localhost:{port}"
+        table = demo_table(shop_origin=relay_url, sandbox_url=sandbox_url,
+                           spool_file=str(tmp_path / "spool.db"), vendors=["goshops", "alana"],
+                           secret="rudder-test-secret-0123456789", forward_bots=True)
+        table["sites"]["demo"]["allowed_origins"].append(page_url)
+        relay = create_app(parse(table, env={}), delivery=DeliveryOptions(idle_poll=0.2))
+        shop = create_shop_app(relay, write_key=DEMO_WRITE_KEY, sandbox_url=sandbox_url)
+        stack.enter_context(serve(IdentifyAfterOrder(shop), port=port))
+        yield relay_url, page_url, sandbox_url
+
+
+@pytest.mark.browser
+def test_the_rudderstack_sdks_order_overtaking_its_identify_reaches_alana_with_the_user(
+        tmp_path: Path, browser: Any) -> None:
+    from test_capture import USER_AGENT
+    from test_compat_analytics_next import analytics_next_bundle
+    from test_compat_rudderstack_js import SDK, SOURCE_CONFIG
+
+    from shoprelay.demo import DEMO_WRITE_KEY
+
+    analytics_next_bundle()  # npm ci of tests/js (once per lockfile)
+    with rudder_relay(tmp_path) as (relay_url, page_url, sandbox_url):
+        context = browser.new_context(user_agent=USER_AGENT)
+        page = context.new_page()
+        page.goto(f"{page_url}/lab/plain")  # no shoprelay tag; cross-origin: no cookie
+        page.add_script_tag(path=str(SDK))
+        page.evaluate("""([writeKey, dataPlane, config]) => new Promise(resolve => {
+            const analytics = new window.rudderanalytics.RudderAnalytics();
+            analytics.load(writeKey, dataPlane, {getSourceConfig: () => config,
+                logLevel: 'WARN', onLoaded: () => {
+                    analytics.identify('u-race', {email: 'race@example.com'});
+                    analytics.track('Order Completed', {order_id: 'o-race', revenue: 89,
+                        currency: 'USD',
+                        products: [{product_id: '101', price: 89, quantity: 1}]});
+                    resolve();
+                }});
+        })""", [DEMO_WRITE_KEY, relay_url, SOURCE_CONFIG])
+
+        def received(vendor: str) -> list[dict[str, Any]]:
+            return httpx.get(f"{sandbox_url}/_sandbox/{vendor}/requests?accepted=1").json()
+
+        def purchases() -> list[dict[str, Any]]:
+            return [e for r in received("alana") for e in r["body"]["events"]
+                    if e["eventType"] == "purchase-complete"]
+
+        [purchase] = wait_for(purchases, timeout=30)
+        # The race did happen: the relay stored the order before the identify.
+        kinds = [row["message"]["type"] for _, row in stored_rows(tmp_path)]
+        assert kinds == ["identify", "track", "identify"]   # derived, the order, the SDK's
+        assert purchase["userId"] == "u-race"
+        [line] = wait_for(lambda: [r["body"]["data"] for r in received("goshops")])
+        assert (line["event"], line["customer"]) == ("purchase", "u-race")
+        context.close()
 
 
 # ---- the pure parts -------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from shoprelay.events import ORDER_COMPLETED, Enrichment, StoredEvent
+from shoprelay.events import ORDER_COMPLETED, PRODUCT_UPDATED, Enrichment, StoredEvent
 from shoprelay.identity.state import VisitorState, apply, identity_traits
 
 #: Given a stored event, the vendor names that should receive it.
@@ -410,7 +410,7 @@ class IngestRules:
         visitor (the visitor is then marked as claiming, and vendors get no identity call
         carrying its email)."""
         user_id = message.get("userId")
-        if not user_id:
+        if not user_id or not _about_a_visitor(message):
             return _Claim()
         user_id = str(user_id)
         policy = self.policy(site)
@@ -539,7 +539,7 @@ def _derived_identify(message: dict[str, Any]) -> dict[str, Any] | None:
     """The identify a message other than an identify implies by its own `userId` and
     `context.traits` (None: it names no one). Its messageId is the message's with
     ":identify" appended, so a refold or a resend derives the same one."""
-    if message.get("type") == "identify":
+    if message.get("type") == "identify" or not _about_a_visitor(message):
         return None
     user_id = message.get("userId")
     traits = identity_traits(message)
@@ -557,3 +557,10 @@ def _derived_identify(message: dict[str, Any]) -> dict[str, Any] | None:
         # Consent, page and campaign as the message had them; the traits are now `traits`.
         derived["context"] = {k: v for k, v in context.items() if k != "traits"}
     return derived
+
+
+def _about_a_visitor(message: dict[str, Any]) -> bool:
+    """Whether the message's userId names a person. A catalogue update's does not: server
+    libraries need some id on a track, and the shop's backend sends `Product Updated` as
+    `track("catalogue", ...)` (docs/identity.md)."""
+    return not (message.get("type") == "track" and message.get("event") == PRODUCT_UPDATED)
