@@ -90,6 +90,19 @@ class VisitorState:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def identity_traits(message: dict[str, Any]) -> dict[str, Any]:
+    """What a message tells about its user: `context.traits` (RudderStack's SDK puts the
+    user's traits there on every message, its identify included; Segment's spec allows it on
+    any message), overlaid by an identify's own `traits`."""
+    context = message.get("context")
+    found = context.get("traits") if isinstance(context, dict) else None
+    traits: dict[str, Any] = dict(found) if isinstance(found, dict) else {}
+    own = message.get("traits") if message.get("type") == "identify" else None
+    if isinstance(own, dict):
+        traits.update(own)
+    return traits
+
+
 def _text(value: Any) -> str | None:
     if value is None or isinstance(value, dict | list):
         return None
@@ -192,8 +205,7 @@ def apply(
         state.user_id = state.email = state.phone = state.name = None
         state.announced = {}
     if kind == "identify":
-        raw_traits = message.get("traits")
-        traits: dict[str, Any] = raw_traits if isinstance(raw_traits, dict) else {}
+        traits = identity_traits(message)
         user_id = _text(message.get("userId"))
         if user_id is not None and user_id != state.user_id:
             state.user_id = user_id

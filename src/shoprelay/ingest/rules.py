@@ -19,8 +19,14 @@ from typing import Any, Protocol
 
 import orjson
 
-from shoprelay.events import ORDER_COMPLETED, StoredEvent, stored_user_agent
-from shoprelay.identity.state import VisitorState, apply, bound_carts
+from shoprelay.events import (
+    ORDER_COMPLETED,
+    PRODUCT_UPDATED,
+    Enrichment,
+    StoredEvent,
+    stored_user_agent,
+)
+from shoprelay.identity.state import VisitorState, apply, bound_carts, identity_traits
 
 #: Given a stored event, the vendor names that should receive it.
 Router = Callable[[StoredEvent], list[str]]
@@ -115,6 +121,46 @@ def identify_signature(secret: str, user_id: str) -> str:
     return hmac.new(secret.encode(), user_id.encode(), hashlib.sha256).hexdigest()
 
 
+#: What the answer's `dropped` says of an identify refused for want of a signature.
+IDENTIFY_NOT_SIGNED = ("identify not signed: it binds nothing (this site requires "
+                       "context.userHash, identify_secret)")
+#: The trace note on another message whose unsigned user id was refused (it is still sent).
+IDENTITY_NOT_SIGNED = ("identity not signed: stored and sent without its userId and "
+                       "context.traits (this site requires context.userHash, identify_secret)")
+
+
+def claim_signed(policy: SitePolicy, source: str, message: dict[str, Any]) -> bool:
+    """Whether the shop vouches for the message's `userId`, from the message alone: it came
+    from the shop's backend (server key), or the site has an `identify_secret` and
+    `context.userHash` is the user id's signature under it. Reads the message, never changes
+    it (the fold drops `userHash` from the copy it stores)."""
+    if source == "server":
+        return True
+    user_id = message.get("userId")
+    if not user_id or not policy.identify_secret:
+        return False
+    context = message.get("context")
+    given = context.get("userHash") if isinstance(context, dict) else None
+    # Compared as bytes: compare_digest refuses a str holding anything but ASCII.
+    return isinstance(given, str) and hmac.compare_digest(
+        given.lower().encode(), identify_signature(policy.identify_secret,
+                                                   str(user_id)).encode())
+
+
+def claim_refusal(policy: SitePolicy, source: str, message: dict[str, Any]) -> str | None:
+    """The refusal the answer's `dropped` lists for this message's identity, decided without
+    stored state (so the request path can answer before the fold runs): an `identify` with a
+    `userId` that is not signed where the site sets `identify_secret`. Any other message is
+    never dropped for its identity (a purchase must not be lost): the fold strips an unsigned
+    user id from it only when it names a user other than the visitor's (that needs the
+    visitor's state) and still sends it, so it gets None here."""
+    if message.get("type") != "identify" or not message.get("userId"):
+        return None
+    if not policy.identify_secret or claim_signed(policy, source, message):
+        return None
+    return IDENTIFY_NOT_SIGNED
+
+
 @dataclass(frozen=True, slots=True)
 class UserBinding:
     """Which visitor a user id is bound to, and whether the shop vouched for it (`strong`:
@@ -188,7 +234,7 @@ class Missing(Exception):  # noqa: N818 - a request for more data, not an error
 
 @dataclass(frozen=True, slots=True)
 class _Claim:
-    """An identify's user id and how far it is believed (see `IngestRules._identify_claim`)."""
+    """A message's user id and how far it is believed (see `IngestRules._identify_claim`)."""
 
     user_id: str | None = None
     strong: bool = False
@@ -196,7 +242,10 @@ class _Claim:
     unsigned: bool = False
     #: Unsigned, and the user is strongly bound to another visitor.
     conflict: bool = False
+    #: For the answer's `dropped` (an identify: it then reaches no vendor).
     refusal: str | None = None
+    #: For the message's trace (another message: it is still sent, without its identity).
+    note: str | None = None
 
 
 @dataclass(slots=True)
@@ -244,9 +293,6 @@ def order_id_of(message: dict[str, Any]) -> str | None:
 #: A browser copy of an order where the backend alone speaks for orders.
 HELD_BACK_ORDER = ('held back: this site takes orders from its backend only '
                    '(order_source = "server")')
-#: A browser identify without a valid `context.userHash` where the site requires one.
-IDENTIFY_UNSIGNED = ("identify not signed: it binds nothing (this site requires "
-                     "context.userHash, identify_secret)")
 
 
 def early_refusals(policy: SitePolicy, source: str,
@@ -261,14 +307,8 @@ def early_refusals(policy: SitePolicy, source: str,
     for index, message in enumerate(messages):
         if order_id_of(message) is not None and policy.order_source == "server":
             out.append((index, HELD_BACK_ORDER))
-        elif (policy.identify_secret and message.get("type") == "identify"
-              and message.get("userId")):
-            context = message.get("context")
-            given = context.get("userHash") if isinstance(context, dict) else None
-            if not (isinstance(given, str) and hmac.compare_digest(
-                    given.lower(),
-                    identify_signature(policy.identify_secret, str(message["userId"])))):
-                out.append((index, IDENTIFY_UNSIGNED))
+        elif (refusal := claim_refusal(policy, source, message)) is not None:
+            out.append((index, refusal))
     return out
 
 
@@ -300,8 +340,8 @@ class IngestRules:
     def keys(messages: list[dict[str, Any]], context: RequestContext) -> Keys:
         anonymous = [m["anonymousId"] for m in messages
                      if isinstance(m.get("anonymousId"), str) and m["anonymousId"]]
-        users = [str(m["userId"]) for i, m in enumerate(messages)
-                 if m.get("userId") and (context.hint(i) == "" or m.get("type") == "identify")]
+        # Any message's user id is a claim the fold checks against its binding (issue 20).
+        users = [str(m["userId"]) for m in messages if m.get("userId")]
         visitors = [v for v in (context.cookie_visitor, *(context.hints or ())) if v]
         return Keys(list(dict.fromkeys(anonymous)), list(dict.fromkeys(users)),
                     [str(m["messageId"]) for m in messages],
@@ -316,6 +356,7 @@ class IngestRules:
         seen_messages: set[str] = set()
         fresh: set[str] = set()
         trusted: set[str] = {context.cookie_visitor} if context.cookie_visitor else set()
+        derived_count = 0
         for index, message in enumerate(messages):
             visitor = self._visitor(site, message, context.hint(index), context, snapshot, plan)
             if not visitor:
@@ -346,36 +387,58 @@ class IngestRules:
                 # An order copy may still be refused after the fold (its vendors depend on
                 # the event): fold a copy, kept only if the order is stored.
                 state = VisitorState.from_dict(state.to_dict())
-            claim = self._identify_claim(site, message, visitor, context, snapshot, plan)
+            claim = self._identify_claim(site, message, visitor, state, context.hint(index),
+                                         context, snapshot, plan)
             if claim.refusal is not None:
                 plan.result.dropped.append((index, claim.refusal))
+            # A copy, never the request's own dict: a refold (Redis) must see the same input.
+            message = _without_signature(message)
             if claim.unsigned:
                 # Stored as the client sent it but for the identity it claims: binds nothing.
-                message = {k: v for k, v in message.items() if k not in ("userId", "traits")}
+                message = _without_identity(message)
+            # Any other message's own userId and context.traits count as an identify would,
+            # folded just before it: the message then carries the user (Alana's `userId`, Go
+            # Shops' customer), and what is new about the visitor goes to vendors as an
+            # identify of its own, so their identity calls follow once (issue 20).
+            derived = _derived_identify(message)
+            binding: UserBinding | None = None
+            identity: StoredMessage | None = None
+            carried = (False, False)
+            if derived is not None:
+                told = apply(state, derived, visitor_id=visitor, received_at=received_at,
+                             session_timeout=self.session_timeout, new_id=self.new_id)
+                binding = self._settle(claim, told, state, visitor)
+                self._stamp(told, context, index)
+                derived_id = str(derived["messageId"])
+                if not (told.new_identity or told.new_binding):
+                    pass  # an identical repeat (every message after a login): nothing to say
+                elif derived_id in seen_messages or snapshot.message_seen(derived_id):
+                    # A client used that id already: the message itself carries the news.
+                    carried = (told.new_identity, told.new_binding)
+                else:
+                    told.extra["identity_of"] = message_id
+                    told_event = StoredEvent(site, derived, told)
+                    identity = StoredMessage(visitor, told_event, self.router(told_event))
             enrichment = apply(state, message, visitor_id=visitor, received_at=received_at,
                                session_timeout=self.session_timeout, new_id=self.new_id)
-            if claim.user_id is not None and enrichment.user_id == claim.user_id:
-                if claim.conflict:
-                    state.claimed = True
-                elif claim.strong or enrichment.new_binding:
-                    plan.users[claim.user_id] = UserBinding(visitor, claim.strong)
-                    state.claimed = False
-            if state.user_id is None:
-                state.claimed = False  # logged out: no claim left
-            enrichment.claimed_identity = state.claimed
-            enrichment.ip = context.ip
-            enrichment.user_agent = stored_user_agent(context.user_agent)
-            enrichment.bot = context.bot
-            enrichment.source = context.source
-            enrichment.consent = context.consent.get(index)
+            # The message's own fold brings no identity but an order's email, which the
+            # derived identify did not announce (an identical one is not announced again).
+            found = self._settle(claim if derived is None else _Claim(), enrichment, state,
+                                 visitor)
+            binding = binding or found
+            enrichment.new_identity |= carried[0]
+            enrichment.new_binding |= carried[1]
+            self._stamp(enrichment, context, index)
             event = StoredEvent(site, message, enrichment)
-            vendors = [] if claim.unsigned else self.router(event)
+            vendors = [] if claim.unsigned and message.get("type") == "identify" else (
+                self.router(event))
             if order_id is not None:
                 vendors, refusal = self._order_vendors(site, order_id, vendors, context,
                                                        snapshot, plan, message_id)
                 if refusal is not None:
                     plan.result.dropped.append((index, refusal))
                     if refusal.startswith("duplicate"):
+                        # Not stored, so it changes nothing: its identity neither.
                         plan.result.duplicates += 1
                         record = plan.orders.get(order_id) or snapshot.order(order_id)
                         first = f" by message {record.message_id}" if record else ""
@@ -384,39 +447,86 @@ class IngestRules:
                         continue
             seen_messages.add(message_id)
             plan.states[visitor] = state
+            if binding is not None and claim.user_id is not None:
+                plan.users[claim.user_id] = binding
+            if claim.note is not None:
+                plan.notes.append((message_id, claim.note, None))
+            if identity is not None:
+                seen_messages.add(identity.event.message_id)
+                plan.stored.append(identity)
+                derived_count += 1
+                plan.notes.append((message_id, "identity: its userId / context.traits were new "
+                                               "for the visitor, stored and sent as identify "
+                                               f"{identity.event.message_id}", None))
             plan.stored.append(StoredMessage(visitor, event, vendors))
         bound_carts([(m.visitor_id, m.vendors, m.event.message, m.event.enrichment)
                      for m in plan.stored])
-        plan.result.stored = len(plan.stored)
+        plan.result.stored = len(plan.stored) - derived_count
         return plan
 
     def _identify_claim(self, site: str, message: dict[str, Any], visitor: str,
-                        context: RequestContext, snapshot: Snapshot,
-                        plan: IngestPlan) -> _Claim:
-        """How far an identify's user id is believed. The server API and a signed browser
-        identify bind (strongly); an unsigned browser identify is a claim: refused outright
-        where the site requires signatures, else it binds weakly and never moves a strong
-        binding of that user to another visitor (the visitor is then marked as claiming,
-        and vendors get no identity call carrying its email)."""
-        user_id = message.get("userId") if message.get("type") == "identify" else None
-        if not user_id:
+                        state: VisitorState, hint: str | None, context: RequestContext,
+                        snapshot: Snapshot, plan: IngestPlan) -> _Claim:
+        """How far a message's user id is believed, on an identify or any other message. The
+        server API and a signed message bind (strongly); an unsigned browser message is a
+        claim: where the site requires signatures an identify is refused outright and any
+        other message is stripped of a user id that is not already the visitor's (and still
+        sent); else it binds weakly and never moves a strong binding of that user to another
+        visitor (the visitor is then marked as claiming, and vendors get no identity call
+        carrying its email)."""
+        user_id = message.get("userId")
+        if not user_id or not _about_a_visitor(message):
             return _Claim()
         user_id = str(user_id)
-        context_part = message.get("context")
-        given = context_part.pop("userHash", None) if isinstance(context_part, dict) else None
-        if context.source == "server":
+        policy = self.policy(site)
+        if claim_signed(policy, context.source, message):
+            if context.source == "server" and hint == "":
+                # The backend named no visitor: the message went to the one its user is
+                # bound to, and vouches for nothing it only followed (a weak binding stays
+                # weak, or every backend order would harden a browser's claim).
+                bound = plan.users.get(user_id) or snapshot.user(user_id)
+                if bound is not None and bound.visitor_id == visitor:
+                    return _Claim(user_id, strong=bound.strong)
             return _Claim(user_id, strong=True)
-        secret = self.policy(site).identify_secret
-        if secret and isinstance(given, str) and hmac.compare_digest(
-                given.lower(), identify_signature(secret, user_id)):
-            return _Claim(user_id, strong=True)
-        if secret:
-            return _Claim(user_id, unsigned=True, refusal=IDENTIFY_UNSIGNED)
+        if (refusal := claim_refusal(policy, context.source, message)) is not None:
+            return _Claim(user_id, unsigned=True, refusal=refusal)
+        if policy.identify_secret:
+            if user_id == state.user_id:
+                # After a signed identify every message repeats the user id unsigned
+                # (trackers keep it, but not the signature): it names no one new.
+                return _Claim(user_id)
+            return _Claim(user_id, unsigned=True, note=IDENTITY_NOT_SIGNED)
         bound = plan.users.get(user_id) or snapshot.user(user_id)
         if bound is not None and bound.strong and bound.visitor_id != visitor:
-            # Stored and sent (it is still this visitor's identify), but the binding stays.
+            # Stored and sent (it is still this visitor's message), but the binding stays.
             return _Claim(user_id, conflict=True)
         return _Claim(user_id)
+
+    @staticmethod
+    def _settle(claim: _Claim, enrichment: Enrichment, state: VisitorState,
+                visitor: str) -> UserBinding | None:
+        """After an identity was folded into `state`: the binding it makes (None: none or
+        unchanged), and whether the visitor is left claiming another's user."""
+        binding = None
+        if claim.user_id is not None and enrichment.user_id == claim.user_id:
+            if claim.conflict:
+                state.claimed = True
+            elif claim.strong or enrichment.new_binding:
+                binding = UserBinding(visitor, claim.strong)
+                state.claimed = False
+        if state.user_id is None:
+            state.claimed = False  # logged out: no claim left
+        enrichment.claimed_identity = state.claimed
+        return binding
+
+    @staticmethod
+    def _stamp(enrichment: Enrichment, context: RequestContext, index: int) -> None:
+        """What the request tells about the message's client."""
+        enrichment.ip = context.ip
+        enrichment.user_agent = stored_user_agent(context.user_agent)
+        enrichment.bot = context.bot
+        enrichment.source = context.source
+        enrichment.consent = context.consent.get(index)
 
     def _order_vendors(self, site: str, order_id: str, vendors: list[str],
                        context: RequestContext, snapshot: Snapshot, plan: IngestPlan,
@@ -470,3 +580,51 @@ class IngestRules:
         plan.aliases[anonymous_id] = visitor
         return visitor
 
+
+
+def _without_signature(message: dict[str, Any]) -> dict[str, Any]:
+    """The message as stored: without `context.userHash` (the relay does not keep it)."""
+    context = message.get("context")
+    if not isinstance(context, dict) or "userHash" not in context:
+        return message
+    return {**message, "context": {k: v for k, v in context.items() if k != "userHash"}}
+
+
+def _without_identity(message: dict[str, Any]) -> dict[str, Any]:
+    """The message without the identity it claims: `userId`, `traits`, `context.traits`."""
+    kept = {k: v for k, v in message.items() if k not in ("userId", "traits")}
+    context = kept.get("context")
+    if isinstance(context, dict) and "traits" in context:
+        kept["context"] = {k: v for k, v in context.items() if k != "traits"}
+    return kept
+
+
+def _derived_identify(message: dict[str, Any]) -> dict[str, Any] | None:
+    """The identify a message other than an identify implies by its own `userId` and
+    `context.traits` (None: it names no one). Its messageId is the message's with
+    ":identify" appended, so a refold or a resend derives the same one."""
+    if message.get("type") == "identify" or not _about_a_visitor(message):
+        return None
+    user_id = message.get("userId")
+    traits = identity_traits(message)
+    if not user_id and not traits:
+        return None
+    derived: dict[str, Any] = {"type": "identify", "messageId": f"{message['messageId']}:identify",
+                               "traits": traits}
+    if user_id:
+        derived["userId"] = user_id
+    for key in ("anonymousId", "timestamp", "sentAt", "originalTimestamp"):
+        if key in message:
+            derived[key] = message[key]
+    context = message.get("context")
+    if isinstance(context, dict):
+        # Consent, page and campaign as the message had them; the traits are now `traits`.
+        derived["context"] = {k: v for k, v in context.items() if k != "traits"}
+    return derived
+
+
+def _about_a_visitor(message: dict[str, Any]) -> bool:
+    """Whether the message's userId names a person. A catalogue update's does not: server
+    libraries need some id on a track, and the shop's backend sends `Product Updated` as
+    `track("catalogue", ...)` (docs/identity.md)."""
+    return not (message.get("type") == "track" and message.get("event") == PRODUCT_UPDATED)
