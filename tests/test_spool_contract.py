@@ -597,3 +597,48 @@ def test_a_request_the_rules_cannot_fold_never_blocks_the_ones_behind(backend: B
         assert [r.event.message_id for r in await due(spool)] == ["m7"]
 
     run(backend, scenario, router=router)
+
+
+# ---- rules kept above the spools (issue 19, item 5) -----------------------------------------
+
+def test_a_dropped_order_copy_is_found_by_its_exact_order_id(backend: Backend) -> None:
+    """`%` and `_` in an order id are characters like any other: a trace by order id "10%_1"
+    shows that order's copies, never those of an order "1071" that a pattern would match."""
+    async def scenario(spool: Spool) -> None:
+        for order_id, first, copy in (("10%_1", "o-a", "o-a2"), ("1071", "o-b", "o-b2")):
+            order = track("Order Completed", first, order_id=order_id, total=5)
+            await spool.ingest("s", [order], BROWSER)
+            await spool.ingest("s", [dict(order, messageId=copy)], BROWSER)
+        found = await spool.find_messages("s", order_id="10%_1")
+        assert {r.message_id for r in found} == {"o-a", "o-a2"}
+        assert {r.message_id for r in await spool.find_messages("s", order_id="1071")} == {
+            "o-b", "o-b2"}
+        assert await spool.find_messages("s", order_id="10%") == []
+
+    run(backend, scenario)
+
+
+def test_an_older_sqlite_file_finds_its_dropped_order_copies(tmp_path: Path) -> None:
+    """A file written before notes kept the order id beside the prose (issue 19) still finds
+    a dropped copy by its order id once opened by this release."""
+    backend = Backend("sqlite", tmp_path, "")
+
+    async def write(spool: Spool) -> None:
+        order = track("Order Completed", "o-1", order_id="7_%", total=5)
+        await spool.ingest("s", [order], BROWSER)
+        await spool.ingest("s", [dict(order, messageId="o-2")], BROWSER)
+
+    async def read(spool: Spool) -> None:
+        found = await spool.find_messages("s", order_id="7_%")
+        assert {r.message_id for r in found} == {"o-1", "o-2"}
+
+    run(backend, write)
+    conn = sqlite3.connect(backend.path)
+    conn.executescript("""
+        DROP INDEX IF EXISTS notes_order;
+        CREATE TABLE old_notes AS SELECT site, message_id, at, note FROM notes;
+        DROP TABLE notes;
+        ALTER TABLE old_notes RENAME TO notes;
+    """)
+    conn.close()
+    run(backend, read)
