@@ -642,3 +642,22 @@ def test_an_older_sqlite_file_finds_its_dropped_order_copies(tmp_path: Path) -> 
     """)
     conn.close()
     run(backend, read)
+
+
+def test_a_part_dead_lettered_twice_keeps_the_first_letter(backend: Backend) -> None:
+    """A restart between `mark_part_dead` and the caller's progress meets the part again: the
+    first letter stands, and no second one is written."""
+    async def scenario(spool: Spool) -> None:
+        order = track("Order Completed", "o1", order_id="1", products=[{}, {}])
+        await spool.ingest("s", [order], BROWSER)
+        [row] = await due(spool)
+        await spool.mark_part_dead(row.id, 1, status=400, error="first", request="POST /1")
+        await spool.mark_part_dead(row.id, 1, status=422, error="second", request="POST /2")
+        [letter] = await spool.dead_letters(vendor="goshops")
+        assert (letter.part, letter.status, letter.error, letter.request) == (
+            1, 400, "first", "POST /1")
+        assert (await spool.stats()).counts["goshops"]["dead"] == 1
+        [record] = await spool.find_messages("s", message_id="o1")
+        assert record.work["goshops"].parts[1].error == "first"
+
+    run(backend, scenario)

@@ -296,7 +296,9 @@ class Spool(Protocol):
                              response: str = "", request: str = "") -> None:
         """Keep request `part` of the work as a dead letter of its own (with `DeadLetter.part`
         set; a replay sends only that request). The work itself goes on with its other
-        requests: the caller moves its resume point past `part` as for a delivered one."""
+        requests: the caller moves its resume point past `part` as for a delivered one.
+        Idempotent per (work, part): met again (a restart before the caller's progress), the
+        first letter stands and nothing is written."""
         ...
 
     async def dead_letters(self, *, vendor: str | None = None, since: float | None = None,

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import orjson
+from redis.exceptions import WatchError
 
 from shoprelay.events import StoredEvent
 from shoprelay.spool.base import EXCHANGE_CHARS, OutboxRow
@@ -208,14 +209,30 @@ class Outbox:
     async def mark_part_dead(self, row_id: int, part: int, *, status: int | None, error: str,
                              response: str = "", request: str = "") -> None:
         """A dead-letter record of its own (a new work id, `part` set) for one request of the
-        entry; the entry itself stays pending for its other requests."""
+        entry; the entry itself stays pending for its other requests. The entry's work hash
+        notes the part's letter in the same transaction, so a second call for it (a restart
+        between this and the caller's progress) leaves the first letter standing, as the
+        `Spool` contract asks."""
         entries = self._partitions.entries([row_id])
         if not entries:
             return
         [entry] = entries
         await self._load_events(entries)
-        dead_id = int(await self._ctx.redis.incr(self._ctx.k("seq")))
-        async with self._ctx.redis.pipeline(transaction=True) as pipe:
-            self._keep_dead(pipe, entry, dead_id, part, time.time(), status=status,
-                            error=error, response=response, request=request)
-            await pipe.execute()
+        redis = self._ctx.redis
+        key, marker = self._ctx.k("work", str(entry.work_id)), f"dead:{part}"
+        while True:
+            async with redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    if await pipe.hexists(key, marker):
+                        return
+                    dead_id = int(await redis.incr(self._ctx.k("seq")))
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                    pipe.hset(key, marker, dead_id)
+                    pipe.expire(key, self._ctx.event_ttl or 86400 * 30)
+                    self._keep_dead(pipe, entry, dead_id, part, time.time(), status=status,
+                                    error=error, response=response, request=request)
+                    await pipe.execute()
+                    return
+                except WatchError:
+                    continue  # the hash changed under us: look again
