@@ -21,7 +21,14 @@ import redis
 
 from shoprelay.identity.cookie import VisitorCookie, new_visitor_id
 from shoprelay.ingest.rules import RequestContext
-from shoprelay.spool.base import DELIVERED, Spool
+from shoprelay.spool.base import (
+    DELIVERED,
+    EXCHANGE_CHARS,
+    FIGURE_HOUR,
+    FIGURE_MINUTE,
+    LETTER_ANSWER_CHARS,
+    Spool,
+)
 from shoprelay.spool.redis import RedisSpool
 from shoprelay.spool.sqlite import SqliteSpool
 
@@ -659,5 +666,55 @@ def test_a_part_dead_lettered_twice_keeps_the_first_letter(backend: Backend) -> 
         assert (await spool.stats()).counts["goshops"]["dead"] == 1
         [record] = await spool.find_messages("s", message_id="o1")
         assert record.work["goshops"].parts[1].error == "first"
+
+    run(backend, scenario)
+
+
+def test_a_trace_and_a_dead_letter_keep_the_same_share_of_an_exchange(
+        backend: Backend) -> None:
+    """Whatever the backend: a trace keeps `EXCHANGE_CHARS` of a request and of an answer, a
+    dead letter its answer to `LETTER_ANSWER_CHARS` and its request whole."""
+    async def scenario(spool: Spool) -> None:
+        await spool.ingest("s", [view(1), view(2)], BROWSER)
+        [first, second] = await due(spool)
+        long_request, long_answer = "R" * 2000, "A" * 5000
+        await spool.mark_done([first.id], status=200, request=long_request,
+                              response=long_answer)
+        await spool.mark_dead([second.id], status=400, error="bad", request=long_request,
+                              response=long_answer)
+        [letter] = await spool.dead_letters(vendor="goshops")
+        assert (letter.request, letter.response) == (long_request,
+                                                      long_answer[:LETTER_ANSWER_CHARS])
+        for message_id in ("m1", "m2"):
+            [record] = await spool.find_messages("s", message_id=message_id)
+            work = record.work["goshops"]
+            assert (work.request, work.response) == (long_request[:EXCHANGE_CHARS],
+                                                     long_answer[:EXCHANGE_CHARS])
+
+    run(backend, scenario)
+
+
+def test_the_figures_count_the_last_minute_and_the_last_hour_to_the_second(
+        backend: Backend) -> None:
+    """The minute figure is the last 60 seconds before `now` and the hour the last 3600, on
+    both backends (Redis counted up to two minute buckets for the minute)."""
+    async def scenario(spool: Spool) -> None:
+        await spool.ingest("s", [view(1, "a"), view(2, "b")], BROWSER)
+        rows = await due(spool)
+        before = time.time()
+        await spool.mark_done([rows[0].id], status=200)
+        await spool.mark_retry([rows[1].id], next_at=before + 30, status=503, error="busy")
+        after = time.time()
+
+        async def figures(now: float) -> tuple[int, int, int]:
+            by = {(f.site, f.vendor): f for f in await spool.vendor_figures(now)}
+            row = by["s", "goshops"]
+            return row.sent_minute, row.delivered_hour, row.retried_hour
+
+        assert await figures(after + 30) == (2, 1, 1)
+        # A second past the minute, within the hour (Redis counted the previous minute's
+        # bucket whole, so this said 2 unless the answers came in a minute's last second).
+        assert await figures(after + FIGURE_MINUTE + 1) == (0, 1, 1)
+        assert await figures(after + FIGURE_HOUR + 100) == (0, 0, 0)
 
     run(backend, scenario)

@@ -28,15 +28,19 @@ import orjson
 from shoprelay.delivery.health import VendorHealth, store_for
 from shoprelay.delivery.limits import Limiter, SlidingWindowLimiter
 from shoprelay.delivery.retry import FIRST_DELAY, MAX_DELAY, backoff
-from shoprelay.spool.base import EXCHANGE_CHARS, OutboxRow, Spool
+from shoprelay.spool.base import (
+    EXCHANGE_CHARS,
+    LETTER_ANSWER_CHARS,
+    LETTER_REQUEST_CHARS,
+    OutboxRow,
+    Spool,
+)
 from shoprelay.vendors.base import MappingError, Outcome, Vendor, VendorConfig, VendorRequest
 
 log = logging.getLogger("shoprelay.delivery")
 
 #: Rows fetched per round.
 ROUND_SIZE = 500
-#: A dead letter keeps more of its failed request than a trace keeps of a delivered one.
-EXCHANGE_KEPT_FOR_DEAD = 1_000_000
 
 
 @dataclass(slots=True)
@@ -328,14 +332,15 @@ class VendorWorker:
                              self.vendor.name, len(rows), outcome.detail)
                     jobs[:0] = [_Job([item], r) for item, r in self._split(job)]
                 else:
-                    request_text = self._shown(job.request, EXCHANGE_KEPT_FOR_DEAD)
+                    request_text = self._shown(job.request, LETTER_REQUEST_CHARS)
+                    kept = answer[:LETTER_ANSWER_CHARS]
                     # A refusal of one of a row's requests (one order line) is about that
                     # request: the row's other requests are still sent.
                     if await self._dead_part(job, status=status, error=outcome.detail,
-                                             request=request_text, response=answer[:4000]):
+                                             request=request_text, response=kept):
                         continue
                     await self.spool.mark_dead(ids, status=status, error=outcome.detail,
-                                               response=answer[:4000], request=request_text)
+                                               response=kept, request=request_text)
                     self.counters.dead += len(ids)
                     parked.update(ids)
 
@@ -354,9 +359,9 @@ class VendorWorker:
             log.warning("%s stored none of %d event(s): %s", self.vendor.name, len(items),
                         outcome.detail)
             ids = [row.id for row in job.rows]
-            request_text = self._shown(job.request, EXCHANGE_KEPT_FOR_DEAD)
+            request_text = self._shown(job.request, LETTER_REQUEST_CHARS)
             await self.spool.mark_dead(ids, status=status, error=outcome.detail,
-                                       response=answer[:4000], request=request_text)
+                                       response=answer[:LETTER_ANSWER_CHARS], request=request_text)
             self.counters.dead += len(ids)
             self.counters.refused_in_batch += len(ids)
             parked.update(ids)

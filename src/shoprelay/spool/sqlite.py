@@ -44,6 +44,8 @@ from shoprelay.spool.base import (
     BACKFILL,
     DEAD,
     DELIVERED,
+    FIGURE_HOUR,
+    FIGURE_MINUTE,
     PENDING,
     SKIPPED,
     STATE_NAMES,
@@ -57,6 +59,8 @@ from shoprelay.spool.base import (
     VendorFigures,
     WorkRecord,
     intake_note,
+    kept_exchange,
+    trace_exchange,
 )
 
 _SCHEMA = """
@@ -675,6 +679,7 @@ class SqliteSpool:
                         response: str = "") -> None:
         now = time.time()
         state = SKIPPED if skipped else DELIVERED
+        request, response = kept_exchange(state, request, response)
         await self._write_many(
             "UPDATE outbox SET state=?, status=?, attempts=attempts+1, updated_at=?, error=NULL, "
             "request=?, response=? WHERE id=?",
@@ -687,6 +692,7 @@ class SqliteSpool:
     async def mark_retry(self, ids: list[int], *, next_at: float, status: int | None,
                          error: str, request: str = "", response: str = "") -> None:
         now = time.time()
+        request, response = kept_exchange(PENDING, request, response)
         await self._write_many(
             "UPDATE outbox SET attempts=attempts+1, next_at=?, status=?, error=?, updated_at=?, "
             "request=?, response=? WHERE id=?",
@@ -696,6 +702,7 @@ class SqliteSpool:
     async def mark_dead(self, ids: list[int], *, status: int | None, error: str,
                         response: str = "", request: str = "") -> None:
         now = time.time()
+        request, response = kept_exchange(DEAD, request, response)
         await self._write_many(
             "UPDATE outbox SET state=?, attempts=attempts+1, status=?, error=?, response=?, "
             "request=?, updated_at=? WHERE id=?",
@@ -706,6 +713,7 @@ class SqliteSpool:
         """A row of its own for the part, beside the event's row (which goes on). Met twice
         (a restart between this and the caller's progress), the first letter stands."""
         now = time.time()
+        request, response = kept_exchange(DEAD, request, response)
 
         def run(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -929,11 +937,13 @@ class SqliteSpool:
         for r in conn.execute(
                 "SELECT vendor, state, attempts, next_at, status, error, request, response, "
                 "updated_at, part FROM outbox WHERE message=? ORDER BY id", (row[0],)):
+            # One row holds a dead letter and its trace: the trace shows a trace's share.
+            request, response = trace_exchange(r[6] or "", r[7] or "")
             record = WorkRecord(vendor=r[0], state=STATE_NAMES.get(r[1], str(r[1])),
                                 attempts=r[2],
                                 next_at=r[3] if r[1] in (PENDING, BACKFILL) else 0.0,
-                                status=r[4], error=r[5] or "", request=r[6] or "",
-                                response=r[7] or "", updated_at=r[8])
+                                status=r[4], error=r[5] or "", request=request,
+                                response=response, updated_at=r[8])
             if r[9] is None:
                 work[r[0]] = record
             else:
@@ -991,6 +1001,8 @@ class SqliteSpool:
     async def settle_backfill(self, site: str, vendor: str, message_id: str, *, state: int,
                               status: int | None = None, error: str = "", request: str = "",
                               response: str = "") -> None:
+        request, response = kept_exchange(state, request, response)
+
         def run(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE outbox SET state=?, status=?, error=?, request=?, response=?, "
@@ -1004,7 +1016,7 @@ class SqliteSpool:
     async def vendor_figures(self, now: float) -> list[VendorFigures]:
         """Three grouped queries on the indexes delivery already keeps (outbox_due for the
         queue, outbox_done for the last hour's fates, outbox_parked for retries)."""
-        hour, minute = now - 3600, now - 60
+        hour, minute = now - FIGURE_HOUR, now - FIGURE_MINUTE
 
         def run(conn: sqlite3.Connection) -> list[VendorFigures]:
             figures: dict[tuple[str, str], VendorFigures] = {}

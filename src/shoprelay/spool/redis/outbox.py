@@ -16,7 +16,13 @@ import orjson
 from redis.exceptions import WatchError
 
 from shoprelay.events import StoredEvent
-from shoprelay.spool.base import EXCHANGE_CHARS, OutboxRow
+from shoprelay.spool.base import (
+    FIGURE_HOUR,
+    FIGURE_MINUTE,
+    OutboxRow,
+    letter_exchange,
+    trace_exchange,
+)
 from shoprelay.spool.redis.context import RedisContext
 from shoprelay.spool.redis.keys import site_of, vendor_of
 from shoprelay.spool.redis.partitions import Entry, Partitions
@@ -104,7 +110,16 @@ class Outbox:
         kind = "retried" if fate["s"] == "queued" else fate["s"]
         minute = self._ctx.k("hc", str(int(now // 60)))
         pipe.hincrby(minute, f"{site}|{vendor}|{kind}", 1)
-        pipe.expire(minute, 7260)
+        pipe.expire(minute, int(FIGURE_HOUR * 2) + 60)
+        if kind != "skipped":
+            # The last minute's answers, one member per work row at its latest answer (as a
+            # SQLite row's updated_at): exact to the second, trimmed here to that minute.
+            answered = self._ctx.k("hm", site, vendor)
+            pipe.zadd(answered, {str(entry.work_id) if part is None
+                                 else f"{entry.work_id}#{part}": now})
+            pipe.zremrangebyscore(answered, "-inf", f"({now - FIGURE_MINUTE}")
+            pipe.expire(answered, int(FIGURE_MINUTE) + 60)
+        fate["rq"], fate["rs"] = trace_exchange(fate.get("rq") or "", fate.get("rs") or "")
         last = self._ctx.k("hl", site, vendor)
         if fate["s"] == "delivered":
             pipe.hset(last, "ok", repr(now))
@@ -173,6 +188,7 @@ class Outbox:
         with its count and its trace field."""
         k = self._ctx.k
         vendor = vendor_of(entry.stream)
+        request, response = letter_exchange(request, response)
         record = {
             "id": dead_id, "site": entry.event.site if entry.event else site_of(entry.stream),
             "vendor": vendor, "visitor_id": entry.visitor, "attempts": entry.attempts + 1,
@@ -184,7 +200,7 @@ class Outbox:
         pipe.zadd(k("dead", "time"), {str(dead_id): now})
         pipe.hincrby(k("counts"), f"{vendor}:dead", 1)
         self._trace(pipe, entry, {"s": "dead", "a": entry.attempts + 1, "st": status,
-                                  "e": error, "rq": request, "rs": response[:EXCHANGE_CHARS]},
+                                  "e": error, "rq": request, "rs": response},
                     part=part)
 
     async def mark_dead(self, ids: list[int], *, status: int | None, error: str,
