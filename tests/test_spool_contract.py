@@ -21,7 +21,14 @@ import redis
 
 from shoprelay.identity.cookie import VisitorCookie, new_visitor_id
 from shoprelay.ingest.rules import RequestContext
-from shoprelay.spool.base import DELIVERED, Spool
+from shoprelay.spool.base import (
+    DELIVERED,
+    EXCHANGE_CHARS,
+    FIGURE_HOUR,
+    FIGURE_MINUTE,
+    LETTER_ANSWER_CHARS,
+    Spool,
+)
 from shoprelay.spool.redis import RedisSpool
 from shoprelay.spool.sqlite import SqliteSpool
 
@@ -626,5 +633,117 @@ def test_a_request_of_several_visitors_keeps_each_visitors_order_and_its_answer(
         rows = await due(spool)
         assert sorted(r.event.message_id for r in rows
                       if r.event.name == "Order Completed") == ["again-2", "again-3", "o-0", "o-1"]
+
+
+# ---- rules kept above the spools (issue 19, item 5) -----------------------------------------
+
+def test_a_dropped_order_copy_is_found_by_its_exact_order_id(backend: Backend) -> None:
+    """`%` and `_` in an order id are characters like any other: a trace by order id "10%_1"
+    shows that order's copies, never those of an order "1071" that a pattern would match."""
+    async def scenario(spool: Spool) -> None:
+        for order_id, first, copy in (("10%_1", "o-a", "o-a2"), ("1071", "o-b", "o-b2")):
+            order = track("Order Completed", first, order_id=order_id, total=5)
+            await spool.ingest("s", [order], BROWSER)
+            await spool.ingest("s", [dict(order, messageId=copy)], BROWSER)
+        found = await spool.find_messages("s", order_id="10%_1")
+        assert {r.message_id for r in found} == {"o-a", "o-a2"}
+        assert {r.message_id for r in await spool.find_messages("s", order_id="1071")} == {
+            "o-b", "o-b2"}
+        assert await spool.find_messages("s", order_id="10%") == []
+
+    run(backend, scenario)
+
+
+def test_an_older_sqlite_file_finds_its_dropped_order_copies(tmp_path: Path) -> None:
+    """A file written before notes kept the order id beside the prose (issue 19) still finds
+    a dropped copy by its order id once opened by this release."""
+    backend = Backend("sqlite", tmp_path, "")
+
+    async def write(spool: Spool) -> None:
+        order = track("Order Completed", "o-1", order_id="7_%", total=5)
+        await spool.ingest("s", [order], BROWSER)
+        await spool.ingest("s", [dict(order, messageId="o-2")], BROWSER)
+
+    async def read(spool: Spool) -> None:
+        found = await spool.find_messages("s", order_id="7_%")
+        assert {r.message_id for r in found} == {"o-1", "o-2"}
+
+    run(backend, write)
+    conn = sqlite3.connect(backend.path)
+    conn.executescript("""
+        DROP INDEX IF EXISTS notes_order;
+        CREATE TABLE old_notes AS SELECT site, message_id, at, note FROM notes;
+        DROP TABLE notes;
+        ALTER TABLE old_notes RENAME TO notes;
+    """)
+    conn.close()
+    run(backend, read)
+
+
+def test_a_part_dead_lettered_twice_keeps_the_first_letter(backend: Backend) -> None:
+    """A restart between `mark_part_dead` and the caller's progress meets the part again: the
+    first letter stands, and no second one is written."""
+    async def scenario(spool: Spool) -> None:
+        order = track("Order Completed", "o1", order_id="1", products=[{}, {}])
+        await spool.ingest("s", [order], BROWSER)
+        [row] = await due(spool)
+        await spool.mark_part_dead(row.id, 1, status=400, error="first", request="POST /1")
+        await spool.mark_part_dead(row.id, 1, status=422, error="second", request="POST /2")
+        [letter] = await spool.dead_letters(vendor="goshops")
+        assert (letter.part, letter.status, letter.error, letter.request) == (
+            1, 400, "first", "POST /1")
+        assert (await spool.stats()).counts["goshops"]["dead"] == 1
+        [record] = await spool.find_messages("s", message_id="o1")
+        assert record.work["goshops"].parts[1].error == "first"
+
+    run(backend, scenario)
+
+
+def test_a_trace_and_a_dead_letter_keep_the_same_share_of_an_exchange(
+        backend: Backend) -> None:
+    """Whatever the backend: a trace keeps `EXCHANGE_CHARS` of a request and of an answer, a
+    dead letter its answer to `LETTER_ANSWER_CHARS` and its request whole."""
+    async def scenario(spool: Spool) -> None:
+        await spool.ingest("s", [view(1), view(2)], BROWSER)
+        [first, second] = await due(spool)
+        long_request, long_answer = "R" * 2000, "A" * 5000
+        await spool.mark_done([first.id], status=200, request=long_request,
+                              response=long_answer)
+        await spool.mark_dead([second.id], status=400, error="bad", request=long_request,
+                              response=long_answer)
+        [letter] = await spool.dead_letters(vendor="goshops")
+        assert (letter.request, letter.response) == (long_request,
+                                                      long_answer[:LETTER_ANSWER_CHARS])
+        for message_id in ("m1", "m2"):
+            [record] = await spool.find_messages("s", message_id=message_id)
+            work = record.work["goshops"]
+            assert (work.request, work.response) == (long_request[:EXCHANGE_CHARS],
+                                                     long_answer[:EXCHANGE_CHARS])
+
+    run(backend, scenario)
+
+
+def test_the_figures_count_the_last_minute_and_the_last_hour_to_the_second(
+        backend: Backend) -> None:
+    """The minute figure is the last 60 seconds before `now` and the hour the last 3600, on
+    both backends (Redis counted up to two minute buckets for the minute)."""
+    async def scenario(spool: Spool) -> None:
+        await spool.ingest("s", [view(1, "a"), view(2, "b")], BROWSER)
+        rows = await due(spool)
+        before = time.time()
+        await spool.mark_done([rows[0].id], status=200)
+        await spool.mark_retry([rows[1].id], next_at=before + 30, status=503, error="busy")
+        after = time.time()
+
+        async def figures(now: float) -> tuple[int, int, int]:
+            by = {(f.site, f.vendor): f for f in await spool.vendor_figures(now)}
+            row = by["s", "goshops"]
+            return row.sent_minute, row.delivered_hour, row.retried_hour
+
+        assert await figures(after + 30) == (2, 1, 1)
+        # A second past the minute, within the hour (Redis counted the previous minute's
+        # bucket whole, so this said 2 unless the answers came in a minute's last second).
+        assert await figures(after + FIGURE_MINUTE + 1) == (0, 1, 1)
+        assert await figures(after + FIGURE_HOUR + 100) == (0, 0, 0)
 
     run(backend, scenario)

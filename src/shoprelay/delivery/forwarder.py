@@ -28,7 +28,13 @@ import orjson
 from shoprelay.delivery.health import VendorHealth, store_for
 from shoprelay.delivery.limits import Limiter, SlidingWindowLimiter, file_limiter_factory
 from shoprelay.delivery.retry import FIRST_DELAY, MAX_DELAY, backoff
-from shoprelay.spool.base import EXCHANGE_CHARS, OutboxRow, Spool
+from shoprelay.spool.base import (
+    EXCHANGE_CHARS,
+    LETTER_ANSWER_CHARS,
+    LETTER_REQUEST_CHARS,
+    OutboxRow,
+    Spool,
+)
 from shoprelay.vendors.base import (
     UNITS_KEY,
     MappingError,
@@ -42,8 +48,6 @@ log = logging.getLogger("shoprelay.delivery")
 
 #: Rows fetched per round.
 ROUND_SIZE = 500
-#: A dead letter keeps more of its failed request than a trace keeps of a delivered one.
-EXCHANGE_KEPT_FOR_DEAD = 1_000_000
 
 
 @dataclass(slots=True)
@@ -375,8 +379,8 @@ class VendorWorker:
           resent.
         """
         items = job.items
-        request_text = self._shown(job.request, EXCHANGE_KEPT_FOR_DEAD)
-        response = answer[:4000]
+        request_text = self._shown(job.request, LETTER_REQUEST_CHARS)
+        response = answer[:LETTER_ANSWER_CHARS]
         if outcome.ok or outcome.maybe_stored:
             error = outcome.detail or f"HTTP {status}"
             failed = outcome.failed_events
@@ -446,7 +450,7 @@ class VendorWorker:
             return
         error = self.vendor.mask(f"relay error: {type(exc).__name__}: {exc}", self.config)
         await self.spool.mark_dead(ids, status=None, error=error,
-                                   request=self._shown(job.request, EXCHANGE_KEPT_FOR_DEAD))
+                                   request=self._shown(job.request, LETTER_REQUEST_CHARS))
         self.counters.dead += len(ids)
         parked.update(ids)
 

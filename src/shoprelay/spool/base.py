@@ -19,8 +19,36 @@ __all__ = ["IngestResult", "RequestContext", "Router"]
 PENDING, DELIVERED, DEAD, SKIPPED, BACKFILL = 0, 1, 2, 3, 4
 STATE_NAMES = {PENDING: "queued", DELIVERED: "delivered", DEAD: "dead", SKIPPED: "skipped",
                BACKFILL: "backfill"}
-#: The longest vendor answer and request kept per work row for a trace (its last exchange).
+#: How much of a vendor exchange a spool keeps, whichever the backend. A trace (a work row's
+#: last exchange, kept within the retention for every row) keeps `EXCHANGE_CHARS` of the
+#: request and of the answer; a dead letter, which an operator reads to fix and replay, keeps
+#: its answer to `LETTER_ANSWER_CHARS` and its request to `LETTER_REQUEST_CHARS`.
 EXCHANGE_CHARS = 500
+LETTER_ANSWER_CHARS = 4000
+LETTER_REQUEST_CHARS = 1_000_000
+
+
+def trace_exchange(request: str, response: str) -> tuple[str, str]:
+    """What a trace keeps of an exchange (the text is masked before: a cut secret would not
+    be recognised any more)."""
+    return request[:EXCHANGE_CHARS], response[:EXCHANGE_CHARS]
+
+
+def letter_exchange(request: str, response: str) -> tuple[str, str]:
+    """What a dead letter keeps of its failed exchange."""
+    return request[:LETTER_REQUEST_CHARS], response[:LETTER_ANSWER_CHARS]
+
+
+def kept_exchange(state: int, request: str, response: str) -> tuple[str, str]:
+    """What a spool stores of the exchange that gave work `state`: a dead letter's share for
+    DEAD, a trace's for every other fate."""
+    return (letter_exchange if state == DEAD else trace_exchange)(request, response)
+
+
+#: The windows of `VendorFigures`, in seconds before `now`: the fates of the last hour, and
+#: the work rows that got a vendor answer in the last minute (each row once, at its latest
+#: answer).
+FIGURE_HOUR, FIGURE_MINUTE = 3600.0, 60.0
 
 @dataclass(slots=True)
 class OutboxRow:
@@ -73,7 +101,7 @@ class DeadLetter:
 @dataclass(slots=True)
 class WorkRecord:
     """What became of one message at one vendor so far: its work row's state and its last
-    exchange with the vendor (request masked, answer cut to `EXCHANGE_CHARS`)."""
+    exchange with the vendor (request masked, both cut by `trace_exchange`)."""
 
     vendor: str
     state: str
@@ -151,7 +179,8 @@ class VendorFigures:
     delivered_hour: int = 0
     retried_hour: int = 0
     dead_hour: int = 0
-    #: Work rows that got a vendor answer in the last minute (delivered, retried, dead).
+    #: Work rows that got a vendor answer in the last `FIGURE_MINUTE` (delivered, retried,
+    #: dead; a skipped row was not sent).
     sent_minute: int = 0
     last_error: str = ""
     last_error_at: float | None = None
@@ -296,7 +325,9 @@ class Spool(Protocol):
                              response: str = "", request: str = "") -> None:
         """Keep request `part` of the work as a dead letter of its own (with `DeadLetter.part`
         set; a replay sends only that request). The work itself goes on with its other
-        requests: the caller moves its resume point past `part` as for a delivered one."""
+        requests: the caller moves its resume point past `part` as for a delivered one.
+        Idempotent per (work, part): met again (a restart before the caller's progress), the
+        first letter stands and nothing is written."""
         ...
 
     async def dead_letters(self, *, vendor: str | None = None, since: float | None = None,

@@ -44,6 +44,8 @@ from shoprelay.spool.base import (
     BACKFILL,
     DEAD,
     DELIVERED,
+    FIGURE_HOUR,
+    FIGURE_MINUTE,
     PENDING,
     SKIPPED,
     STATE_NAMES,
@@ -57,6 +59,8 @@ from shoprelay.spool.base import (
     VendorFigures,
     WorkRecord,
     intake_note,
+    kept_exchange,
+    trace_exchange,
 )
 
 _SCHEMA = """
@@ -125,12 +129,14 @@ CREATE TABLE IF NOT EXISTS aliases (
 CREATE INDEX IF NOT EXISTS visitors_seen ON visitors (updated_at);
 CREATE INDEX IF NOT EXISTS aliases_visitor ON aliases (site, visitor_id);
 CREATE INDEX IF NOT EXISTS users_visitor ON users (site, visitor_id);
--- Traces: copies not stored (resends, duplicate order copies), kept within retention.
+-- Traces: copies not stored (resends, duplicate order copies), kept within retention;
+-- `order_id` is the order a dropped copy reported (NULL for other notes), found by equality.
 CREATE TABLE IF NOT EXISTS notes (
     site TEXT NOT NULL,
     message_id TEXT NOT NULL,
     at REAL NOT NULL,
-    note TEXT NOT NULL
+    note TEXT NOT NULL,
+    order_id TEXT
 );
 CREATE INDEX IF NOT EXISTS notes_message ON notes (site, message_id);
 CREATE INDEX IF NOT EXISTS notes_time ON notes (at);
@@ -149,8 +155,14 @@ CREATE TABLE IF NOT EXISTS intake (
     failed TEXT
 );
 """
-#: Made after `_migrate` (an older file's orders table gains its column there first).
+#: Made after `_migrate` (an older file's orders and notes tables gain their columns there
+#: first). Few notes name an order: a partial index costs the other notes nothing.
 _ORDERS_INDEX = "CREATE INDEX IF NOT EXISTS orders_time ON orders (received_at)"
+_NOTES_ORDER_INDEX = ("CREATE INDEX IF NOT EXISTS notes_order ON notes (site, order_id) "
+                      "WHERE order_id IS NOT NULL")
+#: How an older file's notes on dropped order copies read (see `ingest.rules`): the order id
+#: is taken back out of the prose once, when the column is added.
+_ORDER_NOTE_HEAD, _ORDER_NOTE_TAIL = "deduplicated: order ", " was already reported"
 
 log = logging.getLogger("shoprelay.spool")
 
@@ -197,7 +209,17 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE users ADD COLUMN strong INTEGER NOT NULL DEFAULT 0")
     if "vendors" not in {row[1] for row in conn.execute("PRAGMA table_info(orders)")}:
         conn.execute("ALTER TABLE orders ADD COLUMN vendors TEXT")
+    if "order_id" not in {row[1] for row in conn.execute("PRAGMA table_info(notes)")}:
+        conn.execute("ALTER TABLE notes ADD COLUMN order_id TEXT")
+        found = []
+        for rowid, note in conn.execute("SELECT rowid, note FROM notes WHERE substr(note, 1, ?)"
+                                        " = ?", (len(_ORDER_NOTE_HEAD), _ORDER_NOTE_HEAD)):
+            order_id, tail, _ = note[len(_ORDER_NOTE_HEAD):].rpartition(_ORDER_NOTE_TAIL)
+            if tail:
+                found.append((order_id, rowid))
+        conn.executemany("UPDATE notes SET order_id = ? WHERE rowid = ?", found)
     conn.execute(_ORDERS_INDEX)
+    conn.execute(_NOTES_ORDER_INDEX)
     # A trace looks a message's work up; a backfill claims work once per (message, vendor).
     # Message ids only grow, so this index is appended to (cheap); an index of messages by
     # visitor (random keys) was measured at +30 % of the writer's time per message in the
@@ -592,8 +614,10 @@ class SqliteSpool:
                     [(rowid, site, v, stored.visitor_id, received_at, received_at)
                      for v in stored.vendors])
         if plan.notes:
-            conn.executemany("INSERT INTO notes VALUES (?, ?, ?, ?)",
-                             [(site, m, received_at, note) for m, note, _ in plan.notes])
+            conn.executemany("INSERT INTO notes (site, message_id, at, note, order_id) VALUES "
+                             "(?, ?, ?, ?, ?)",
+                             [(site, m, received_at, note, order)
+                              for m, note, order in plan.notes])
         conn.executemany("INSERT OR REPLACE INTO visitors VALUES (?, ?, ?, ?)",
                          [(site, visitor, orjson.dumps(state.to_dict()), received_at)
                           for visitor, state in plan.states.items()])
@@ -655,6 +679,7 @@ class SqliteSpool:
                         response: str = "") -> None:
         now = time.time()
         state = SKIPPED if skipped else DELIVERED
+        request, response = kept_exchange(state, request, response)
         await self._write_many(
             "UPDATE outbox SET state=?, status=?, attempts=attempts+1, updated_at=?, error=NULL, "
             "request=?, response=? WHERE id=?",
@@ -667,6 +692,7 @@ class SqliteSpool:
     async def mark_retry(self, ids: list[int], *, next_at: float, status: int | None,
                          error: str, request: str = "", response: str = "") -> None:
         now = time.time()
+        request, response = kept_exchange(PENDING, request, response)
         await self._write_many(
             "UPDATE outbox SET attempts=attempts+1, next_at=?, status=?, error=?, updated_at=?, "
             "request=?, response=? WHERE id=?",
@@ -676,6 +702,7 @@ class SqliteSpool:
     async def mark_dead(self, ids: list[int], *, status: int | None, error: str,
                         response: str = "", request: str = "") -> None:
         now = time.time()
+        request, response = kept_exchange(DEAD, request, response)
         await self._write_many(
             "UPDATE outbox SET state=?, attempts=attempts+1, status=?, error=?, response=?, "
             "request=?, updated_at=? WHERE id=?",
@@ -686,6 +713,7 @@ class SqliteSpool:
         """A row of its own for the part, beside the event's row (which goes on). Met twice
         (a restart between this and the caller's progress), the first letter stands."""
         now = time.time()
+        request, response = kept_exchange(DEAD, request, response)
 
         def run(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -852,8 +880,8 @@ class SqliteSpool:
                     (site, order_id))]
                 # Copies dropped as duplicates of that order were noted under their own ids.
                 ids += [r[0] for r in conn.execute(
-                    "SELECT message_id FROM notes WHERE site=? AND note LIKE ? ORDER BY at",
-                    (site, f"%order {order_id} was %"))]
+                    "SELECT message_id FROM notes WHERE site=? AND order_id=? ORDER BY at",
+                    (site, order_id))]
             query = ("SELECT id, message_id, visitor_id, received_at, data FROM messages "
                      "WHERE site=? AND ")
             if visitor_id is not None:
@@ -909,11 +937,13 @@ class SqliteSpool:
         for r in conn.execute(
                 "SELECT vendor, state, attempts, next_at, status, error, request, response, "
                 "updated_at, part FROM outbox WHERE message=? ORDER BY id", (row[0],)):
+            # One row holds a dead letter and its trace: the trace shows a trace's share.
+            request, response = trace_exchange(r[6] or "", r[7] or "")
             record = WorkRecord(vendor=r[0], state=STATE_NAMES.get(r[1], str(r[1])),
                                 attempts=r[2],
                                 next_at=r[3] if r[1] in (PENDING, BACKFILL) else 0.0,
-                                status=r[4], error=r[5] or "", request=r[6] or "",
-                                response=r[7] or "", updated_at=r[8])
+                                status=r[4], error=r[5] or "", request=request,
+                                response=response, updated_at=r[8])
             if r[9] is None:
                 work[r[0]] = record
             else:
@@ -971,6 +1001,8 @@ class SqliteSpool:
     async def settle_backfill(self, site: str, vendor: str, message_id: str, *, state: int,
                               status: int | None = None, error: str = "", request: str = "",
                               response: str = "") -> None:
+        request, response = kept_exchange(state, request, response)
+
         def run(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE outbox SET state=?, status=?, error=?, request=?, response=?, "
@@ -984,7 +1016,7 @@ class SqliteSpool:
     async def vendor_figures(self, now: float) -> list[VendorFigures]:
         """Three grouped queries on the indexes delivery already keeps (outbox_due for the
         queue, outbox_done for the last hour's fates, outbox_parked for retries)."""
-        hour, minute = now - 3600, now - 60
+        hour, minute = now - FIGURE_HOUR, now - FIGURE_MINUTE
 
         def run(conn: sqlite3.Connection) -> list[VendorFigures]:
             figures: dict[tuple[str, str], VendorFigures] = {}

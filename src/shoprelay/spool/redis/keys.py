@@ -23,6 +23,9 @@ Every key starts with the spool's prefix (`redis_prefix`, default "shoprelay:"):
   partition's rules lease, `in:failed` entries the rules stage could not fold,
   `ires:TICKET` the fold's answer kept for a server request that waits for it, `wakein` the
   pub/sub channel that announces new intake;
+- `hc:MINUTE` per-minute fate counters (field SITE|VENDOR|FATE), `hm:SITE:VENDOR` the work
+  rows answered in the last minute (sorted set by answer time), `hl:SITE:VENDOR` the last
+  error and delivery: a vendor's health figures;
 - `procs` the live processes (a sorted set of heartbeat deadlines), `wake` the pub/sub channel
   that announces new work; `rl:…` belongs to the shared vendor limiter.
 """

@@ -13,9 +13,16 @@ import time
 from typing import Any
 
 import orjson
+from redis.exceptions import WatchError
 
 from shoprelay.events import StoredEvent
-from shoprelay.spool.base import EXCHANGE_CHARS, OutboxRow
+from shoprelay.spool.base import (
+    FIGURE_HOUR,
+    FIGURE_MINUTE,
+    OutboxRow,
+    letter_exchange,
+    trace_exchange,
+)
 from shoprelay.spool.redis.context import RedisContext
 from shoprelay.spool.redis.keys import site_of, vendor_of
 from shoprelay.spool.redis.partitions import Entry, Partitions
@@ -103,7 +110,16 @@ class Outbox:
         kind = "retried" if fate["s"] == "queued" else fate["s"]
         minute = self._ctx.k("hc", str(int(now // 60)))
         pipe.hincrby(minute, f"{site}|{vendor}|{kind}", 1)
-        pipe.expire(minute, 7260)
+        pipe.expire(minute, int(FIGURE_HOUR * 2) + 60)
+        if kind != "skipped":
+            # The last minute's answers, one member per work row at its latest answer (as a
+            # SQLite row's updated_at): exact to the second, trimmed here to that minute.
+            answered = self._ctx.k("hm", site, vendor)
+            pipe.zadd(answered, {str(entry.work_id) if part is None
+                                 else f"{entry.work_id}#{part}": now})
+            pipe.zremrangebyscore(answered, "-inf", f"({now - FIGURE_MINUTE}")
+            pipe.expire(answered, int(FIGURE_MINUTE) + 60)
+        fate["rq"], fate["rs"] = trace_exchange(fate.get("rq") or "", fate.get("rs") or "")
         last = self._ctx.k("hl", site, vendor)
         if fate["s"] == "delivered":
             pipe.hset(last, "ok", repr(now))
@@ -172,6 +188,7 @@ class Outbox:
         with its count and its trace field."""
         k = self._ctx.k
         vendor = vendor_of(entry.stream)
+        request, response = letter_exchange(request, response)
         record = {
             "id": dead_id, "site": entry.event.site if entry.event else site_of(entry.stream),
             "vendor": vendor, "visitor_id": entry.visitor, "attempts": entry.attempts + 1,
@@ -183,7 +200,7 @@ class Outbox:
         pipe.zadd(k("dead", "time"), {str(dead_id): now})
         pipe.hincrby(k("counts"), f"{vendor}:dead", 1)
         self._trace(pipe, entry, {"s": "dead", "a": entry.attempts + 1, "st": status,
-                                  "e": error, "rq": request, "rs": response[:EXCHANGE_CHARS]},
+                                  "e": error, "rq": request, "rs": response},
                     part=part)
 
     async def mark_dead(self, ids: list[int], *, status: int | None, error: str,
@@ -208,14 +225,30 @@ class Outbox:
     async def mark_part_dead(self, row_id: int, part: int, *, status: int | None, error: str,
                              response: str = "", request: str = "") -> None:
         """A dead-letter record of its own (a new work id, `part` set) for one request of the
-        entry; the entry itself stays pending for its other requests."""
+        entry; the entry itself stays pending for its other requests. The entry's work hash
+        notes the part's letter in the same transaction, so a second call for it (a restart
+        between this and the caller's progress) leaves the first letter standing, as the
+        `Spool` contract asks."""
         entries = self._partitions.entries([row_id])
         if not entries:
             return
         [entry] = entries
         await self._load_events(entries)
-        dead_id = int(await self._ctx.redis.incr(self._ctx.k("seq")))
-        async with self._ctx.redis.pipeline(transaction=True) as pipe:
-            self._keep_dead(pipe, entry, dead_id, part, time.time(), status=status,
-                            error=error, response=response, request=request)
-            await pipe.execute()
+        redis = self._ctx.redis
+        key, marker = self._ctx.k("work", str(entry.work_id)), f"dead:{part}"
+        while True:
+            async with redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    if await pipe.hexists(key, marker):
+                        return
+                    dead_id = int(await redis.incr(self._ctx.k("seq")))
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                    pipe.hset(key, marker, dead_id)
+                    pipe.expire(key, self._ctx.event_ttl or 86400 * 30)
+                    self._keep_dead(pipe, entry, dead_id, part, time.time(), status=status,
+                                    error=error, response=response, request=request)
+                    await pipe.execute()
+                    return
+                except WatchError:
+                    continue  # the hash changed under us: look again

@@ -22,12 +22,14 @@ import orjson
 from shoprelay.events import StoredEvent
 from shoprelay.ingest.rules import OrderRecord
 from shoprelay.spool.base import (
-    EXCHANGE_CHARS,
+    FIGURE_HOUR,
+    FIGURE_MINUTE,
     STATE_NAMES,
     HistoryItem,
     MessageRecord,
     VendorFigures,
     WorkRecord,
+    trace_exchange,
 )
 from shoprelay.spool.redis.context import RedisContext
 
@@ -136,10 +138,10 @@ class Traces:
     async def settle_backfill(self, site: str, vendor: str, message_id: str, *, state: int,
                               status: int | None = None, error: str = "", request: str = "",
                               response: str = "") -> None:
+        request, response = trace_exchange(request, response)
         record: dict[str, Any] = {"s": STATE_NAMES.get(state, str(state)), "a": 1,
-                                  "st": status, "e": error, "rq": request[:EXCHANGE_CHARS],
-                                  "rs": response[:EXCHANGE_CHARS], "t": time.time(),
-                                  "b": 1}
+                                  "st": status, "e": error, "rq": request, "rs": response,
+                                  "t": time.time(), "b": 1}
         await self._ctx.redis.hset(self._ctx.k("tr", site, message_id), vendor,
                                    orjson.dumps(record))
 
@@ -147,8 +149,10 @@ class Traces:
                              queues: list[tuple[str, str, int, float | None]]
                              ) -> list[VendorFigures]:
         """The last hour from the per-minute counters `outbox` keeps (`hc:MINUTE`, field
-        SITE|VENDOR|FATE), the last error and delivery from `hl:SITE:VENDOR`, and the queue
-        per (site, vendor) as `Maintenance.queues` counted it."""
+        SITE|VENDOR|FATE: the minutes that end inside the window and the current one), the
+        last minute's answered rows from `hm:SITE:VENDOR`, the last error and delivery from
+        `hl:SITE:VENDOR`, and the queue per (site, vendor) as `Maintenance.queues` counted
+        it."""
         redis, k = self._ctx.redis, self._ctx.k
         figures: dict[tuple[str, str], VendorFigures] = {}
         for site, vendor, queued, oldest in queues:
@@ -156,30 +160,32 @@ class Traces:
             row.queued += queued
             if oldest is not None:
                 row.oldest_queued_at = min(row.oldest_queued_at or oldest, oldest)
-        current = int(now // 60)
+        minutes = range(int((now - FIGURE_HOUR) // 60) + 1, int(now // 60) + 1)
         async with redis.pipeline(transaction=False) as pipe:
-            for minute in range(current - 60, current + 1):
+            for minute in minutes:
                 pipe.hgetall(k("hc", str(minute)))
             buckets = await pipe.execute()
-        for minute, bucket in zip(range(current - 60, current + 1), buckets, strict=True):
+        for bucket in buckets:
             for field, value in bucket.items():
                 site, vendor, kind = field.split("|")
                 row = figures.setdefault((site, vendor), VendorFigures(site, vendor))
                 count = int(value)
-                if minute >= current - 1:  # the current and the previous minute bucket
-                    row.sent_minute += count
-                if minute == current - 60:
-                    continue  # only for the minute figure's border
                 if kind == "delivered":
                     row.delivered_hour += count
                 elif kind == "retried":
                     row.retried_hour += count
                 elif kind == "dead":
                     row.dead_hour += count
+        async with redis.pipeline(transaction=False) as pipe:
+            for row in figures.values():
+                pipe.zcount(k("hm", row.site, row.vendor), now - FIGURE_MINUTE, "+inf")
+            answered = await pipe.execute()
+        for row, count in zip(figures.values(), answered, strict=True):
+            row.sent_minute = int(count)
         for row in figures.values():
             last = cast(dict[str, str], await redis.hgetall(k("hl", row.site, row.vendor)))
             row.last_delivered_at = float(last["ok"]) if "ok" in last else None
-            if "error_at" in last and float(last["error_at"]) >= now - 3600:
+            if "error_at" in last and float(last["error_at"]) >= now - FIGURE_HOUR:
                 row.last_error, row.last_error_at = last["error"], float(last["error_at"])
         return sorted(figures.values(), key=lambda f: (f.site, f.vendor))
 
