@@ -657,8 +657,8 @@ def create_app(
     async def trace_page(request: Request) -> Response:
         """What became of one message at every vendor (the relay's trace), for the links on
         the vendors page. The demo runs on 127.0.0.1 only, so it needs no admin token."""
-        from shoprelay.app import route_reasons
         from shoprelay.operate.trace import find_traces
+        from shoprelay.routing import route_reasons
 
         session = session_of(request)
         message_id = request.path_params["message_id"]

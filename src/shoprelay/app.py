@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -14,8 +14,6 @@ from urllib.parse import urlsplit, urlunsplit
 from starlette.applications import Starlette
 
 from shoprelay.delivery.forwarder import DeliveryOptions, Forwarder
-from shoprelay.events import StoredEvent
-from shoprelay.identity.consent import allows
 from shoprelay.identity.cookie import VisitorCookie, new_visitor_id
 from shoprelay.ingest.routes import Ingest
 from shoprelay.ingest.rules import SitePolicy
@@ -23,6 +21,7 @@ from shoprelay.operate.debugger import DebugBus
 from shoprelay.operate.logs import RequestIdMiddleware
 from shoprelay.operate.metrics import Metrics
 from shoprelay.operate.routes import Operations
+from shoprelay.routing import make_router
 from shoprelay.settings import Settings
 from shoprelay.spool.base import Router
 from shoprelay.spool.sqlite import SqliteSpool
@@ -119,57 +118,6 @@ def limiter_factory(settings: Settings, spool: Any) -> Any:
                                   in_flight_ttl=settings.relay.delivery_timeout_seconds + 5)
 
     return make
-
-
-#: Given a stored event: every vendor configured for its site → None (it gets the event) or
-#: the reason it does not.
-RouteReasons = Callable[[StoredEvent], dict[str, str | None]]
-
-
-def route_reasons(settings: Settings) -> RouteReasons:
-    """Why each configured vendor does (None) or does not get an event: the router's rules,
-    written once, so a trace recomputes "why not" with the very functions that decided it."""
-    configured = {
-        name: [(vendor_name, VENDORS[vendor_name], config)
-               for vendor_name, config in site.vendors.items()]
-        for name, site in settings.sites.items()
-    }
-
-    def reasons(event: StoredEvent) -> dict[str, str | None]:
-        site = settings.sites.get(event.site)
-        if site is None:
-            return {}
-        held = event.enrichment.bot and not site.forward_bots
-        consent = event.enrichment.consent
-        out: dict[str, str | None] = {}
-        for name, vendor, config in configured.get(event.site, []):
-            if not config.enabled:
-                out[name] = "vendor disabled (enabled = false)"
-            elif held:
-                out[name] = "held back as a bot (forward_bots = false)"
-            elif event.name not in vendor.handles:
-                out[name] = f"no mapping: {name} has no mapping for {event.name!r}"
-            elif not vendor.wants(event, config):
-                out[name] = f"not in {name}'s events allow-list"
-            elif not allows(consent, config.consent, required=site.consent_required):
-                stated = None if consent is None else consent.get(config.consent)
-                why = "refused" if stated is False else "not given (consent_required = true)"
-                out[name] = f"consent {why} for category {config.consent!r}"
-            else:
-                out[name] = None
-        return out
-
-    return reasons
-
-
-def make_router(settings: Settings) -> Router:
-    """Which vendors get an event: enabled, mapping it, allowed by consent, not a held bot."""
-    reasons = route_reasons(settings)
-
-    def route(event: StoredEvent) -> list[str]:
-        return [name for name, reason in reasons(event).items() if reason is None]
-
-    return route
 
 
 def visitor_cookie(settings: Settings) -> VisitorCookie:

@@ -117,8 +117,9 @@ def _parse_since(text: str | None) -> float | None:
 
 
 async def _with_spool(settings: Settings, work: Any) -> Any:
-    from shoprelay.app import close_spool, make_router, make_spool
+    from shoprelay.app import close_spool, make_spool
     from shoprelay.identity.cookie import VisitorCookie
+    from shoprelay.routing import make_router
 
     cookie = VisitorCookie(settings.relay.secret, settings.relay.cookie_name)
     spool = make_spool(settings, make_router(settings), cookie)  # SQLite or Redis

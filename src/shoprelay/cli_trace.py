@@ -31,8 +31,8 @@ async def _with_spool(settings: Settings, work: Any) -> Any:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from shoprelay.app import route_reasons
     from shoprelay.operate.trace import find_traces, render_text
+    from shoprelay.routing import route_reasons
 
     settings = _load(args.config)
     given = [v for v in (args.message_id, args.order, args.visitor) if v]

@@ -277,12 +277,12 @@ async def run_delivery(settings: Any, wake_fd: int, report_fd: int) -> int:
         close_spool,
         delivery_options,
         limiter_factory,
-        make_router,
         make_spool,
         targets_of,
         visitor_cookie,
     )
     from shoprelay.delivery.forwarder import Forwarder
+    from shoprelay.routing import make_router
 
     loop = asyncio.get_running_loop()
     spool = make_spool(settings, make_router(settings), visitor_cookie(settings))

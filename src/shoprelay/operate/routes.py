@@ -30,6 +30,7 @@ from shoprelay.operate import admin, health, openapi, trace
 from shoprelay.operate.debugger import DebugBus
 from shoprelay.operate.debugger import page as debugger_page
 from shoprelay.operate.metrics import CONTENT_TYPE, Metrics
+from shoprelay.routing import route_reasons
 from shoprelay.settings import Settings
 
 
@@ -44,7 +45,7 @@ class Operations:
         self._openapi = openapi.document()
         self._trusted = [ipaddress.ip_network(p, strict=False)
                          for p in settings.relay.trusted_proxies]
-        self._reasons: Any = None
+        self._reasons = route_reasons(settings)
 
     def routes(self) -> list[Route]:
         return [
@@ -157,10 +158,6 @@ class Operations:
         site = query.get("site")
         if site is not None and site not in self.settings.sites:
             return JSONResponse({"error": f"no site {site!r}"}, 404)
-        if self._reasons is None:
-            from shoprelay.app import route_reasons  # the app imports this module
-
-            self._reasons = route_reasons(self.settings)
         found = await trace.find_traces(
             self.settings, self.spool, self._reasons, site=site,
             pauses=trace.pauses_of(self.forwarder()), message_id=keys["message_id"],
