@@ -117,12 +117,9 @@ def _parse_since(text: str | None) -> float | None:
 
 
 async def _with_spool(settings: Settings, work: Any) -> Any:
-    from shoprelay.app import close_spool, make_spool
-    from shoprelay.identity.cookie import VisitorCookie
-    from shoprelay.routing import make_router
+    from shoprelay.runtime import close_spool, open_spool
 
-    cookie = VisitorCookie(settings.relay.secret, settings.relay.cookie_name)
-    spool = make_spool(settings, make_router(settings), cookie)  # SQLite or Redis
+    spool = open_spool(settings)  # SQLite or Redis
     spool.start()
     try:
         return await work(spool)
@@ -202,13 +199,9 @@ def cmd_debug_link(args: argparse.Namespace) -> int:
 
 def _health_store(settings: Settings) -> Any:
     """The store a relay with these settings writes its vendor states to."""
-    from shoprelay.app import is_redis, spool_path
-    from shoprelay.delivery.health import FileHealthStore, RedisHealthStore
+    from shoprelay.runtime import health_store
 
-    relay = settings.relay
-    if is_redis(relay.spool):
-        return RedisHealthStore(relay.spool, f"{relay.redis_prefix}vendor-health")
-    return FileHealthStore(spool_path(relay.spool) + ".vendors.json")
+    return health_store(settings)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -285,9 +285,7 @@ def _parse_time(text: str) -> float:
 
 def run_backfill_command(settings: Settings, args: Any) -> int:
     """`shoprelay backfill`: check the arguments, say what the window holds, then send."""
-    from shoprelay.app import close_spool, limiter_factory, make_spool
-    from shoprelay.identity.cookie import VisitorCookie
-    from shoprelay.routing import make_router
+    from shoprelay.runtime import close_spool, limiter_factory, open_spool
 
     try:
         since = _parse_time(args.since)
@@ -326,8 +324,7 @@ def run_backfill_command(settings: Settings, args: Any) -> int:
               f"backfilling what is", file=sys.stderr)
 
     async def main() -> int:
-        cookie = VisitorCookie(settings.relay.secret, settings.relay.cookie_name)
-        spool = make_spool(settings, make_router(settings), cookie)
+        spool = open_spool(settings)
         spool.start()
         try:
             for name in sites:

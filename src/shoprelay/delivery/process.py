@@ -273,19 +273,10 @@ def _die_with_parent() -> None:
 async def run_delivery(settings: Any, wake_fd: int, report_fd: int) -> int:
     """Deliver from the spool the settings name until SIGTERM/SIGINT: the serving process's
     wake-ups come on `wake_fd`, reports go up `report_fd`."""
-    from shoprelay.app import (
-        close_spool,
-        delivery_options,
-        limiter_factory,
-        make_spool,
-        targets_of,
-        visitor_cookie,
-    )
-    from shoprelay.delivery.forwarder import Forwarder
-    from shoprelay.routing import make_router
+    from shoprelay.runtime import close_spool, make_forwarder, open_spool
 
     loop = asyncio.get_running_loop()
-    spool = make_spool(settings, make_router(settings), visitor_cookie(settings))
+    spool = open_spool(settings)
     spool.start()
     try:
         spool.claim_delivery()
@@ -293,8 +284,7 @@ async def run_delivery(settings: Any, wake_fd: int, report_fd: int) -> int:
         log.error("%s", exc)
         await close_spool(spool)
         return 2
-    forwarder = Forwarder(spool, targets_of(settings), delivery_options(settings),
-                          limiter_factory=limiter_factory(settings, spool))
+    forwarder = make_forwarder(settings, spool)
     os.set_blocking(report_fd, True)
 
     def write(report: dict[str, Any]) -> None:
