@@ -488,7 +488,9 @@ def create_app(
         session = session_of(request)
         data = await read_json(request)
         pid = data.get("product_id")
-        qty = session.lines.pop(pid, 0) if isinstance(pid, int) else 0
+        if not isinstance(pid, int):
+            return cart_answer(session, removed=None)
+        qty = session.lines.pop(pid, 0)
         removed = PRODUCTS[pid].summary() | {"quantity": qty} if qty else None
         return cart_answer(session, removed=removed)
 
