@@ -488,7 +488,9 @@ def create_app(
         session = session_of(request)
         data = await read_json(request)
         pid = data.get("product_id")
-        qty = session.lines.pop(pid, 0) if isinstance(pid, int) else 0
+        if not isinstance(pid, int):
+            return cart_answer(session, removed=None)
+        qty = session.lines.pop(pid, 0)
         removed = PRODUCTS[pid].summary() | {"quantity": qty} if qty else None
         return cart_answer(session, removed=removed)
 
@@ -657,8 +659,8 @@ def create_app(
     async def trace_page(request: Request) -> Response:
         """What became of one message at every vendor (the relay's trace), for the links on
         the vendors page. The demo runs on 127.0.0.1 only, so it needs no admin token."""
-        from shoprelay.app import route_reasons
         from shoprelay.operate.trace import find_traces
+        from shoprelay.routing import route_reasons
 
         session = session_of(request)
         message_id = request.path_params["message_id"]

@@ -259,7 +259,7 @@ def delivered_in_spool(cfg: Path) -> dict[str, set[int]]:
     import orjson
 
     from shoprelay import settings as settings_module
-    from shoprelay.app import spool_path
+    from shoprelay.runtime import spool_path
 
     path = spool_path(settings_module.load(cfg).relay.spool)
     conn = sqlite3.connect(path)

@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 from shoprelay import events as ev
 from shoprelay.events import StoredEvent
 from shoprelay.identity.state import VisitorState, apply
-from shoprelay.operate.openapi import document
+from shoprelay.ingest.openapi import document
 from shoprelay.sandbox import SANDBOXES, demo_vendor_settings
 from shoprelay.sandbox import create_app as create_sandbox_app
 from shoprelay.settings import parse

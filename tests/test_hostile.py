@@ -278,7 +278,7 @@ class Collect(threading.Thread):
 
 def test_vendor_keys_with_reserved_characters_never_leave_the_relay(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from shoprelay.cli import _with_spool
+    from shoprelay.cli.common import with_spool as _with_spool
     from shoprelay.operate.logs import JsonFormatter, configure
     from shoprelay.sandbox import SANDBOXES
 

@@ -322,7 +322,7 @@ def test_settings_check_the_redis_keys() -> None:
 
 
 def test_a_redis_password_never_reaches_the_log() -> None:
-    from shoprelay.app import redacted
+    from shoprelay.runtime import redacted
 
     assert redacted("redis://:s3cret@10.0.0.5:6379/0") == "redis://:***@10.0.0.5:6379/0"
     assert redacted("rediss://user:pw@host/1") == "rediss://user:***@host/1"

@@ -3,7 +3,7 @@
 The stored events carry their enrichment as it was at ingest (visitor, user, cart, consent, bot
 flag, source), so rendering them through the vendor's adapter today gives the requests the live
 path would have sent then, with the original timestamps. Which events: those the router sends
-to the vendor under today's settings (`app.route_reasons`, the live rules), one copy per order
+to the vendor under today's settings (`routing.route_reasons`, the live rules), one copy per order
 id, and none the vendor already has work for.
 
 Never twice: before sending, each (message, vendor) is claimed in the spool
@@ -35,6 +35,7 @@ from typing import Any, TextIO
 from shoprelay.delivery.forwarder import DeliveryOptions, Forwarder, VendorWorker
 from shoprelay.delivery.limits import SlidingWindowLimiter
 from shoprelay.events import ORDER_COMPLETED
+from shoprelay.routing import route_reasons
 from shoprelay.settings import Settings
 from shoprelay.spool.base import DEAD, DELIVERED, SKIPPED, HistoryItem, OutboxRow
 from shoprelay.vendors import VENDORS
@@ -169,8 +170,6 @@ class Backfill:
     def __init__(self, settings: Settings, spool: Any, site: str, vendor: str, *,
                  since: float, until: float, share: float,
                  limiter_factory: Callable[[int, float, str], Any] | None = None) -> None:
-        from shoprelay.app import route_reasons  # the app imports delivery
-
         self.settings, self.spool, self.site, self.vendor = settings, spool, site, vendor
         self.since, self.until, self.share = since, until, share
         self.config = settings.sites[site].vendors[vendor]
@@ -187,9 +186,6 @@ class Backfill:
             return False
         if event.name != ORDER_COMPLETED:
             return True
-        site = self.settings.sites[self.site]
-        if event.enrichment.source == "browser" and site.order_source == "server":
-            return False
         order_id = str(event.properties.get("order_id", ""))
         if order_id in self._orders:
             return False
@@ -290,8 +286,7 @@ def _parse_time(text: str) -> float:
 
 def run_backfill_command(settings: Settings, args: Any) -> int:
     """`shoprelay backfill`: check the arguments, say what the window holds, then send."""
-    from shoprelay.app import close_spool, limiter_factory, make_router, make_spool
-    from shoprelay.identity.cookie import VisitorCookie
+    from shoprelay.runtime import close_spool, limiter_factory, open_spool
 
     try:
         since = _parse_time(args.since)
@@ -330,8 +325,7 @@ def run_backfill_command(settings: Settings, args: Any) -> int:
               f"backfilling what is", file=sys.stderr)
 
     async def main() -> int:
-        cookie = VisitorCookie(settings.relay.secret, settings.relay.cookie_name)
-        spool = make_spool(settings, make_router(settings), cookie)
+        spool = open_spool(settings)
         spool.start()
         try:
             for name in sites:

@@ -181,13 +181,25 @@ class RedisHealthStore:
         return {k: json.loads(v) for k, v in stored.items()}
 
 
+def store_beside(spool: str, redis_prefix: str) -> FileHealthStore | RedisHealthStore | None:
+    """Where a relay on this spool keeps its vendor states, worked out here only (the relay
+    writes them, `shoprelay vendors status` reads them from another process): `spool` is a
+    Redis spool's URL (the hash `{redis_prefix}vendor-health`) or a SQLite spool's file (the
+    file `<spool>.vendors.json`; None for an in-memory spool)."""
+    if spool.startswith(("redis://", "rediss://")):
+        return RedisHealthStore(spool, f"{redis_prefix}vendor-health")
+    if spool in ("", ":memory:"):
+        return None
+    return FileHealthStore(spool + ".vendors.json")
+
+
 def store_for(spool: Any) -> FileHealthStore | RedisHealthStore | None:
     """Where this spool's relay writes vendor states (None: a spool of unknown kind)."""
     url = getattr(spool, "url", None)
     prefix = getattr(spool, "prefix", None)
     if isinstance(url, str) and url.startswith(("redis://", "rediss://")) and prefix:
-        return RedisHealthStore(url, f"{prefix}vendor-health")
+        return store_beside(url, prefix)
     path = getattr(spool, "path", None)
-    if isinstance(path, str | os.PathLike) and str(path) not in ("", ":memory:"):
-        return FileHealthStore(os.fspath(path) + ".vendors.json")
+    if isinstance(path, str | os.PathLike):
+        return store_beside(os.fspath(path), "")
     return None

@@ -38,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from shoprelay.delivery.forwarder import DeliveryCounters
+from shoprelay.delivery.forwarder import DeliveryCounters, Forwarder
 from shoprelay.delivery.health import VendorHealth
 from shoprelay.vendors.base import Vendor
 
@@ -270,31 +270,13 @@ def _die_with_parent() -> None:
 
 # ---- the delivery process itself (`shoprelay deliver`) ----------------------------------------
 
-async def run_delivery(settings: Any, wake_fd: int, report_fd: int) -> int:
-    """Deliver from the spool the settings name until SIGTERM/SIGINT: the serving process's
-    wake-ups come on `wake_fd`, reports go up `report_fd`."""
-    from shoprelay.app import (
-        close_spool,
-        delivery_options,
-        limiter_factory,
-        make_router,
-        make_spool,
-        targets_of,
-        visitor_cookie,
-    )
-    from shoprelay.delivery.forwarder import Forwarder
-
+async def run_delivery(forwarder: Forwarder, wake_fd: int, report_fd: int,
+                       grace: float) -> None:
+    """Deliver with `forwarder` (over a spool whose delivery this process claimed) until
+    SIGTERM/SIGINT or until the serving process is gone: its wake-ups come on `wake_fd`,
+    reports go up `report_fd`. `shoprelay deliver` opens the spool and makes the forwarder
+    (shoprelay.runtime), as the serving process would for itself."""
     loop = asyncio.get_running_loop()
-    spool = make_spool(settings, make_router(settings), visitor_cookie(settings))
-    spool.start()
-    try:
-        spool.claim_delivery()
-    except RuntimeError as exc:
-        log.error("%s", exc)
-        await close_spool(spool)
-        return 2
-    forwarder = Forwarder(spool, targets_of(settings), delivery_options(settings),
-                          limiter_factory=limiter_factory(settings, spool))
     os.set_blocking(report_fd, True)
 
     def write(report: dict[str, Any]) -> None:
@@ -343,7 +325,5 @@ async def run_delivery(settings: Any, wake_fd: int, report_fd: int) -> int:
                 await asyncio.wait_for(stopped.wait(), REPORT_EVERY)
     finally:
         loop.remove_reader(wake_fd)
-        await forwarder.stop(settings.relay.shutdown_grace_seconds)
+        await forwarder.stop(grace)
         write(worker_report(forwarder.workers))
-        await close_spool(spool)
-    return 0

@@ -26,25 +26,28 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
-from shoprelay.operate import admin, health, openapi, trace
+from shoprelay.operate import admin, health, trace
 from shoprelay.operate.debugger import DebugBus
 from shoprelay.operate.debugger import page as debugger_page
 from shoprelay.operate.metrics import CONTENT_TYPE, Metrics
+from shoprelay.routing import route_reasons
 from shoprelay.settings import Settings
 
 
 class Operations:
     def __init__(self, settings: Settings, spool: Any, metrics: Metrics, bus: DebugBus,
-                 forwarder: Callable[[], Any]) -> None:
+                 forwarder: Callable[[], Any], api_document: dict[str, Any]) -> None:
+        """`api_document`: the ingest API's OpenAPI document (shoprelay.ingest.openapi), served
+        here with the other documents for operators and tools."""
         self.settings = settings
         self.spool = spool
         self.metrics = metrics
         self.bus = bus
         self.forwarder = forwarder
-        self._openapi = openapi.document()
+        self._openapi = api_document
         self._trusted = [ipaddress.ip_network(p, strict=False)
                          for p in settings.relay.trusted_proxies]
-        self._reasons: Any = None
+        self._reasons = route_reasons(settings)
 
     def routes(self) -> list[Route]:
         return [
@@ -165,10 +168,6 @@ class Operations:
         site = query.get("site")
         if site is not None and site not in self.settings.sites:
             return JSONResponse({"error": f"no site {site!r}"}, 404)
-        if self._reasons is None:
-            from shoprelay.app import route_reasons  # the app imports this module
-
-            self._reasons = route_reasons(self.settings)
         found = await trace.find_traces(
             self.settings, self.spool, self._reasons, site=site,
             pauses=trace.pauses_of(self.forwarder()), message_id=keys["message_id"],

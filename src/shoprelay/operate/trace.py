@@ -2,7 +2,7 @@
 
 Where work exists the spool says what happened (sent with its last exchange, waiting for a
 retry, dead-lettered, skipped). Where none exists the reason is recomputed from the stored
-event with the router's own rules (`app.route_reasons`): the stored event carries its consent,
+event with the router's own rules (`routing.route_reasons`): the stored event carries its consent,
 bot flag and source as they were at ingest, so "why not" is the decision that was taken,
 unless the settings changed since (then the trace says so). Copies never stored (resends, order
 copies already reported) are told by the spool's notes.
@@ -90,22 +90,17 @@ def _from_work(site: str, work: WorkRecord, pauses: PauseState, now: float) -> d
     return out
 
 
-def _without_work(settings: Settings, record: MessageRecord, vendor: str,
-                  reason: str | None) -> dict[str, Any]:
+def _without_work(record: MessageRecord, vendor: str, reason: str | None) -> dict[str, Any]:
     event = record.event
     assert event is not None
     out: dict[str, Any] = {"outcome": NOT_SENT, "reason": reason}
     if reason is not None:
         return out
-    site = settings.sites[record.site]
     if event.name == ORDER_COMPLETED:
+        # (A copy held back by the order rule has its reason from `route_reasons`.)
         order_id = event.properties.get("order_id")
-        if event.enrichment.source == "browser" and site.order_source == "server":
-            out["reason"] = ('held back: this site takes orders from its backend only '
-                             '(order_source = "server")')
-        else:
-            out["reason"] = (f"deduplicated: order {order_id} was already sent to {vendor} "
-                             f"by another copy")
+        out["reason"] = (f"deduplicated: order {order_id} was already sent to {vendor} "
+                         f"by another copy")
         return out
     out["reason"] = ("not routed when it arrived: the settings changed since (vendor added, "
                      "enabled or remapped); `shoprelay backfill` can send it")
@@ -161,8 +156,7 @@ def explain(settings: Settings, record: MessageRecord, reasons: Any,
             note = record.notes[-1][1] if record.notes else "not stored"
             trace["vendors"][vendor] = {"outcome": NOT_SENT, "reason": note}
         else:
-            trace["vendors"][vendor] = _without_work(settings, record, vendor,
-                                                     why.get(vendor))
+            trace["vendors"][vendor] = _without_work(record, vendor, why.get(vendor))
     return trace
 
 
