@@ -310,12 +310,12 @@ async def run_delivery(forwarder: Forwarder, wake_fd: int, report_fd: int,
                 bus.active = True
             elif byte == VIEWER_OFF[0]:
                 bus.active = False
-        spool.kick_intake()
+        forwarder.spool.kick_intake()
         forwarder.wake()
 
     os.set_blocking(wake_fd, False)
     loop.add_reader(wake_fd, on_wake)
-    spool.route_intake()  # this process folds what the serving process accepts
+    forwarder.spool.route_intake()  # this process folds what the serving process accepts
     forwarder.start()
     log.info("delivery process ready: %d vendor queue(s)", len(forwarder.workers))
     try:
