@@ -9,7 +9,6 @@ ignored a message's own userId, so Alana got the purchase without it."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from relay_fixtures import WRITE_KEY, Stack, relay_stack
+from relay_fixtures import WRITE_KEY, Stack, relay_stack, routed_db
 from servers import free_port, serve, wait_for
 from test_identity_privacy import (
     CHROME,
@@ -103,7 +102,7 @@ def customer_data(stack: Stack, count: int) -> list[dict[str, Any]]:
 
 
 def stored_rows(tmp_path: Path) -> list[tuple[str, dict[str, Any]]]:
-    with sqlite3.connect(tmp_path / "spool.db") as conn:
+    with routed_db(tmp_path / "spool.db") as conn:
         rows = conn.execute("SELECT message_id, data FROM messages ORDER BY id").fetchall()
     return [(m, orjson.loads(d)) for m, d in rows]
 
@@ -185,7 +184,7 @@ def test_a_catalogue_updates_user_id_names_no_one(tmp_path: Path) -> None:
         [update] = settle(stack, "yespo", 1)
         assert update["body"]["GeneralInfo"]["eventName"] == "ProductUpdate"
         settle(stack, "retailrocket", 0)
-        with sqlite3.connect(tmp_path / "spool.db") as conn:
+        with routed_db(tmp_path / "spool.db") as conn:
             assert conn.execute("SELECT COUNT(*) FROM users").fetchone()[0] == 0
 
 
@@ -249,7 +248,7 @@ def test_with_identify_secret_an_unsigned_user_id_is_stripped_and_the_order_stil
         rows = dict(stored_rows(tmp_path))
         assert "userId" not in rows["order-x"]["message"]
         assert "traits" not in rows["order-x"]["message"].get("context", {})
-        with sqlite3.connect(tmp_path / "spool.db") as conn:
+        with routed_db(tmp_path / "spool.db") as conn:
             assert conn.execute("SELECT COUNT(*) FROM users").fetchone()[0] == 0
             notes = [n for (n,) in conn.execute(
                 "SELECT note FROM notes WHERE message_id = 'order-x'")]
@@ -276,7 +275,7 @@ def test_with_identify_secret_a_signed_message_binds_and_later_unsigned_repeats_
         visitor = device.visitor
         assert rr_calls(stack, 4) == [("setContact", contact_external_id("u-y")),
                                       ("view", visitor), ("view", visitor), ("view", visitor)]
-        with sqlite3.connect(tmp_path / "spool.db") as conn:
+        with routed_db(tmp_path / "spool.db") as conn:
             assert dict(conn.execute("SELECT user_id, strong FROM users")) == {"u-y": 1}
         rows = dict(stored_rows(tmp_path))
         assert all("userHash" not in (row["message"].get("context") or {})
