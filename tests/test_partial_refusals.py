@@ -33,9 +33,8 @@ from test_delivery_support import (
 )
 
 from shoprelay import settings as settings_module
-from shoprelay.app import close_spool, make_router, make_spool
 from shoprelay.delivery.forwarder import DeliveryOptions
-from shoprelay.identity.cookie import VisitorCookie
+from shoprelay.runtime import close_spool, open_spool
 
 OPTIONS = DeliveryOptions(idle_poll=0.1, first_retry=0.2, max_retry=1.0, timeout=5.0,
                           probe_first=0.2, probe_max=0.5)
@@ -45,8 +44,7 @@ def dead_letters(settings_file: Path) -> list[Any]:
     settings = settings_module.load(settings_file)
 
     async def read() -> list[Any]:
-        spool = make_spool(settings, make_router(settings),
-                           VisitorCookie(settings.relay.secret, settings.relay.cookie_name))
+        spool = open_spool(settings)
         spool.start()
         try:
             return await spool.dead_letters()
