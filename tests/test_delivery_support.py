@@ -210,7 +210,8 @@ class RelayProcess:
 def accepting(url: str) -> bool:
     try:
         httpx.get(f"{url}/healthz", timeout=1)
-    except httpx.ConnectError:
+    except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+        # A socket closing under the request (shutdown) resets it instead of refusing it.
         return False
     return True
 
