@@ -115,7 +115,34 @@ class SlidingWindowLimiter:
         self._changed.set()
 
 
-class FileWindowLimiter:
+class SharedLimiterBase:
+    """What the limiters shared between processes (the file's and Redis') have alike: the
+    vendor's wait kept locally too, and their shared-store writes run as background tasks,
+    since `release()` and `block_for()` are synchronous in the limiter interface."""
+
+    def __init__(self) -> None:
+        self._blocked_until = 0.0
+        #: Kept referenced until done, so a write is not collected mid-way.
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    @property
+    def blocked_for(self) -> float:
+        return max(0.0, self._blocked_until - time.monotonic())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # A lost release keeps its slot only until the in-flight TTL runs out: the limit
+            # still holds. Said once here instead of "exception never retrieved" noise.
+            log.warning("shared limiter update failed: %s", task.exception())
+
+
+class FileWindowLimiter(SharedLimiterBase):
     """The same sliding log, kept in a small SQLite file beside a SQLite spool, so a limit
     holds for every process on that spool together: the relay and a `shoprelay backfill`
     beside it (with the Redis spool, `shared_limits.RedisWindowLimiter` does this).
@@ -141,8 +168,7 @@ class FileWindowLimiter:
         self._db: sqlite3.Connection | None = None
         #: Rows of our requests in flight, oldest first (freed in that order, as in Redis).
         self._held: collections.deque[int] = collections.deque()
-        self._blocked_until = 0.0
-        self._tasks: set[asyncio.Future[None]] = set()
+        super().__init__()
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
@@ -211,20 +237,6 @@ class FileWindowLimiter:
         self._blocked_until = max(self._blocked_until, time.monotonic() + seconds)
         self._spawn(asyncio.to_thread(self._block, time.time() + seconds))
 
-    @property
-    def blocked_for(self) -> float:
-        return max(0.0, self._blocked_until - time.monotonic())
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Future[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # A lost release keeps its slot only until the in-flight TTL runs out.
-            log.warning("shared limiter update failed: %s", task.exception())
 
 
 def file_limiter_factory(spool: Any, in_flight_ttl: float) -> Callable[[int, float, str],

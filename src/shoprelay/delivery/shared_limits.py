@@ -22,6 +22,8 @@ import time
 import uuid
 from typing import Any
 
+from shoprelay.delivery.limits import SharedLimiterBase
+
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
@@ -67,7 +69,7 @@ _MAX_SLEEP = 0.05
 
 log = logging.getLogger("shoprelay.delivery")
 
-class RedisWindowLimiter:
+class RedisWindowLimiter(SharedLimiterBase):
     """At most `requests` requests in any `per_seconds` window across every process."""
 
     def __init__(self, redis: Any, key: str, requests: int, per_seconds: float, *,
@@ -82,8 +84,7 @@ class RedisWindowLimiter:
         self._names = (f"{uuid.uuid4().hex[:12]}:{n}" for n in itertools.count())
         #: Members of our requests in flight, oldest first (see `release`).
         self._held: collections.deque[str] = collections.deque()
-        self._blocked_until = 0.0
-        self._tasks: set[asyncio.Task[Any]] = set()
+        super().__init__()
 
     async def acquire(self) -> None:
         async with self._lock:  # this process's requests queue in order, one asks at a time
@@ -112,20 +113,3 @@ class RedisWindowLimiter:
         self._blocked_until = max(self._blocked_until, time.monotonic() + seconds)
         self._spawn(self.redis.eval(_BLOCK, 1, self.block_key, max(1, int(seconds * 1000))))
 
-    @property
-    def blocked_for(self) -> float:
-        return max(0.0, self._blocked_until - time.monotonic())
-
-    def _spawn(self, coro: Any) -> None:
-        # release() and block_for() are synchronous in the limiter interface; the Redis write
-        # runs as a task (kept referenced until done so it is not collected mid-way).
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # A lost release keeps its slot only until the in-flight TTL runs out: the limit
-            # still holds. Said once here instead of "exception never retrieved" noise.
-            log.warning("shared limiter update failed: %s", task.exception())
