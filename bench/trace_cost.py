@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from shoprelay.identity.cookie import VisitorCookie, new_visitor_id
-from shoprelay.ingest.rules import RequestContext
+from shoprelay.rules import RequestContext
 from shoprelay.spool.sqlite import SqliteSpool
 
 VENDORS = ["retailrocket", "goshops", "advisable", "alana", "yespo"]

@@ -23,7 +23,7 @@ from test_identity_privacy import (
 )
 
 from shoprelay.events import StoredEvent
-from shoprelay.ingest.rules import identify_signature
+from shoprelay.rules import identify_signature
 from shoprelay.vendors.retailrocket import contact_external_id
 
 #: Retail Rocket takes one request per order; Go Shops one per order line (one line here).

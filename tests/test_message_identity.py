@@ -32,7 +32,7 @@ from test_identity_privacy import (
 )
 
 from shoprelay.identity.state import VisitorState
-from shoprelay.ingest.rules import (
+from shoprelay.rules import (
     IDENTIFY_NOT_SIGNED,
     IngestRules,
     OrderRecord,

@@ -17,7 +17,7 @@ import pytest
 
 from shoprelay.delivery.shared_limits import RedisWindowLimiter
 from shoprelay.identity.cookie import VisitorCookie, new_visitor_id
-from shoprelay.ingest.rules import RequestContext
+from shoprelay.rules import RequestContext
 from shoprelay.spool.redis import RedisSpool
 
 #: The Redis .ci/redis makes sure answers (SHOPRELAY_TEST_REDIS_PORT, default 6379).

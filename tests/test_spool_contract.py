@@ -1,6 +1,6 @@
 """One contract for every spool backend: each case runs on SQLite (a real file) and on the real
 Redis (127.0.0.1:6379 unless SHOPRELAY_TEST_REDIS_PORT says), as Starlette runs its tests on
-each async backend. A rule of ingest lives once, in `shoprelay.ingest.rules`; these cases prove
+each async backend. A rule of ingest lives once, in `shoprelay.rules`; these cases prove
 that both backends store what the rules decide, atomically, and hand the work out in each
 visitor's order."""
 
@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from shoprelay.identity.cookie import VisitorCookie, new_visitor_id
-from shoprelay.ingest.rules import RequestContext
+from shoprelay.rules import RequestContext
 from shoprelay.spool.base import (
     DELIVERED,
     EXCHANGE_CHARS,

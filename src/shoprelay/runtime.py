@@ -20,8 +20,8 @@ from shoprelay.delivery.forwarder import DeliveryOptions, Forwarder
 from shoprelay.delivery.health import FileHealthStore, RedisHealthStore, store_beside
 from shoprelay.delivery.limits import Limiter
 from shoprelay.identity.cookie import VisitorCookie, new_visitor_id
-from shoprelay.ingest.rules import SitePolicy
 from shoprelay.routing import make_router
+from shoprelay.rules import SitePolicy
 from shoprelay.settings import Settings
 from shoprelay.spool.base import Spool
 from shoprelay.spool.sqlite import SqliteSpool

@@ -19,9 +19,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from shoprelay.ingest.rules import ORDER_SOURCES
 from shoprelay.vendors import VENDORS
 from shoprelay.vendors.base import VendorConfig
+
+#: Who speaks for a site's orders (the `order_source` site setting): the first copy that
+#: arrives, or the shop's backend alone (the rules hold a browser copy back).
+ORDER_SOURCES = ("first", "server")
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PATH_PREFIX = re.compile(r"(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+")

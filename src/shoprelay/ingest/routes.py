@@ -26,7 +26,6 @@ from shoprelay.identity.consent import consent_of, refuses_everything
 from shoprelay.identity.cookie import VisitorCookie, new_visitor_id
 from shoprelay.ingest.encoding import content_encoding, read_body
 from shoprelay.ingest.limits import PerAddressLimit
-from shoprelay.ingest.rules import IngestResult, RequestContext, SitePolicy, early_refusals
 from shoprelay.ingest.validation import (
     MAX_BATCH_BYTES,
     MAX_MESSAGE_BYTES,
@@ -37,6 +36,7 @@ from shoprelay.ingest.validation import (
 )
 from shoprelay.operate.debugger import DebugBus
 from shoprelay.operate.metrics import Metrics
+from shoprelay.rules import IngestResult, RequestContext, SitePolicy, early_refusals
 from shoprelay.settings import Settings, SiteSettings
 from shoprelay.spool.base import Spool
 

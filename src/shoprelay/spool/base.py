@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from shoprelay.events import StoredEvent
 
 # The rules decide what ingest stores; a spool only stores it.
-from shoprelay.ingest.rules import IngestResult, RequestContext, Router
+from shoprelay.rules import IngestResult, RequestContext, Router
 
 __all__ = ["IngestResult", "RequestContext", "Router"]
 
@@ -257,7 +257,7 @@ class Spool(Protocol):
 
     async def ingest(self, site: str, messages: list[dict[str, Any]],
                      context: RequestContext) -> IngestResult:
-        """Store the messages as `shoprelay.ingest.rules` decides, atomically (the fold at
+        """Store the messages as `shoprelay.rules` decides, atomically (the fold at
         once, without the intake: the command line's and the tests' direct path)."""
         ...
 

@@ -33,7 +33,7 @@ import orjson
 
 from shoprelay.events import StoredEvent
 from shoprelay.identity.state import VisitorState
-from shoprelay.ingest.rules import (
+from shoprelay.rules import (
     IngestRules,
     OrderRecord,
     RequestContext,
@@ -160,7 +160,7 @@ CREATE TABLE IF NOT EXISTS intake (
 _ORDERS_INDEX = "CREATE INDEX IF NOT EXISTS orders_time ON orders (received_at)"
 _NOTES_ORDER_INDEX = ("CREATE INDEX IF NOT EXISTS notes_order ON notes (site, order_id) "
                       "WHERE order_id IS NOT NULL")
-#: How an older file's notes on dropped order copies read (see `ingest.rules`): the order id
+#: How an older file's notes on dropped order copies read (see `shoprelay.rules`): the order id
 #: is taken back out of the prose once, when the column is added.
 _ORDER_NOTE_HEAD, _ORDER_NOTE_TAIL = "deduplicated: order ", " was already reported"
 

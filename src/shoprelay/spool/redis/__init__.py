@@ -31,7 +31,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from shoprelay.ingest.rules import IngestRules, RequestContext, SitePolicy
+from shoprelay.rules import IngestRules, RequestContext, SitePolicy
 from shoprelay.spool.base import (
     DeadLetter,
     HistoryItem,

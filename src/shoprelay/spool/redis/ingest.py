@@ -20,7 +20,7 @@ import orjson
 from redis.exceptions import WatchError
 
 from shoprelay.identity.state import VisitorState
-from shoprelay.ingest.rules import (
+from shoprelay.rules import (
     IngestPlan,
     IngestRules,
     Keys,

@@ -26,7 +26,7 @@ from typing import Any, cast
 import orjson
 from redis.exceptions import ResponseError
 
-from shoprelay.ingest.rules import IngestResult, RequestContext
+from shoprelay.rules import IngestResult, RequestContext
 from shoprelay.spool.base import MessageRecord, intake_note
 from shoprelay.spool.redis.context import RedisContext
 from shoprelay.spool.redis.ingest import Ingest

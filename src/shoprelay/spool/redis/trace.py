@@ -20,7 +20,7 @@ from typing import Any, cast
 import orjson
 
 from shoprelay.events import StoredEvent
-from shoprelay.ingest.rules import OrderRecord
+from shoprelay.rules import OrderRecord
 from shoprelay.spool.base import (
     FIGURE_HOUR,
     FIGURE_MINUTE,

@@ -1,235 +1,35 @@
-"""The rules of ingest, written once for every spool backend.
-
-Which visitor a message belongs to, whether it was seen before (as a resend or as an order
-already reported), what it changes in the visitor's state, what the relay adds to it and which
-vendors get it: all of that is decided here, by a pure fold over the request's messages. A
-spool backend only does what storage must do: read what the fold asks for (through a
-`Snapshot`), and write the resulting `IngestPlan` atomically. SQLite reads inside its writer's
-transaction; Redis reads under WATCH and, when the fold asks for a key it did not read yet,
-reads it and folds again (the fold has no side effects until the plan is written).
-"""
+"""The fold of one request's messages into stored events, state changes and work: which
+visitor each message belongs to, whether it was seen before, what it changes in the visitor's
+state, what the relay adds to it and which vendors get it."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import orjson
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from shoprelay.events import (
-    ORDER_COMPLETED,
     PRODUCT_UPDATED,
     Enrichment,
     StoredEvent,
     stored_user_agent,
 )
 from shoprelay.identity.state import VisitorState, apply, bound_carts, identity_traits
-
-#: Given a stored event, the vendor names that should receive it.
-Router = Callable[[StoredEvent], list[str]]
-
-
-@dataclass(slots=True)
-class IngestResult:
-    """What the ingest answer reports: the request's visitor and what was stored."""
-
-    visitor_id: str
-    stored: int = 0
-    #: Messages not stored because they were seen before (resends and orders reported).
-    duplicates: int = 0
-    #: Accepted messages that reach no vendor for a reason the client should hear:
-    #: (index, reason). Resends of a messageId are not listed (that is plain idempotency).
-    dropped: list[tuple[int, str]] = field(default_factory=list)
-    #: Whether the request's visitor may be handed its cookie. Not when it was found only
-    #: through an existing alias: an anonymousId is no credential.
-    cookie: bool = True
-
-    def to_json(self) -> bytes:
-        """As the intake keeps it for a sender that waits for the fold (the server API)."""
-        return orjson.dumps({"v": self.visitor_id, "s": self.stored, "d": self.duplicates,
-                             "r": self.dropped, "c": self.cookie})
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> IngestResult:
-        data = orjson.loads(raw)
-        return cls(visitor_id=data.get("v", ""), stored=data.get("s", 0),
-                   duplicates=data.get("d", 0),
-                   dropped=[(int(i), str(r)) for i, r in data.get("r") or []],
-                   cookie=bool(data.get("c", True)))
-
-
-@dataclass(frozen=True, slots=True)
-class RequestContext:
-    """What one ingest request tells about all of its messages (replaces a loose dict).
-
-    `consent` is per message index. `hints` is for the server API only: per message, the
-    visitor the shop's backend named by passing on the `sc` cookie value ("" = look the
-    message's user id up), or None for a browser request."""
-
-    source: str = "browser"
-    cookie_visitor: str | None = None
-    ip: str | None = None
-    user_agent: str | None = None
-    bot: bool = False
-    consent: dict[int, dict[str, bool] | None] = field(default_factory=dict)
-    hints: Sequence[str | None] | None = None
-    #: A cookie-less browser request whose first message has no anonymousId: the new visitor
-    #: its answer's cookie names (the fold uses it where it would make a new one).
-    new_visitor: str | None = None
-
-    def hint(self, index: int) -> str | None:
-        return self.hints[index] if self.hints else None
-
-    def to_json(self) -> bytes:
-        """The context as the intake keeps it beside the request's messages (short keys:
-        it is written once per request; consent only where a message stated one)."""
-        return orjson.dumps({
-            "s": self.source, "c": self.cookie_visitor, "i": self.ip, "u": self.user_agent,
-            "b": self.bot, "k": [[i, c] for i, c in self.consent.items() if c is not None],
-            "h": None if self.hints is None else list(self.hints), "n": self.new_visitor})
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> RequestContext:
-        data = orjson.loads(raw)
-        hints = data.get("h")
-        return cls(source=data.get("s", "browser"), cookie_visitor=data.get("c"),
-                   ip=data.get("i"), user_agent=data.get("u"), bot=bool(data.get("b")),
-                   consent={int(i): c for i, c in data.get("k") or []},
-                   hints=None if hints is None else list(hints),
-                   new_visitor=data.get("n"))
-
-
-#: Who speaks for a site's orders (the `order_source` site setting).
-ORDER_SOURCES = ("first", "server")
-
-
-@dataclass(frozen=True, slots=True)
-class SitePolicy:
-    """The site settings the rules read (kept apart from `Settings` so the rules stay pure)."""
-
-    order_source: str = "first"
-    #: With it, a browser identify binds only when `context.userHash` is the hex HMAC-SHA256
-    #: of the user id under this secret (rendered into the page by the shop's backend).
-    identify_secret: str = ""
-
-
-def identify_signature(secret: str, user_id: str) -> str:
-    """What the shop's backend renders beside a user id (Intercom's identity verification)."""
-    return hmac.new(secret.encode(), user_id.encode(), hashlib.sha256).hexdigest()
-
-
-#: What the answer's `dropped` says of an identify refused for want of a signature.
-IDENTIFY_NOT_SIGNED = ("identify not signed: it binds nothing (this site requires "
-                       "context.userHash, identify_secret)")
-#: The trace note on another message whose unsigned user id was refused (it is still sent).
-IDENTITY_NOT_SIGNED = ("identity not signed: stored and sent without its userId and "
-                       "context.traits (this site requires context.userHash, identify_secret)")
-
-
-def claim_signed(policy: SitePolicy, source: str, message: dict[str, Any]) -> bool:
-    """Whether the shop vouches for the message's `userId`, from the message alone: it came
-    from the shop's backend (server key), or the site has an `identify_secret` and
-    `context.userHash` is the user id's signature under it. Reads the message, never changes
-    it (the fold drops `userHash` from the copy it stores)."""
-    if source == "server":
-        return True
-    user_id = message.get("userId")
-    if not user_id or not policy.identify_secret:
-        return False
-    context = message.get("context")
-    given = context.get("userHash") if isinstance(context, dict) else None
-    # Compared as bytes: compare_digest refuses a str holding anything but ASCII.
-    return isinstance(given, str) and hmac.compare_digest(
-        given.lower().encode(), identify_signature(policy.identify_secret,
-                                                   str(user_id)).encode())
-
-
-def claim_refusal(policy: SitePolicy, source: str, message: dict[str, Any]) -> str | None:
-    """The refusal the answer's `dropped` lists for this message's identity, decided without
-    stored state (so the request path can answer before the fold runs): an `identify` with a
-    `userId` that is not signed where the site sets `identify_secret`. Any other message is
-    never dropped for its identity (a purchase must not be lost): the fold strips an unsigned
-    user id from it only when it names a user other than the visitor's (that needs the
-    visitor's state) and still sends it, so it gets None here."""
-    if message.get("type") != "identify" or not message.get("userId"):
-        return None
-    if not policy.identify_secret or claim_signed(policy, source, message):
-        return None
-    return IDENTIFY_NOT_SIGNED
-
-
-@dataclass(frozen=True, slots=True)
-class UserBinding:
-    """Which visitor a user id is bound to, and whether the shop vouched for it (`strong`:
-    made by the server API or by a signed identify, so an unsigned browser claim never moves
-    it)."""
-
-    visitor_id: str
-    strong: bool = False
-
-    def encode(self) -> str:
-        return self.visitor_id + ("!" if self.strong else "")
-
-    @classmethod
-    def decode(cls, text: str) -> UserBinding:
-        return cls(text[:-1], True) if text.endswith("!") else cls(text, False)
-
-
-@dataclass(frozen=True, slots=True)
-class OrderRecord:
-    """What the relay remembers of an order id: the vendors its copies were sent to so far
-    (None: every vendor, as recorded by an older release)."""
-
-    message_id: str
-    vendors: frozenset[str] | None
-
-    def to_json(self) -> str:
-        return orjson.dumps({"m": self.message_id,
-                             "v": None if self.vendors is None else sorted(self.vendors)}
-                            ).decode()
-
-    @classmethod
-    def from_json(cls, text: str) -> OrderRecord:
-        try:
-            data = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            data = None
-        if not isinstance(data, dict):  # an older release stored the messageId alone
-            return cls(text, None)
-        vendors = data.get("v")
-        return cls(str(data.get("m", "")), None if vendors is None else frozenset(vendors))
-
-
-class Snapshot(Protocol):
-    """What the fold reads from storage; every value as it was before this request.
-
-    A backend that cannot answer a key yet (Redis reads in rounds) raises `Missing` naming it;
-    the fold is then run again once the key was read."""
-
-    def alias(self, anonymous_id: str) -> str | None: ...
-
-    def user(self, user_id: str) -> UserBinding | None: ...
-
-    def message_seen(self, message_id: str) -> bool: ...
-
-    def order(self, order_id: str) -> OrderRecord | None: ...
-
-    def state(self, visitor_id: str) -> VisitorState:
-        """The visitor's state, an object the fold may change in place (a fresh one, or the
-        backend's cached copy that a rolled-back write discards)."""
-        ...
-
-
-class Missing(Exception):  # noqa: N818 - a request for more data, not an error
-    """The snapshot was asked for keys it has not read: read them, then fold again."""
-
-    def __init__(self, kind: str, key: str) -> None:
-        super().__init__(f"{kind} {key!r} not read yet")
-        self.kind = kind
-        self.key = key
+from shoprelay.rules.context import IngestResult, RequestContext, Router, SitePolicy
+from shoprelay.rules.early import (
+    HELD_BACK_ORDER,
+    IDENTITY_NOT_SIGNED,
+    claim_refusal,
+    claim_signed,
+    order_id_of,
+)
+from shoprelay.rules.plan import (
+    IngestPlan,
+    OrderRecord,
+    Snapshot,
+    StoredMessage,
+    UserBinding,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,70 +46,6 @@ class _Claim:
     refusal: str | None = None
     #: For the message's trace (another message: it is still sent, without its identity).
     note: str | None = None
-
-
-@dataclass(slots=True)
-class StoredMessage:
-    """One accepted, new message as it is to be stored, with the vendors that get it."""
-
-    visitor_id: str
-    event: StoredEvent
-    vendors: list[str]
-
-
-@dataclass(slots=True)
-class IngestPlan:
-    """Everything one request writes, decided by the fold: the backend writes it atomically."""
-
-    result: IngestResult
-    #: anonymousId → visitor id, new or moved.
-    aliases: dict[str, str] = field(default_factory=dict)
-    #: user id → its binding, new or changed.
-    users: dict[str, UserBinding] = field(default_factory=dict)
-    #: The states of the visitors this request changed.
-    states: dict[str, VisitorState] = field(default_factory=dict)
-    stored: list[StoredMessage] = field(default_factory=list)
-    #: order id → what to remember of it after this request.
-    orders: dict[str, OrderRecord] = field(default_factory=dict)
-    #: (messageId, note, order id or None) on copies not stored, for a trace: resends
-    #: deduplicated, order copies dropped as duplicates. Rare, so cheap to keep.
-    notes: list[tuple[str, str, str | None]] = field(default_factory=list)
-
-    @property
-    def work(self) -> int:
-        """Delivery rows the plan creates (one per stored message and vendor)."""
-        return sum(len(m.vendors) for m in self.stored)
-
-
-def order_id_of(message: dict[str, Any]) -> str | None:
-    """The `order_id` of an `Order Completed`, the key orders are deduplicated on."""
-    if message.get("type") != "track" or message.get("event") != ORDER_COMPLETED:
-        return None
-    props = message.get("properties")
-    order_id = props.get("order_id") if isinstance(props, dict) else None
-    return None if order_id in (None, "") else str(order_id)
-
-
-#: A browser copy of an order where the backend alone speaks for orders.
-HELD_BACK_ORDER = ('held back: this site takes orders from its backend only '
-                   '(order_source = "server")')
-
-
-def early_refusals(policy: SitePolicy, source: str,
-                   messages: list[dict[str, Any]]) -> list[tuple[int, str]]:
-    """The `dropped` reasons an answer can give before the fold runs: those that follow from
-    the message and the site's settings alone (the request path answers at intake, before
-    any stored state is read). Stateful ones (an order already reported) are noted in the
-    message's trace instead; the server API waits for the fold and hears them all."""
-    if source == "server":
-        return []
-    out: list[tuple[int, str]] = []
-    for index, message in enumerate(messages):
-        if order_id_of(message) is not None and policy.order_source == "server":
-            out.append((index, HELD_BACK_ORDER))
-        elif (refusal := claim_refusal(policy, source, message)) is not None:
-            out.append((index, refusal))
-    return out
 
 
 @dataclass(frozen=True, slots=True)
