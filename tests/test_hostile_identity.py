@@ -25,7 +25,11 @@ import pytest
 from relay_fixtures import Stack, relay_stack, routed_db
 from servers import wait_for
 from test_identity_privacy import SERVER_KEY, Device, order, server_post, with_server_key
+from test_spool_contract import Backend, due, run
+from test_spool_contract import backend as backend  # noqa: F401 - the fixture, both spools
 
+from shoprelay.rules import RequestContext
+from shoprelay.spool.base import Spool
 from shoprelay.vendors.retailrocket import contact_external_id
 
 IDENTIFY_SECRET = "identify-secret-0123456789"
@@ -178,18 +182,18 @@ def test_a_replayed_user_hash_does_not_move_the_binding(tmp_path: Path) -> None:
                                     "userId": VICTIM, "traits": {"email": ATTACKER_MAIL},
                                     "context": {"userHash": replayed}}).json()
             reasons += [d["reason"] for d in answer.get("dropped", [])]
+        rr = after_marker(stack, "retailrocket", attacker, "424203")
+        assert [c["email"] for c in set_contacts(rr)] == [VICTIM_MAIL]
+        server_post(stack.relay_url, order("o-7", "server-o-7", userId=VICTIM))
+        placed = wait_for(lambda: [r["body"] for r in stack.received("retailrocket")
+                                   if r["path"].endswith("/order")])
+        assert [p["sessionExternalId"] for p in placed] == [victim.visitor]
+        # The answers say why, so a shop rendering the old form or a stale page can tell.
         assert reasons == [
             "identify not signed: context.userHash is not <expires>.<hmac> "
             "(docs/identity.md); it binds nothing (identify_secret)",
             "identify not signed: context.userHash expired; it binds nothing "
             "(identify_secret)"]
-        rr = after_marker(stack, "retailrocket", attacker, "424203")
-        assert [c["email"] for c in set_contacts(rr)] == [VICTIM_MAIL]
-
-        server_post(stack.relay_url, order("o-7", "server-o-7", userId=VICTIM))
-        placed = wait_for(lambda: [r["body"] for r in stack.received("retailrocket")
-                                   if r["path"].endswith("/order")])
-        assert [p["sessionExternalId"] for p in placed] == [victim.visitor]
 
 
 def test_a_fresh_user_hash_binds_and_one_too_far_ahead_does_not(tmp_path: Path) -> None:
@@ -297,3 +301,32 @@ def test_the_demo_shop_backend_renders_a_user_hash_the_relay_accepts(tmp_path: P
         expires = int(options["userHash"].split(".")[0])
         assert time.time() < expires <= time.time() + 24 * 3600
         assert options["userHash"] == user_hash(user_id, expires)
+
+
+# ---- both spools look ids up as compared ------------------------------------------------------
+
+def test_both_spools_look_a_look_alike_up_as_the_id_it_is(backend: Backend) -> None:
+    """The rules ask the spool for the binding of the id as compared: SQLite inside its
+    writer, Redis by the keys it reads ahead (a key it was not told of would be read in a
+    second round). A look-alike finds the backend's strong binding on both, so the claim is
+    marked as one and accepted as no binding."""
+    async def scenario(spool: Spool) -> None:
+        victim, attacker = "d" * 32, "e" * 32
+        await spool.ingest("s", [{"type": "identify", "messageId": "id-1", "userId": VICTIM,
+                                  "context": {}}],
+                           RequestContext(source="server", hints=[victim]))
+        claim = {"type": "identify", "messageId": "id-2", "userId": "\u00a0victim-7\t",
+                 "traits": {"email": ATTACKER_MAIL}}
+        await spool.ingest("s", [claim], RequestContext(cookie_visitor=attacker))
+        follow = {"type": "track", "event": "Order Completed", "messageId": "o-1",
+                  "userId": " victim-7", "properties": {"order_id": " 9 ", "total": 3}}
+        found = await spool.ingest("s", [follow], RequestContext(source="server", hints=[""]))
+        assert found.visitor_id == victim
+        rows = {r.event.message_id: r for r in await due(spool)}
+        assert rows["id-1"].event.enrichment.binding_accepted
+        told = rows["id-2"].event
+        assert told.message["userId"] == VICTIM
+        assert told.enrichment.claimed_identity and not told.enrichment.binding_accepted
+        assert rows["o-1"].event.message["properties"]["order_id"] == "9"
+
+    run(backend, scenario)
