@@ -45,21 +45,24 @@ def normal_email(value: str) -> str:
     return normal_id(value).lower()
 
 
-def _normal(value: Any, normal: Callable[[str], str]) -> Any:
-    """`value` normalised if it is text; numbers (an order id of 1001) are kept as sent."""
-    return normal(value) if isinstance(value, str) else value
+#: The fields normalised, and how: in `traits` / `context.traits`, and in `properties`.
+_TRAITS: tuple[tuple[str, Callable[[str], str]], ...] = (("email", normal_email),
+                                                         ("phone", normal_id))
+_PROPERTIES: tuple[tuple[str, Callable[[str], str]], ...] = (("order_id", normal_id),
+                                                             ("email", normal_email))
 
 
-def _traits(traits: Any) -> Any:
-    if not isinstance(traits, dict):
-        return traits
-    out = dict(traits)
-    fields: tuple[tuple[str, Callable[[str], str]], ...] = (("email", normal_email),
-                                                            ("phone", normal_id))
+def _fixed(values: Any, fields: tuple[tuple[str, Callable[[str], str]], ...]) -> Any:
+    """`values` with those of `fields` that are text normalised: a copy if one changed, else
+    `values` itself. Numbers (an order id of 1001) are kept as sent."""
+    if not isinstance(values, dict):
+        return values
+    fixed = {}
     for key, normal in fields:
-        if key in out:
-            out[key] = _normal(out[key], normal)
-    return out if out != traits else traits
+        value = values.get(key)
+        if isinstance(value, str) and (as_compared := normal(value)) != value:
+            fixed[key] = as_compared
+    return {**values, **fixed} if fixed else values
 
 
 def normal_message(message: dict[str, Any]) -> dict[str, Any]:
@@ -74,19 +77,13 @@ def normal_message(message: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in message.items() if k != "userId"}
         if as_compared:
             out["userId"] = as_compared
-    if "traits" in message and (traits := _traits(message["traits"])) is not message["traits"]:
+    if (traits := _fixed(message.get("traits"), _TRAITS)) is not message.get("traits"):
         out = {**out, "traits": traits}
     context = message.get("context")
-    if isinstance(context, dict) and "traits" in context:
-        traits = _traits(context["traits"])
-        if traits is not context["traits"]:
-            out = {**out, "context": {**context, "traits": traits}}
+    if isinstance(context, dict) and (
+            traits := _fixed(context.get("traits"), _TRAITS)) is not context.get("traits"):
+        out = {**out, "context": {**context, "traits": traits}}
     props = message.get("properties")
-    if isinstance(props, dict):
-        changed = dict(props)
-        for key, normal in (("order_id", normal_id), ("email", normal_email)):
-            if key in changed:
-                changed[key] = _normal(changed[key], normal)
-        if changed != props:
-            out = {**out, "properties": changed}
+    if (fixed := _fixed(props, _PROPERTIES)) is not props:
+        out = {**out, "properties": fixed}
     return out
