@@ -22,12 +22,15 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from relay_fixtures import Stack, relay_stack, routed_db
 from servers import wait_for
 from test_identity_privacy import SERVER_KEY, Device, order, server_post, with_server_key
 from test_spool_contract import Backend, due, run
 from test_spool_contract import backend as backend  # noqa: F401 - the fixture, both spools
 
+from shoprelay.identity.ids import normal_email, normal_id
 from shoprelay.rules import RequestContext
 from shoprelay.spool.base import Spool
 from shoprelay.vendors.retailrocket import contact_external_id
@@ -330,3 +333,13 @@ def test_both_spools_look_a_look_alike_up_as_the_id_it_is(backend: Backend) -> N
         assert rows["o-1"].event.message["properties"]["order_id"] == "9"
 
     run(backend, scenario)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text())
+def test_an_id_as_compared_is_its_own_normal_form(text: str) -> None:
+    """Stored ids are compared again (a refold, a later request, a replayed export): the
+    normalisation of a normalised id must be that id, or one user could become two."""
+    once = normal_id(text)
+    assert normal_id(once) == once and once == once.strip()
+    assert normal_email(normal_email(text)) == normal_email(text)
