@@ -343,3 +343,24 @@ def test_an_id_as_compared_is_its_own_normal_form(text: str) -> None:
     once = normal_id(text)
     assert normal_id(once) == once and once == once.strip()
     assert normal_email(normal_email(text)) == normal_email(text)
+
+
+@pytest.mark.browser
+def test_a_login_at_the_demo_shop_binds_through_the_rendered_signature(
+        tmp_path: Path, browser: Any) -> None:
+    """In Chromium: the shop renders the signed identify, the tracker passes the hash on,
+    and the relay binds and announces the user (an unsigned identify would be dropped)."""
+    from browser import shop_stack
+    from test_capture import loaded, new_page
+
+    with shop_stack(tmp_path, vendors=["retailrocket"],
+                    identify_secret=IDENTIFY_SECRET) as stack:
+        context, page = new_page(browser)
+        page.goto(f"{stack.shop_url}/login")
+        page.get_by_test_id("login-email").fill("ada@example.com")
+        page.get_by_test_id("login-submit").click()
+        loaded(page)
+        page.evaluate("shoprelay.flush()")
+        contacts = wait_for(lambda: set_contacts(stack.received("retailrocket")))
+        assert [c["email"] for c in contacts] == ["ada@example.com"]
+        context.close()
