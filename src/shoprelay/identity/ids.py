@@ -31,7 +31,7 @@ _REMOVED = frozenset({"Cf", "Cc"})
 
 def normal_id(value: str) -> str:
     """A user or order id as the relay compares, stores and sends it ("" if nothing is left)."""
-    if value.isascii() and value.isprintable() and value == value.strip() and "  " not in value:
+    if _plain(value):
         return value  # the common case: nothing to do
     kept = "".join(ch for ch in value
                    if ch.isspace() or unicodedata.category(ch) not in _REMOVED)
@@ -65,12 +65,39 @@ def _fixed(values: Any, fields: tuple[tuple[str, Callable[[str], str]], ...]) ->
     return {**values, **fixed} if fixed else values
 
 
+def _plain(value: Any) -> bool:
+    """Whether `value` is certainly its own normal form: not text, or printable ASCII with
+    no space at either end and no run of spaces (nearly every id and address a shop sends).
+    Checked first for the whole message, because this runs for every message ingested."""
+    return not isinstance(value, str) or (
+        value.isascii() and value.isprintable() and value.strip() == value
+        and "  " not in value)
+
+
+def _plain_in(values: Any, keys: tuple[str, ...]) -> bool:
+    if not isinstance(values, dict):
+        return True
+    for key in keys:
+        value = values.get(key)
+        if isinstance(value, str) and not (
+                _plain(value) and (key != "email" or value == value.lower())):
+            return False
+    return True
+
+
 def normal_message(message: dict[str, Any]) -> dict[str, Any]:
     """The message with its identity fields normalised: `userId`, `traits` and
     `context.traits` `email` / `phone`, and `properties` `order_id` / `email`. A copy when
     anything changed, else the message itself (never changed in place: a refold must see the
     same input). A `userId` that normalises to nothing is left out (the message names no
     user, as if it had sent none)."""
+    context = message.get("context")
+    if (_plain(message.get("userId"))
+            and _plain_in(message.get("traits"), ("email", "phone"))
+            and _plain_in(context.get("traits") if isinstance(context, dict) else None,
+                          ("email", "phone"))
+            and _plain_in(message.get("properties"), ("order_id", "email"))):
+        return message
     out = message
     user_id = message.get("userId")
     if isinstance(user_id, str) and (as_compared := normal_id(user_id)) != user_id:
@@ -79,7 +106,6 @@ def normal_message(message: dict[str, Any]) -> dict[str, Any]:
             out["userId"] = as_compared
     if (traits := _fixed(message.get("traits"), _TRAITS)) is not message.get("traits"):
         out = {**out, "traits": traits}
-    context = message.get("context")
     if isinstance(context, dict) and (
             traits := _fixed(context.get("traits"), _TRAITS)) is not context.get("traits"):
         out = {**out, "context": {**context, "traits": traits}}
