@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import secrets
 import time
@@ -44,6 +45,18 @@ HOME_RECS = "home-recs"
 HOME_RECS_VENDOR = "retailrocket"
 #: How many requests per vendor the vendors page shows (newest first).
 VENDOR_ROWS = 50
+#: How long a rendered `userHash` stays valid: the tracker sends the identify as the page
+#: loads (or, offline, soon after); a copy lifted from the page is worthless after this.
+USER_HASH_SECONDS = 3600
+
+
+def user_hash(secret: str, user_id: str, now: float) -> str:
+    """`context.userHash` as docs/identity.md tells a shop's backend to render it: the expiry
+    (unix seconds) and the HMAC-SHA256 of `<user id>.<expiry>` under `identify_secret`."""
+    expires = int(now) + USER_HASH_SECONDS
+    digest = hmac.new(secret.encode(), f"{user_id}.{expires}".encode(),
+                      hashlib.sha256).hexdigest()
+    return f"{expires}.{digest}"
 
 
 def new_cart_id() -> str:
@@ -90,6 +103,8 @@ class ShopState:
     sandbox_transport: httpx.AsyncBaseTransport | None
     sessions: dict[str, Session] = field(default_factory=dict)
     orders: dict[str, Order] = field(default_factory=dict)
+    #: The site's `identify_secret` ("" = none): the login page's identify is then signed.
+    identify_secret: str = ""
 
 
 @contextlib.asynccontextmanager
@@ -229,7 +244,12 @@ def layout(
     if session.identify_pending and session.user_id:
         # identify before page, so the page message already carries the user id
         traits = {"email": session.email, "name": session.name}
-        head_calls.append(["identify", session.user_id, traits])
+        call: list[Any] = ["identify", session.user_id, traits]
+        if state.identify_secret:
+            # The backend vouches for the login: the relay binds only a signed identify.
+            call.append({"userHash": user_hash(state.identify_secret, session.user_id,
+                                               time.time())})
+        head_calls.append(call)
         session.identify_pending = False
     # Queued before the async tracker tag so it always finds it and names the page with it.
     head_calls.append(["page", page_name])
@@ -291,12 +311,14 @@ def create_app(
     write_key: str,
     sandbox_url: str,
     sandbox_transport: httpx.AsyncBaseTransport | None = None,
+    identify_secret: str = "",
 ) -> Starlette:
     """The demo shop, with `relay_app` answering every path the shop does not (`/s.js`, `/v1/*`).
 
     `sandbox_transport` lets tests answer the vendors page's sandbox fetch in-process.
     """
-    state = ShopState(write_key, sandbox_url.rstrip("/"), sandbox_transport)
+    state = ShopState(write_key, sandbox_url.rstrip("/"), sandbox_transport,
+                      identify_secret=identify_secret)
 
     def session_of(request: Request) -> Session:
         sid = request.cookies.get(SESSION_COOKIE, "")

@@ -199,7 +199,7 @@ def test_with_identify_secret_only_a_signed_identify_binds(tmp_path: Path) -> No
             {"type": "identify", "userId": "u-1", "traits": {"email": "x@example.com"},
              "context": {"userHash": "0" * 64}}).json()
         assert forger["dropped"][0]["reason"].startswith("identify not signed")
-        good = identify_signature(IDENTIFY_SECRET, "u-2")
+        good = identify_signature(IDENTIFY_SECRET, "u-2", int(time.time()) + 3600)
         Device(stack.relay_url).send(
             {"type": "identify", "userId": "u-2", "traits": {"email": "u2@example.com"},
              "context": {"userHash": good}})
@@ -226,7 +226,7 @@ def test_the_tracker_passes_the_backends_signature(tmp_path: Path, browser: Any)
         context, page = new_page(browser)
         page.goto(f"{stack.shop_url}/lab/api")
         loaded(page)
-        good = identify_signature(IDENTIFY_SECRET, "u-3")
+        good = identify_signature(IDENTIFY_SECRET, "u-3", int(time.time()) + 3600)
         page.evaluate("h => shoprelay.identify('u-3', {email: 'u3@example.com'}, "
                       "{userHash: h})", good)
         page.evaluate("shoprelay.identify('u-4', {email: 'u4@example.com'})")  # unsigned

@@ -267,7 +267,8 @@ def test_with_identify_secret_a_signed_message_binds_and_later_unsigned_repeats_
                     "userId": user, "context": context,
                     "properties": {"product_id": str(n), "price": 10.0}}
 
-        device.send(view(1, "u-y", userHash=identify_signature(IDENTIFY_SECRET, "u-y"),
+        device.send(view(1, "u-y", userHash=identify_signature(IDENTIFY_SECRET, "u-y",
+                                                                  int(time.time()) + 3600),
                          traits={"email": "y@example.com"}))
         device.send(view(2, "u-y"))                  # the tracker keeps the id, not the hash
         device.send(view(3, "u-z"))                  # an unsigned claim on another user
@@ -485,18 +486,19 @@ class _Empty:
 
 def test_claim_refusal_decides_from_the_message_alone_and_changes_nothing() -> None:
     policy = SitePolicy(identify_secret=IDENTIFY_SECRET)
-    good = identify_signature(IDENTIFY_SECRET, "u-1")
-    unsigned = {"type": "identify", "userId": "u-1", "context": {"userHash": "0" * 64}}
+    good = identify_signature(IDENTIFY_SECRET, "u-1", int(time.time()) + 3600)
+    unsigned = {"type": "identify", "userId": "u-1",
+                "context": {"userHash": f"{int(time.time()) + 60}.{'0' * 64}"}}
     signed = {"type": "identify", "userId": "u-1", "context": {"userHash": good.upper()}}
     before = orjson.dumps([unsigned, signed])
-    assert claim_refusal(policy, "browser", unsigned) == IDENTIFY_NOT_SIGNED
-    assert claim_refusal(policy, "browser", signed) is None
-    assert claim_refusal(policy, "server", unsigned) is None
-    assert claim_refusal(SitePolicy(), "browser", unsigned) is None
+    assert claim_refusal(policy, "browser", unsigned, time.time()) == IDENTIFY_NOT_SIGNED
+    assert claim_refusal(policy, "browser", signed, time.time()) is None
+    assert claim_refusal(policy, "server", unsigned, time.time()) is None
+    assert claim_refusal(SitePolicy(), "browser", unsigned, time.time()) is None
     # Other messages are never dropped for their identity; nor is a hash of odd text a crash.
-    assert claim_refusal(policy, "browser", {**unsigned, "type": "track"}) is None
-    assert claim_refusal(policy, "browser", {**unsigned, "context": {"userHash": "é"}}) == (
-        IDENTIFY_NOT_SIGNED)
+    assert claim_refusal(policy, "browser", {**unsigned, "type": "track"}, time.time()) is None
+    assert claim_refusal(policy, "browser", {**unsigned, "context": {"userHash": "é"}},
+                         time.time()) == IDENTIFY_NOT_SIGNED
     assert orjson.dumps([unsigned, signed]) == before
 
 
@@ -508,7 +510,8 @@ def test_a_fold_leaves_its_input_as_it_was_so_a_refold_decides_the_same() -> Non
                         alias_for=lambda site, anon: "a" * 32, new_id=lambda: next(ids),
                         policy=lambda site: SitePolicy(identify_secret=IDENTIFY_SECRET))
     messages = [{"type": "identify", "messageId": "i-1", "userId": "u-1",
-                 "context": {"userHash": identify_signature(IDENTIFY_SECRET, "u-1")}},
+                 # Valid an hour past the fold's clock (received_at 1000.0 below).
+                 "context": {"userHash": identify_signature(IDENTIFY_SECRET, "u-1", 4600)}},
                 {"type": "track", "event": "Product Viewed", "messageId": "v-1",
                  "userId": "u-1", "properties": {"product_id": "1"}}]
     context = RequestContext(cookie_visitor="c" * 32)

@@ -36,6 +36,8 @@ def event(name: str, props: dict[str, Any] | None = None, **enrichment: Any) -> 
     else:
         message = {"type": "track", "event": name, "messageId": "m1", "timestamp": STAMP,
                    "properties": props or {}}
+    # A new binding here is one the rules accepted, unless a test says otherwise.
+    enrichment.setdefault("binding_accepted", enrichment.get("new_binding", False))
     return StoredEvent("shop", message, Enrichment(visitor_id=VISITOR, **enrichment))
 
 
@@ -151,6 +153,10 @@ def test_identify_transfers_only_on_a_new_binding() -> None:
     stored = event(ev.IDENTIFY, {}, new_binding=True)
     stored.message["userId"] = "u9"
     assert render(stored)[0].url.endswith("/transfer/u9?delete_user=true")
+    # A binding the rules did not accept (an unsigned claim on a user bound elsewhere)
+    # merges nothing (issue 22).
+    assert render(event(ev.IDENTIFY, {}, user_id="u1", new_binding=True,
+                        binding_accepted=False, claimed_identity=True)) == []
 
 
 def test_user_id_is_the_user_once_identified() -> None:
@@ -540,7 +546,8 @@ def test_transfer_method_setting() -> None:
     cfg = config(transfer_method="PUT")
     (transfer,) = render(StoredEvent("shop", {"type": "identify", "userId": "u1"},
                                      Enrichment(visitor_id="v1", user_id="u1",
-                                                new_binding=True)), cfg)
+                                                new_binding=True, binding_accepted=True)),
+                         cfg)
     assert transfer.method == "PUT"
     assert "transfer_method" in VENDOR.check_config(
         AdvisableConfig(base_url=BASE, app_id="a", app_secret="s", transfer_method="GET"))

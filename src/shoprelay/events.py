@@ -116,6 +116,11 @@ class Enrichment:
     #: The user id is an unsigned browser claim the shop did not vouch for (its backend bound
     #: that user to another visitor): adapters send no identity call carrying an email.
     claimed_identity: bool = False
+    #: The rules accepted the binding this event made (its user → visitor binding was
+    #: written): by the server API or a signed message, or, on a site without
+    #: identify_secret, an unsigned claim that moved no strong binding. Advisable's transfer
+    #: merges the visitor's history into the user's for good, so it goes only on these.
+    binding_accepted: bool = False
     email: str | None = None
     phone: str | None = None
     name: str | None = None

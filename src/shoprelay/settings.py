@@ -137,8 +137,9 @@ class SiteSettings:
     #: first) or "server" (only the backend's, through the server API; browser copies are
     #: stored and sent nowhere, so the public write key cannot squat an order id).
     order_source: str = "first"
-    #: With it, a browser identify binds only when it carries `context.userHash`, the hex
-    #: HMAC-SHA256 of the user id under this secret (rendered into the page by the backend).
+    #: With it, a browser identify binds only when it carries `context.userHash`,
+    #: `<expires>.<hex HMAC-SHA256 of "<user id>.<expires>">` under this secret (rendered into
+    #: the page by the backend), and emails and phones count only from the backend or signed.
     identify_secret: str = ""
     #: Who serves the site's recommendation blocks when an event does not say (CONTRACT §4):
     #: a vendor table name, or "" (then a block without `recommendation_vendor` is no one's).

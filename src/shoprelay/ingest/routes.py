@@ -199,7 +199,7 @@ class Ingest:
             else:
                 dropped = early_refusals(SitePolicy(order_source=site.order_source,
                                                     identify_secret=site.identify_secret),
-                                         context.source, accepted)
+                                         context.source, accepted, received_at)
         for rejection in checked.rejected:
             self.metrics.rejected.labels(rejection.code).inc()
         if checked.rejected:

@@ -23,11 +23,14 @@ from shoprelay.rules.early import (
     HELD_BACK_ORDER,
     IDENTIFY_NOT_SIGNED,
     IDENTITY_NOT_SIGNED,
+    MAX_USER_HASH_SECONDS,
     claim_refusal,
     claim_signed,
     early_refusals,
     identify_signature,
     order_id_of,
+    signature_problem,
+    user_id_of,
 )
 from shoprelay.rules.fold import (
     IngestRules,
@@ -46,6 +49,7 @@ __all__ = [
     "HELD_BACK_ORDER",
     "IDENTIFY_NOT_SIGNED",
     "IDENTITY_NOT_SIGNED",
+    "MAX_USER_HASH_SECONDS",
     "IngestPlan",
     "IngestResult",
     "IngestRules",
@@ -63,4 +67,6 @@ __all__ = [
     "early_refusals",
     "identify_signature",
     "order_id_of",
+    "signature_problem",
+    "user_id_of",
 ]

@@ -89,6 +89,7 @@ class SitePolicy:
     """The site settings the rules read (kept apart from `Settings` so the rules stay pure)."""
 
     order_source: str = "first"
-    #: With it, a browser identify binds only when `context.userHash` is the hex HMAC-SHA256
-    #: of the user id under this secret (rendered into the page by the shop's backend).
+    #: With it, a browser identify binds only when `context.userHash` is the user id's
+    #: signature under this secret, not expired (`early.identify_signature`, rendered into
+    #: the page by the shop's backend); emails and phones count only from the backend or signed.
     identify_secret: str = ""

@@ -14,6 +14,7 @@ from shoprelay.events import (
     StoredEvent,
     stored_user_agent,
 )
+from shoprelay.identity.ids import normal_email, normal_id, normal_message
 from shoprelay.identity.state import VisitorState, apply, bound_carts, identity_traits
 from shoprelay.rules.context import IngestResult, RequestContext, Router, SitePolicy
 from shoprelay.rules.early import (
@@ -22,6 +23,7 @@ from shoprelay.rules.early import (
     claim_refusal,
     claim_signed,
     order_id_of,
+    user_id_of,
 )
 from shoprelay.rules.plan import (
     IngestPlan,
@@ -76,8 +78,9 @@ class IngestRules:
     def keys(messages: list[dict[str, Any]], context: RequestContext) -> Keys:
         anonymous = [m["anonymousId"] for m in messages
                      if isinstance(m.get("anonymousId"), str) and m["anonymousId"]]
-        # Any message's user id is a claim the fold checks against its binding (issue 20).
-        users = [str(m["userId"]) for m in messages if m.get("userId")]
+        # Any message's user id is a claim the fold checks against its binding (issue 20),
+        # looked up as the fold compares it (issue 22: " victim-7" is victim-7).
+        users = [u for u in (user_id_of(m) for m in messages) if u]
         visitors = [v for v in (context.cookie_visitor, *(context.hints or ())) if v]
         return Keys(list(dict.fromkeys(anonymous)), list(dict.fromkeys(users)),
                     [str(m["messageId"]) for m in messages],
@@ -94,6 +97,9 @@ class IngestRules:
         trusted: set[str] = {context.cookie_visitor} if context.cookie_visitor else set()
         derived_count = 0
         for index, message in enumerate(messages):
+            # Ids as compared, stored and sent from here on: one form for every lookup, the
+            # claim check and the state alike (issue 22). A copy, never the request's dict.
+            message = normal_message(message)
             visitor = self._visitor(site, message, context.hint(index), context, snapshot, plan)
             if not visitor:
                 # No cookie, alias or binding: the request's first visitor, else a new one
@@ -124,7 +130,7 @@ class IngestRules:
                 # the event): fold a copy, kept only if the order is stored.
                 state = VisitorState.from_dict(state.to_dict())
             claim = self._identify_claim(site, message, visitor, state, context.hint(index),
-                                         context, snapshot, plan)
+                                         context, snapshot, plan, received_at)
             if claim.refusal is not None:
                 plan.result.dropped.append((index, claim.refusal))
             # A copy, never the request's own dict: a refold (Redis) must see the same input.
@@ -132,6 +138,15 @@ class IngestRules:
             if claim.unsigned:
                 # Stored as the client sent it but for the identity it claims: binds nothing.
                 message = _without_identity(message)
+            contact_note = None
+            if (self.policy(site).identify_secret and context.source == "browser"
+                    and not claim.strong):
+                # With a secret, an email or phone is the shop's word only from its backend
+                # or a signed message: any page can type one in, and Retail Rocket and Yespo
+                # mail it (issue 22). One the visitor already has is no news and stays.
+                message, left_out = _without_contacts(message, state)
+                if left_out:
+                    contact_note = CONTACT_NOT_SIGNED.format(", ".join(left_out))
             # Any other message's own userId and context.traits count as an identify would,
             # folded just before it: the message then carries the user (Alana's `userId`, Go
             # Shops' customer), and what is new about the visitor goes to vendors as an
@@ -139,7 +154,7 @@ class IngestRules:
             derived = _derived_identify(message)
             binding: UserBinding | None = None
             identity: StoredMessage | None = None
-            carried = (False, False)
+            carried = (False, False, False)
             if derived is not None:
                 told = apply(state, derived, visitor_id=visitor, received_at=received_at,
                              session_timeout=self.session_timeout, new_id=self.new_id)
@@ -150,7 +165,7 @@ class IngestRules:
                     pass  # an identical repeat (every message after a login): nothing to say
                 elif derived_id in seen_messages or snapshot.message_seen(derived_id):
                     # A client used that id already: the message itself carries the news.
-                    carried = (told.new_identity, told.new_binding)
+                    carried = (told.new_identity, told.new_binding, told.binding_accepted)
                 else:
                     told.extra["identity_of"] = message_id
                     told_event = StoredEvent(site, derived, told)
@@ -164,6 +179,7 @@ class IngestRules:
             binding = binding or found
             enrichment.new_identity |= carried[0]
             enrichment.new_binding |= carried[1]
+            enrichment.binding_accepted |= carried[2]
             self._stamp(enrichment, context, index)
             event = StoredEvent(site, message, enrichment)
             vendors = [] if claim.unsigned and message.get("type") == "identify" else (
@@ -187,6 +203,8 @@ class IngestRules:
                 plan.users[claim.user_id] = binding
             if claim.note is not None:
                 plan.notes.append((message_id, claim.note, None))
+            if contact_note is not None:
+                plan.notes.append((message_id, contact_note, None))
             if identity is not None:
                 seen_messages.add(identity.event.message_id)
                 plan.stored.append(identity)
@@ -202,7 +220,7 @@ class IngestRules:
 
     def _identify_claim(self, site: str, message: dict[str, Any], visitor: str,
                         state: VisitorState, hint: str | None, context: RequestContext,
-                        snapshot: Snapshot, plan: IngestPlan) -> _Claim:
+                        snapshot: Snapshot, plan: IngestPlan, now: float) -> _Claim:
         """How far a message's user id is believed, on an identify or any other message. The
         server API and a signed message bind (strongly); an unsigned browser message is a
         claim: where the site requires signatures an identify is refused outright and any
@@ -215,7 +233,7 @@ class IngestRules:
             return _Claim()
         user_id = str(user_id)
         policy = self.policy(site)
-        if claim_signed(policy, context.source, message):
+        if claim_signed(policy, context.source, message, now):
             if context.source == "server" and hint == "":
                 # The backend named no visitor: the message went to the one its user is
                 # bound to, and vouches for nothing it only followed (a weak binding stays
@@ -224,7 +242,7 @@ class IngestRules:
                 if bound is not None and bound.visitor_id == visitor:
                     return _Claim(user_id, strong=bound.strong)
             return _Claim(user_id, strong=True)
-        if (refusal := claim_refusal(policy, context.source, message)) is not None:
+        if (refusal := claim_refusal(policy, context.source, message, now)) is not None:
             return _Claim(user_id, unsigned=True, refusal=refusal)
         if policy.identify_secret:
             if user_id == state.user_id:
@@ -250,6 +268,9 @@ class IngestRules:
             elif claim.strong or enrichment.new_binding:
                 binding = UserBinding(visitor, claim.strong)
                 state.claimed = False
+                # The binding the rules accepted: what Advisable's transfer (which merges the
+                # visitor's history into the user's for good) may follow; a claim never.
+                enrichment.binding_accepted = enrichment.new_binding
         if state.user_id is None:
             state.claimed = False  # logged out: no claim left
         enrichment.claimed_identity = state.claimed
@@ -324,6 +345,45 @@ def _without_signature(message: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(context, dict) or "userHash" not in context:
         return message
     return {**message, "context": {k: v for k, v in context.items() if k != "userHash"}}
+
+
+#: The trace note on a browser message whose email or phone was left out (identify_secret).
+CONTACT_NOT_SIGNED = ("contact not signed: {} left out (with identify_secret an email or "
+                      "phone reaches vendors only from the backend or a signed message)")
+
+
+def _without_contacts(message: dict[str, Any],
+                      state: VisitorState) -> tuple[dict[str, Any], list[str]]:
+    """The message without the emails and phones it brings that the visitor does not have
+    yet (`traits`, `context.traits`, an order's `properties.email`), and where they were."""
+    have = {"email": state.email, "phone": state.phone}
+    left_out: list[str] = []
+
+    def strip(where: str, values: Any, keys: tuple[str, ...]) -> Any:
+        if not isinstance(values, dict):
+            return values
+        kept = dict(values)
+        for key in keys:
+            value = kept.get(key)
+            if value in (None, ""):
+                continue
+            normal = normal_email if key == "email" else normal_id
+            if not (isinstance(value, str) and have[key] and normal(value) == have[key]):
+                del kept[key]
+                left_out.append(f"{where}.{key}")
+        return kept if len(kept) != len(values) else values
+
+    out = message
+    if message.get("type") == "identify" and "traits" in message:
+        out = {**out, "traits": strip("traits", message["traits"], ("email", "phone"))}
+    context = message.get("context")
+    if isinstance(context, dict) and "traits" in context:
+        out = {**out, "context": {**context, "traits": strip("context.traits",
+                                                             context["traits"],
+                                                             ("email", "phone"))}}
+    if order_id_of(message) is not None and "properties" in message:
+        out = {**out, "properties": strip("properties", message["properties"], ("email",))}
+    return (out, left_out) if left_out else (message, [])
 
 
 def _without_identity(message: dict[str, Any]) -> dict[str, Any]:

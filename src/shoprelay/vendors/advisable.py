@@ -278,7 +278,9 @@ class Advisable(Vendor[AdvisableConfig]):
         return purchase, note
 
     def _transfer(self, event: StoredEvent, config: AdvisableConfig) -> list[VendorRequest]:
-        if not event.enrichment.new_binding:
+        # Only a binding the rules accepted (`binding_accepted`): an unsigned claim on a user
+        # bound elsewhere must not merge the claimant's history into that user (issue 22).
+        if not (event.enrichment.new_binding and event.enrichment.binding_accepted):
             return []
         visitor = event.enrichment.visitor_id
         user = event.enrichment.user_id or event.message.get("userId")

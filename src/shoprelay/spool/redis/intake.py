@@ -26,7 +26,7 @@ from typing import Any, cast
 import orjson
 from redis.exceptions import ResponseError
 
-from shoprelay.rules import IngestResult, RequestContext
+from shoprelay.rules import IngestResult, RequestContext, user_id_of
 from shoprelay.spool.base import MessageRecord, intake_note
 from shoprelay.spool.redis.context import RedisContext
 from shoprelay.spool.redis.ingest import Ingest
@@ -60,8 +60,9 @@ class Intake:
     def _owner(self, message: dict[str, Any], index: int, context: RequestContext) -> str:
         """What a message's intake partition follows: whatever names its visitor before the
         fold (the cookie, the backend's hint, the anonymousId, the user id)."""
+        # The user id as the fold compares it: " u-1" and "u-1" are one user, one partition.
         for value in (context.cookie_visitor, context.hint(index), message.get("anonymousId"),
-                      message.get("userId")):
+                      user_id_of(message)):
             if isinstance(value, str) and value:
                 return value
         return ""
