@@ -115,8 +115,10 @@ class VendorHealth:
         self.probes += 1
         self.status, self.reason = status, reason
         if refused and self._refused(refused, alone):
-            log.warning("vendor %s/%s refuses everything: %d different events refused (%s); "
-                        "it stays paused", self.site, self.vendor, len(self.refusals), reason)
+            # At most one line a pause: what it is about is now known, the state is the same.
+            log.warning("%s/%s refuses everything, not one event: %d different events "
+                        "refused (%s); it stays paused", self.site, self.vendor,
+                        len(self.refusals), reason)
         delay = min(self.probe_max, self.probe_first * 2 ** self.probes)
         self.next_probe = now + delay
         self.save()
