@@ -294,9 +294,10 @@ class VendorWorker:
             pending.clear()
 
         units = False
+        lone = self.health.lone_suspects
         for row, remaining in items:
             for index, request in remaining:
-                key = request.batch_key if batching else None
+                key = request.batch_key if batching and row.id not in lone else None
                 if request.batch_key is not None and request.batch_key.startswith(UNITS_KEY):
                     # Units of one adapter request go back together, whatever the size (the
                     # adapter sized the request); never with another row's.

@@ -83,6 +83,9 @@ class VendorHealth:
     #: Rows refused during a past pause while the vendor accepted other events since: each
     #: is sent once more, and dead-lettered alone if refused the same way again.
     suspects: set[int] = field(default_factory=set)
+    #: Those of them refused in a request of their own: sent once more alone, not batched
+    #: (a batch would only have to be narrowed down to them again).
+    lone_suspects: set[int] = field(default_factory=set)
     #: The last event dead-lettered as refused alone ({message_id, status, reason, at}) and
     #: how many since start, for /readyz and `vendors status`.
     refused_event: dict[str, Any] | None = None
@@ -150,8 +153,10 @@ class VendorHealth:
                     if refused else "")
         self.held = [*self.held, (self.since, now)][-_HELD_KEPT:]
         self.suspects |= refused
+        self.lone_suspects |= set(self.refused_alone)
         if len(self.suspects) > _SUSPECTS_KEPT:
             self.suspects = set(sorted(self.suspects)[-_SUSPECTS_KEPT:])
+            self.lone_suspects &= self.suspects
         self.state, self.since, self.reason, self.status = ACTIVE, now, "", None
         self.refuses, self.refusals, self.refused_alone = UNKNOWN, [], {}
         self.next_probe = 0.0
@@ -163,7 +168,9 @@ class VendorHealth:
 
     def settled(self, rows: Iterable[int]) -> None:
         """These rows were delivered or dead-lettered: no longer suspects."""
-        self.suspects.difference_update(rows)
+        done = set(rows)
+        self.suspects -= done
+        self.lone_suspects -= done
 
     def refused_one(self, message_id: str, status: int | None, reason: str,
                     now: float | None = None) -> None:
