@@ -225,3 +225,31 @@ def test_a_vendor_refusing_everything_stays_paused_and_nothing_is_dead_lettered(
             assert rows[vendor]["reason"] is None
         assert dead_letters(cfg) == []
         assert delivered(sb, vendor) == counts
+
+
+def test_an_order_line_the_firewall_refuses_is_dead_lettered_alone(tmp_path: Path,
+                                                                    prefix: str) -> None:
+    # Advisable takes an order's lines together ("/purchases/batch ... accepts an array as an
+    # input"); the firewall refuses the one line naming the poisoned product. The order is the
+    # only queued work, so the probe is its first line alone; the rest of the lines are then
+    # narrowed, and only that line ends in the dead letter, as a part of the order.
+    with sandbox() as sb:
+        cfg = settings_for(tmp_path, sb, "advisable", "sqlite", prefix)
+        fault(sb, "advisable", kind="waf", status=403, matches=[str(POISON)])
+        lines = [11, 12, POISON, 14, 15, 16]
+        order = {"type": "track", "event": "Order Completed", "messageId": "o1",
+                 "anonymousId": "buyer", "userId": "u1",
+                 "properties": {"order_id": "o-1", "total": 60, "currency": "USD",
+                                "products": [{"product_id": p, "price": 10, "quantity": 1}
+                                             for p in lines]}}
+        with relay(cfg, OPTIONS) as r:
+            post(r.url, [order])
+            counts = wait_delivered(sb, "advisable", set(lines) - {POISON})
+            [letter] = wait_for(lambda: dead_letters(cfg))
+            assert set(counts) == set(lines) - {POISON} and set(counts.values()) == {1}
+            assert letter.event.message_id == "o1" and letter.part == 2
+            assert letter.status == 403 and "refused alone" in letter.error
+            state = ready(r.url)
+            assert state["paused_vendors"] == {}
+            assert state["refused_events"]["shop/advisable"]["message_id"] == "o1"
+        assert all(record["copies"] == 0 for record in records(sb, "advisable"))

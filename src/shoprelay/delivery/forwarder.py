@@ -368,7 +368,6 @@ class VendorWorker:
             return False
         self.health.resume()  # the vendor took the credentials and the address
         if outcome.ok and not outcome.failed_events:
-            self.health.settled(ids)
             await self._finish(job.items, status=status, request=self._shown(job.request),
                                response=self._answer(answer))
             if job.request.notes:
@@ -619,6 +618,8 @@ class VendorWorker:
         for row, index in items:
             last[row.id] = max(index, last.get(row.id, -1))
         done = [rid for rid, index in last.items() if index + 1 >= self._totals.get(rid, 1)]
+        # Settled: no longer a suspect (an event's earlier line delivered settles nothing).
+        self.health.settled(done)
         for rid, index in last.items():
             if rid not in done:
                 await self.spool.mark_progress(rid, index + 1)
