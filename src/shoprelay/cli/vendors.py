@@ -24,7 +24,16 @@ class StoredPauses:
 
     def pause_reason(self, site: str, vendor: str) -> str | None:
         state = self.states.get(f"{site}/{vendor}", {})
-        return str(state.get("reason") or "paused") if state.get("state") == "paused" else None
+        if state.get("state") != "paused":
+            return None
+        return str(state.get("shown_reason") or state.get("reason") or "paused")
+
+    def refused_event(self, site: str, vendor: str) -> dict[str, Any] | None:
+        """The last event refused alone and dead-lettered, within the hour."""
+        from shoprelay.delivery.health import recent_refusal
+
+        state = self.states.get(f"{site}/{vendor}", {})
+        return recent_refusal(state.get("refused_event"), state.get("events_refused"))
 
 
 def cmd_vendors_status(args: argparse.Namespace) -> int:

@@ -174,6 +174,23 @@ class VendorWorker:
         if not rows:
             return 0
         lanes = await self._plan(rows, now)
+        if self.health.paused:
+            # One probe, chosen from the whole round (not the first lane's oldest request,
+            # which may be the very event the vendor refuses); the next round, if it
+            # resumed, delivers the rest.
+            probe = self._probe_job(lanes)
+            if probe is None:
+                # Nothing here is sent (skips, refusals): look again at the next probe time.
+                self.health.take_probe()
+                return 0
+            if self.health.take_probe():
+                try:
+                    await self._run_job(probe, [], set(), probe=True)
+                except Exception as exc:  # as in a lane: a bug must not resend forever
+                    log.exception("%s/%s: handling a probe failed", self.site,
+                                  self.vendor.name)
+                    await self._dead_on_error(probe, exc, set())
+            return len(rows)
         # Every lane runs to its end before the next round: one failing (the spool) must not
         # leave the others running beside a round that takes their rows again.
         results = await asyncio.gather(*(self._run_lane(lane) for lane in lanes),
@@ -277,9 +294,10 @@ class VendorWorker:
             pending.clear()
 
         units = False
+        lone = self.health.lone_suspects
         for row, remaining in items:
             for index, request in remaining:
-                key = request.batch_key if batching else None
+                key = request.batch_key if batching and row.id not in lone else None
                 if request.batch_key is not None and request.batch_key.startswith(UNITS_KEY):
                     # Units of one adapter request go back together, whatever the size (the
                     # adapter sized the request); never with another row's.
@@ -317,9 +335,11 @@ class VendorWorker:
                                   self.vendor.name)
                     await self._dead_on_error(job, exc, parked)
 
-    async def _run_job(self, job: _Job, jobs: list[_Job], parked: set[int]) -> bool:
+    async def _run_job(self, job: _Job, jobs: list[_Job], parked: set[int], *,
+                       probe: bool = False) -> bool:
         """Send one job and settle what it carried. False: the rest of the lane waits (a
-        retry or a pause keeps the visitors' order)."""
+        retry or a pause keeps the visitors' order). `probe`: the one request a paused
+        worker sends (`_probe_job`)."""
         if job.request.refusal:
             # A part the adapter cannot render: nothing to send, its reason kept.
             await self._dead(job.items, status=None, error=f"mapping: {job.request.refusal}",
@@ -330,12 +350,21 @@ class VendorWorker:
             await self._finish(job.items, skipped=True)
             self._noted(job.request)
             return True
-        if self.health.paused and not self.health.take_probe():
+        if self.health.paused and not probe:
             return False  # the work stays queued as it is until the vendor accepts again
         outcome, status, answer = await self._send(job)
-        if outcome.pause or (outcome.retry and self.health.paused):
+        ids = [row.id for row in job.rows]
+        if outcome.pause and not self.health.paused and self.health.suspected(ids):
+            # Refused again, on a settings status, after the vendor accepted other events
+            # since the pause: it is this content, not our key.
+            await self._refused_alone(job, jobs, outcome, status, answer, parked)
+            return True
+        if outcome.pause:
             # Held, not failed: the rows keep their place and their attempt count.
-            self.health.pause(status, outcome.detail)
+            self.health.pause(status, outcome.detail, rows=ids, alone=len(ids) == 1)
+            return False
+        if outcome.retry and self.health.paused:
+            self.health.pause(status, outcome.detail)  # refuses nothing: the probe waits
             return False
         self.health.resume()  # the vendor took the credentials and the address
         if outcome.ok and not outcome.failed_events:
@@ -408,6 +437,93 @@ class VendorWorker:
             return
         await self._dead(items, status=status, error=outcome.detail, request=request_text,
                          response=response, parked=parked)
+
+    def _probe_job(self, lanes: list[_Lane]) -> _Job | None:
+        """The request a paused worker probes with: one event's request, alone (a batch
+        could hold the event the vendor refuses), and always a visitor's next one (per
+        visitor order holds whatever the answer). In order of preference: the next event of
+        a visitor none of whose events was refused during the pause; of one whose events
+        were refused only within a batch (nothing of a refused request is stored, so it is
+        still that visitor's next); else, every visitor's next event having been refused
+        alone, the one refused longest ago (round robin: then it really is the vendor, and
+        new visitors' events become probes as they arrive)."""
+        refused = set().union(*self.health.refusals) if self.health.refusals else set()
+        alone = self.health.refused_alone
+        visitors: set[str] = set()
+        batched: tuple[OutboxRow, int] | None = None
+        retried: tuple[int, tuple[OutboxRow, int]] | None = None
+        for lane in lanes:
+            for job in lane.jobs:
+                if job.request.refusal or job.request.is_skip:
+                    continue  # nothing is sent for these: they hold no visitor's place
+                for row, index in job.items:
+                    if row.visitor_id in visitors:
+                        continue  # never before that visitor's earlier events
+                    visitors.add(row.visitor_id)
+                    if row.id in alone:
+                        if retried is None or alone[row.id] < retried[0]:
+                            retried = (alone[row.id], (row, index))
+                    elif row.id in refused:
+                        batched = batched or (row, index)
+                    else:
+                        return self._alone((row, index))
+        chosen = batched or (retried[1] if retried is not None else None)
+        return self._alone(chosen) if chosen is not None else None
+
+    def _alone(self, item: tuple[OutboxRow, int]) -> _Job:
+        row, index = item
+        return _Job([item], self._render(row)[index])
+
+    async def _refused_alone(self, job: _Job, jobs: list[_Job], outcome: Outcome,
+                             status: int | None, answer: str, parked: set[int]) -> None:
+        """A request holding a suspect (an event refused during a pause the vendor came out
+        of) refused again on a settings status while the vendor accepts others. Carrying one
+        event (or one order line), it is dead-lettered with the vendor's answer, masked;
+        carrying several, it is narrowed: its halves are sent in its place, in order (a
+        request refused whole stored nothing, see docs/delivery.md), so the others are
+        delivered once and the one refused is found in about 2 log2(n) requests."""
+        if len(job.items) > 1:
+            log.info("%s refused a request of %d holding an event refused before (%s); "
+                     "sending its halves", self.vendor.name, len(job.items), outcome.detail)
+            jobs[:0] = self._halves(job)
+            return
+        [(row, index)] = job.items
+        error = (f"refused alone: the vendor answered {outcome.detail or f'HTTP {status}'} "
+                 "to this event again while accepting other events (its content, not the "
+                 "settings: a firewall rule, for instance)")
+        log.warning("%s/%s: event %s dead-lettered: %s", self.site, self.vendor.name,
+                    row.event.message_id, error)
+        await self._dead(job.items, status=status, error=error,
+                         request=self._shown(job.request, LETTER_REQUEST_CHARS),
+                         response=self.vendor.mask(answer, self.config)[:LETTER_ANSWER_CHARS],
+                         parked=parked)
+        self.health.settled([row.id])
+        self.health.refused_one(row.event.message_id, status, outcome.detail)
+
+    def _halves(self, job: _Job) -> list[_Job]:
+        """A job's items in two jobs, in order, each merged back into one request as the
+        lane merged them (units of one adapter request with `merge_units`)."""
+        split = self._split(job)
+        middle = len(split) // 2
+        out = []
+        for part in (split[:middle], split[middle:]):
+            items = [item for item, _ in part]
+            requests = [request for _, request in part]
+            if len(requests) == 1:
+                out.append(_Job(items, requests[0]))
+                continue
+            units = all(r.batch_key is not None and r.batch_key.startswith(UNITS_KEY)
+                        for r in requests)
+            try:
+                merged = (self.vendor.merge_units(requests) if units
+                          else self.vendor.merge(requests, self.config))
+            except Exception:  # as in `_lane`: one by one then
+                log.exception("%s: merging a half failed; sending one by one",
+                              self.vendor.name)
+                out.extend(_Job([item], request) for item, request in part)
+                continue
+            out.append(_Job(items, merged))
+        return out
 
     async def _dead(self, items: list[tuple[OutboxRow, int]], *, status: int | None,
                     error: str, request: str = "", response: str = "",
@@ -502,6 +618,8 @@ class VendorWorker:
         for row, index in items:
             last[row.id] = max(index, last.get(row.id, -1))
         done = [rid for rid, index in last.items() if index + 1 >= self._totals.get(rid, 1)]
+        # Settled: no longer a suspect (an event's earlier line delivered settles nothing).
+        self.health.settled(done)
         for rid, index in last.items():
             if rid not in done:
                 await self.spool.mark_progress(rid, index + 1)
@@ -674,7 +792,15 @@ class Forwarder:
         trace and the health page read this)."""
         for worker in self.workers:
             if worker.site == site and worker.vendor.name == vendor and worker.health.paused:
-                return worker.health.reason or "paused"
+                return worker.health.shown_reason()
+        return None
+
+    def refused_event(self, site: str, vendor: str) -> dict[str, Any] | None:
+        """The last event (site, vendor) refused alone and dead-lettered within the hour,
+        while it accepts the others (shoprelay.operate.health reads it beside the pause)."""
+        for worker in self.workers:
+            if worker.site == site and worker.vendor.name == vendor:
+                return worker.health.recent_refusal()
         return None
 
     def start(self, *, maintenance: bool = True) -> None:

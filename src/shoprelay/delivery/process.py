@@ -49,7 +49,8 @@ WAKE, VIEWER_ON, VIEWER_OFF = b"w", b"A", b"I"
 #: How often the delivery process reports its workers' counters and pause states.
 REPORT_EVERY = 0.5
 #: The health fields a report carries (the rest of `VendorHealth` stays in the child).
-_HEALTH_FIELDS = ("state", "reason", "status", "since", "pauses")
+_HEALTH_FIELDS = ("state", "reason", "status", "since", "pauses", "refuses", "refused_event",
+                  "events_refused")
 
 
 @dataclasses.dataclass(slots=True)
@@ -113,8 +114,12 @@ class DeliveryProcess:
     def pause_reason(self, site: str, vendor: str) -> str | None:
         worker = self._by_key.get((site, vendor))
         if worker is not None and worker.health.paused:
-            return worker.health.reason or "paused"
+            return worker.health.shown_reason()
         return None
+
+    def refused_event(self, site: str, vendor: str) -> dict[str, Any] | None:
+        worker = self._by_key.get((site, vendor))
+        return worker.health.recent_refusal() if worker is not None else None
 
     def wake(self) -> None:
         """After a commit, from any thread: one byte down the pipe (a full pipe already holds

@@ -3,7 +3,9 @@
 The figures come from the spool (`Spool.vendor_figures`), not from one process's memory: every
 relay process, the admin page, `/metrics` and `shoprelay vendors status` beside a running relay
 all see the same numbers. The pause state is read through `operate.trace.PauseState` (issue 13
-keeps it; without it no vendor shows as paused).
+keeps it; without it no vendor shows as paused), and, where the holder of the pauses has it,
+the last event a vendor refused alone (`refused_event`, issue 22): a paused vendor says
+whether it refuses everything, a delivering one that it refused one event, dead-lettered.
 """
 
 from __future__ import annotations
@@ -29,6 +31,45 @@ def limit_per_minute(vendor: str, config: Any) -> float | None:
     return round(min(rates), 1) if rates else None
 
 
+def refused_event(pauses: Any, site: str, vendor: str) -> dict[str, Any] | None:
+    """The last event (site, vendor) refused alone and dead-lettered within the hour, when
+    `pauses` knows it (a forwarder, the delivery process's view, the stored states)."""
+    read = getattr(pauses, "refused_event", None)
+    found = read(site, vendor) if callable(read) else None
+    return found if isinstance(found, dict) else None
+
+
+def one_event_reason(refusal: dict[str, Any]) -> str:
+    """How a delivering vendor that refused one event reads (short: a metric label)."""
+    status = refusal.get("status")
+    count = int(refusal.get("count") or 1)
+    what = "one event refused" if count == 1 else f"{count} events refused one by one"
+    return f"{what}, dead-lettered" + (f" (HTTP {status})" if status else "")
+
+
+def readiness(workers: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """/readyz's `paused_vendors` (with what the pause is about: `refuses` "everything" or
+    "unknown" while a probe with another event tells) and `refused_events` (the last event
+    each vendor refused alone, dead-lettered, within the hour), per "site/vendor"."""
+    paused: dict[str, Any] = {}
+    refused: dict[str, Any] = {}
+    for worker in workers:
+        health = getattr(worker, "health", None)
+        if health is None:
+            continue
+        key = f"{worker.site}/{worker.vendor.name}"
+        if health.paused:
+            paused[key] = {"reason": health.shown_reason(), "since": round(health.since, 3),
+                           "refuses": health.refuses}
+        refusal = health.recent_refusal()
+        if refusal is not None:
+            refused[key] = {"message_id": refusal.get("message_id"),
+                            "status": refusal.get("status"), "reason": refusal.get("reason"),
+                            "at": iso(refusal.get("at")), "count": refusal.get("count"),
+                            "state": "dead-lettered"}
+    return paused, refused
+
+
 def vendor_status(settings: Settings, figures: list[VendorFigures],
                   pauses: PauseState | None = None,
                   now: float | None = None) -> list[dict[str, Any]]:
@@ -45,8 +86,10 @@ def vendor_status(settings: Settings, figures: list[VendorFigures],
     for site, vendor, config in pairs:
         row = known.get((site, vendor)) or VendorFigures(site, vendor)
         paused = pauses.pause_reason(site, vendor)
+        refusal = refused_event(pauses, site, vendor)
         failing = (row.last_error_at is not None
                    and (row.last_delivered_at or 0) < row.last_error_at and row.queued > 0)
+        reason: str | None
         if config is not None and not config.enabled:
             state, reason = DISABLED, "enabled = false"
         elif paused:
@@ -57,7 +100,8 @@ def vendor_status(settings: Settings, figures: list[VendorFigures],
                       + (f", next at {iso(row.next_retry_at)}" if row.next_retry_at else "")
                       if row.retry_waiting else "the last answer was a failure")
         else:
-            state, reason = DELIVERING, None
+            state = DELIVERING
+            reason = one_event_reason(refusal) if refusal else None
         out.append({
             "site": site, "vendor": vendor, "state": state, "reason": reason,
             "queued": row.queued,
@@ -69,6 +113,7 @@ def vendor_status(settings: Settings, figures: list[VendorFigures],
             "retried_last_hour": row.retried_hour,
             "dead_lettered_last_hour": row.dead_hour,
             "last_error": row.last_error or None, "last_error_at": iso(row.last_error_at),
+            "refused_event": ({**refusal, "at": iso(refusal.get("at"))} if refusal else None),
         })
     return out
 

@@ -49,6 +49,14 @@ class _DeliveryCollector(Collector):
         pauses = CounterMetricFamily("shoprelay_vendor_pauses",
                                      "Times a vendor was paused since start",
                                      labels=["site", "vendor"])
+        everything = GaugeMetricFamily(
+            "shoprelay_vendor_refuses_everything",
+            "1 while a paused vendor refused two different events (0: not paused, or a probe "
+            "with another event is still telling)", labels=["site", "vendor"])
+        alone = CounterMetricFamily(
+            "shoprelay_vendor_refused_alone",
+            "Events dead-lettered because the vendor refused them on a settings status while "
+            "accepting others (a firewall on their content)", labels=["site", "vendor"])
         for worker in getattr(self.forwarder, "workers", []):
             labels = [worker.site, worker.vendor.name]
             counters = worker.counters
@@ -62,8 +70,11 @@ class _DeliveryCollector(Collector):
             if health is not None:
                 paused.add_metric([*labels, health.reason[:200]], 1 if health.paused else 0)
                 pauses.add_metric(labels, health.pauses)
+                everything.add_metric(labels, 1 if health.paused
+                                      and getattr(health, "refuses", "") == "everything" else 0)
+                alone.add_metric(labels, getattr(health, "events_refused", 0))
         yield from families.values()
-        yield from (requests, refused, dropped, paused, pauses)
+        yield from (requests, refused, dropped, paused, pauses, everything, alone)
         queued = GaugeMetricFamily("shoprelay_vendor_queued", "Events waiting for a vendor",
                                    labels=["vendor"])
         oldest = GaugeMetricFamily("shoprelay_vendor_oldest_queued_seconds",

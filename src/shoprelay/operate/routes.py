@@ -82,10 +82,8 @@ class Operations:
         # A paused vendor (credential or address refused) is reported, but does not make the
         # relay unready by itself: ingest still stores every event, and taking the relay out
         # of rotation would lose them. Its backlog still counts against the threshold.
-        paused = {f"{w.site}/{w.vendor.name}": {"reason": w.health.reason,
-                                                "since": round(w.health.since, 3)}
-                  for w in getattr(self.forwarder(), "workers", [])
-                  if getattr(w, "health", None) is not None and w.health.paused}
+        # What a pause is about (`refuses`) and the events refused alone: operate.health.
+        paused, refused = health.readiness(getattr(self.forwarder(), "workers", []))
         intake_age = (round(now - stats.intake_oldest, 1)
                       if stats.intake_oldest is not None else None)
         intake_limit = self.settings.relay.ready_max_intake_seconds
@@ -94,6 +92,7 @@ class Operations:
                   else "vendor_paused" if paused else "ok")
         body = {"status": status, "oldest_queued_seconds": ages,
                 "max_backlog_seconds": limit, "paused_vendors": paused,
+                "refused_events": refused,
                 "intake": {"pending": stats.intake, "oldest_seconds": intake_age,
                            "max_seconds": intake_limit}}
         return JSONResponse(body, 503 if late or behind else 200)

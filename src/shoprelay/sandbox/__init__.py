@@ -4,9 +4,10 @@
 
 - `GET /_sandbox/<name>/requests` — what the sandbox received (`?accepted=1` / `?refused=1`)
 - `DELETE /_sandbox/requests` — forget everything (tests start clean)
-- `POST /_sandbox/<name>/faults` — queue a fault: `{"kind": "status"|"hang"|"close"|"delay",
+- `POST /_sandbox/<name>/faults` — queue a fault: `{"kind": "status"|"hang"|"close"|"delay"|"waf",
   "status": 503, "retry_after": 2, "count": 5, "hang_seconds": 30, "headers": {...},
-  "matches": ["..."]}` (`matches`: only requests whose body contains one of them);
+  "matches": ["..."]}` (`matches`: only requests whose body contains one of them; `"waf"`
+  with `"status": 403` refuses those with a firewall's page until cleared, the rest pass);
   `DELETE` clears them; `GET` lists them, how many requests are in flight and the bodies a
   delay or hang holds (`held`)
 """

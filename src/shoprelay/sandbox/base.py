@@ -84,7 +84,10 @@ class Fault:
     #: "status" answers `status` (with Retry-After if set); "hang" never answers in time;
     #: "refuse_events" lets the handler answer but refuse the events named by `matches`;
     #: "close" starts an answer and drops the connection mid-way; "delay" waits
-    #: `hang_seconds`, then answers normally (a slow vendor).
+    #: `hang_seconds`, then answers normally (a slow vendor); "waf" is a web application
+    #: firewall in front of the vendor: a request whose body contains one of `matches` is
+    #: answered `status` (give 403) with the firewall's HTML page before the vendor sees it,
+    #: every other request passes to the vendor's own checks (it never refuses less).
     kind: str = "status"
     status: int = 503
     retry_after: float | None = None
@@ -102,6 +105,12 @@ class Fault:
     #: "status": the JSON body to answer instead of `{"error": ...}` (e.g. a 200 whose body
     #: is not the vendor's success answer).
     body: Any = None
+
+
+#: The page the "waf" fault answers (shaped like a CDN's block page).
+_WAF_PAGE = ("<html><head><title>403 Forbidden</title></head><body><h1>Request blocked</h1>"
+             "<p>This request was blocked by the security rules of the site.</p>"
+             "<p>Incident ID: sandbox-waf</p></body></html>")
 
 
 class SlidingWindow:
@@ -244,6 +253,14 @@ class SandboxState:
         if fault is not None and fault.kind == "delay":
             await self._hold(body, fault.hang_seconds)
             fault = None
+        if fault is not None and fault.kind == "waf":
+            # What a firewall answers: its own page, not the vendor's JSON, naming no rule the
+            # relay could read as being about the event.
+            record.status = fault.status
+            record.error = f"injected fault: blocked by the WAF (HTTP {fault.status})"
+            self.add(record)
+            return Response(_WAF_PAGE, fault.status, dict(fault.headers or {}),
+                            media_type="text/html")
         if fault is not None and fault.kind == "close":
             record.status, record.error = 0, "injected fault: connection closed mid-answer"
             self.add(record)
