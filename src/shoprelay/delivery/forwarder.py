@@ -35,6 +35,7 @@ from shoprelay.spool.base import (
     OutboxRow,
     Spool,
 )
+from shoprelay.spool.disk import SpoolFull
 from shoprelay.vendors.base import (
     UNITS_KEY,
     MappingError,
@@ -170,6 +171,8 @@ class VendorWorker:
         now = time.time()
         if self.health.paused and not self.health.probe_due(now):
             return 0
+        if getattr(self.spool, "disk_full", None) is not None:
+            return 0  # a send the spool cannot record would be sent again: wait for room
         rows = await self.spool.due(self.site, self.vendor.name, now, ROUND_SIZE)
         if not rows:
             return 0
@@ -179,7 +182,7 @@ class VendorWorker:
         results = await asyncio.gather(*(self._run_lane(lane) for lane in lanes),
                                        return_exceptions=True)
         for result in results:
-            if isinstance(result, BaseException):
+            if isinstance(result, BaseException) and not isinstance(result, SpoolFull):
                 log.error("delivery lane failed for %s/%s: %r", self.site, self.vendor.name,
                           result)
         return len(rows)
@@ -312,6 +315,8 @@ class VendorWorker:
                 try:
                     if not await self._run_job(job, jobs, parked):
                         return
+                except SpoolFull:
+                    return  # not the job's fault: its rows stay queued as they are
                 except Exception as exc:  # a bug must not abort the round and resend forever
                     log.exception("%s/%s: handling a request failed", self.site,
                                   self.vendor.name)
