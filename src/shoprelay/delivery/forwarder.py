@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -75,6 +76,12 @@ class DeliveryOptions:
     #: Send each request's messageIds in this header ("" = none): the demo's sandboxes use it
     #: to link a vendor request to the messages behind it (`relay.vendor_message_id_header`).
     message_id_header: str = ""
+
+
+#: What may go in a header value as one id of a comma-separated list.
+_HEADER_SAFE = re.compile(r"[!-+\--~]+")
+#: How a note about a request's headers begins (shown with the request in its trace).
+HEADER_NOTE = "header "
 
 
 @dataclass(slots=True)
@@ -478,7 +485,10 @@ class VendorWorker:
         (it is kept per work row within the retention). Masked before it is cut: a secret
         cut in two would no longer be recognised."""
         body = request.body_bytes().decode("utf-8", "replace")
-        return self.vendor.mask(f"{request.method} {request.url}\n{body}", self.config)[:limit]
+        # What the relay left out of the request's headers, where the trace shows it.
+        noted = "".join(f"\n({note})" for note in request.notes if note.startswith(HEADER_NOTE))
+        return self.vendor.mask(f"{request.method} {request.url}\n{body}{noted}",
+                                self.config)[:limit]
 
     def _answer(self, answer: str) -> str:
         return self.vendor.mask(answer, self.config)[:EXCHANGE_CHARS]
@@ -526,8 +536,16 @@ class VendorWorker:
         ids = [row.event.message_id for row in job.rows]
         header = self.options.message_id_header
         if header:
-            request = dataclasses.replace(request,
-                                          headers={**request.headers, header: ",".join(ids)})
+            # A header holds printable ASCII only (httpx refuses the rest, which failed the
+            # whole round, again and again): an id that cannot go in is left out, and said.
+            fits = [i for i in ids if _HEADER_SAFE.fullmatch(i)]
+            if len(fits) < len(ids):
+                job.request = job.request.noted([
+                    f"{HEADER_NOTE}{header} left out {len(ids) - len(fits)} messageId(s) "
+                    "that cannot go in a header (printable ASCII without commas only)"])
+            if fits:
+                request = dataclasses.replace(
+                    request, headers={**request.headers, header: ",".join(fits)})
         outcome, status, answer = await self._exchange(request)
         if self.bus is not None and self.bus.active:
             self._publish(request, outcome, status, answer, ids)
@@ -574,12 +592,18 @@ class VendorWorker:
                 limiter.release()
         headers = dict(response.headers)
         outcome = self.vendor.read_response(response.status_code, headers, response.content)
+        # The answer and what the adapter read of it, masked whole before anything keeps,
+        # cuts or logs them: a vendor may echo the key (a 400 quoting the URL).
+        answer = self.vendor.mask(response.text, self.config)
+        if outcome.detail:
+            outcome = dataclasses.replace(outcome,
+                                          detail=self.vendor.mask(outcome.detail, self.config))
         if not outcome.ok and self.vendor.refuses_settings(response.status_code,
                                                            request.url.split("?", 1)[0]):
             where = self.vendor.mask(request.url.split("?", 1)[0], self.config)
             detail = outcome.detail or f"HTTP {response.status_code}"
-            if detail == f"HTTP {response.status_code}" and response.text:
-                detail += f": {self.vendor.mask(response.text[:200], self.config)}"
+            if detail == f"HTTP {response.status_code}" and answer:
+                detail += f": {answer[:200]}"
             outcome = Outcome(ok=False, retry=True, pause=True, detail=f"{detail} ({where})")
         if outcome.retry and outcome.retry_after:
             # A 429 or 503 with Retry-After speaks for the credential, not just this request.
@@ -588,7 +612,7 @@ class VendorWorker:
         if not outcome.ok:
             log.info("%s answered %s for %s", self.vendor.name, response.status_code,
                      self.vendor.mask(request.url.split("?", 1)[0], self.config))
-        return outcome, response.status_code, response.text
+        return outcome, response.status_code, answer
 
 
 def _stored_states(store: Any) -> dict[str, Any]:
