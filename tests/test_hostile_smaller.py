@@ -306,7 +306,8 @@ def test_check_config_refuses_a_key_used_in_two_roles(tmp_path: Path) -> None:
     assert "sites.b.server_key" in crossed.stderr and "sites.a.write_key" in crossed.stderr
     secret = check_config(tmp_path, RELAY + (
         '[sites.a]\nwrite_key = "pk_a_public_key_0001"\nserver_key = "server-key-of-a-0123"\n'
-        '[sites.b]\nwrite_key = "pk_b_public_key_0002"\nidentify_secret = "server-key-of-a-0123"\n'))
+        '[sites.b]\nwrite_key = "pk_b_public_key_0002"\n'
+        'identify_secret = "server-key-of-a-0123"\n'))
     assert secret.returncode == 1 and "sites.b.identify_secret" in secret.stderr, secret
     token = check_config(tmp_path, RELAY + 'admin_token = "pk_a_public_long_enough"\n' + (
         '[sites.a]\nwrite_key = "pk_a_public_long_enough"\n'))
