@@ -107,7 +107,7 @@ def test_a_paused_vendor_shows_in_readyz_and_a_killed_delivery_process_restarts(
             post(relay.url, [view(1, visitor="p")])
 
             def paused() -> dict[str, Any]:
-                return httpx.get(f"{relay.url}/readyz").json()["paused_vendors"]
+                return httpx.get(f"{relay.url}/readyz", headers=AUTH).json()["paused_vendors"]
 
             assert "shop/goshops" in wait_for(paused)
             wait_delivered(sb, "goshops", {1}, timeout=60)    # the probe gets through

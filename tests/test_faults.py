@@ -354,8 +354,9 @@ def test_sigkill_between_intake_and_rules_loses_nothing_and_sends_nothing_twice(
             assert stats["intake"]["pending"] == 5 and stats["messages"] == 0, stats
             # What an operator sees meanwhile: not ready once past the threshold, the figure
             # in /metrics, the message's trace.
-            ready = wait_for(lambda: (r := httpx.get(f"{proc.url}/readyz")).status_code == 503
-                             and r, timeout=10)
+            ready = wait_for(lambda: (r := httpx.get(
+                f"{proc.url}/readyz", headers={"Authorization": f"Bearer {token}"}
+            )).status_code == 503 and r, timeout=10)
             assert ready.json()["status"] == "not_routing"
             assert ready.json()["intake"]["pending"] == 5
             metrics = httpx.get(f"{proc.url}/metrics",

@@ -77,7 +77,7 @@ def test_missing_credential_and_unknown_key_are_refused() -> None:
 def test_short_secret_bad_origin_and_unknown_event() -> None:
     with pytest.raises(SettingsError) as caught:
         parse({"relay": {"secret": "short"},
-               "sites": {"a": {"write_key": "k", "allowed_origins": ["https://a.example/path"],
+               "sites": {"a": {"write_key": "wk", "allowed_origins": ["https://a.example/path"],
                                "vendors": {"retailrocket": {
                                    "api_key": "k", "partner_id": "p",
                                    "events": ["Product Reviewed"]}}}}})
@@ -117,7 +117,7 @@ def test_check_config_command(tmp_path: Path) -> None:
 def test_vendor_value_rules_are_checked_at_start() -> None:
     with pytest.raises(SettingsError) as caught:
         parse({"relay": {"secret": "x" * 20},
-               "sites": {"a": {"write_key": "k", "vendors": {
+               "sites": {"a": {"write_key": "wk", "vendors": {
                    "goshops": {"project": "p", "api_key": "k", "date_format": "yyyy"},
                    "retailrocket": {"api_key": "k", "partner_id": "p",
                                     "rate_limit_per_second": 0},
@@ -135,3 +135,15 @@ def test_backfill_share_must_be_a_share(share: float) -> None:
                "sites": {"a": {"write_key": "k"}}})
     assert [str(p) for p in caught.value.problems] == [
         "relay.backfill_share: must be more than 0 and at most 1"]
+
+
+def test_a_vendor_key_equal_to_the_public_write_key_is_refused() -> None:
+    # The write key is in every page: a vendor key equal to it is public too.
+    with pytest.raises(SettingsError) as caught:
+        parse({"relay": {"secret": "x" * 20},
+               "sites": {"a": {"write_key": "same-value-123", "vendors": {
+                   "retailrocket": {"api_key": "same-value-123", "partner_id": "p"}}},
+                         "b": {"write_key": "other-value-456", "vendors": {
+                   "retailrocket": {"api_key": "same-value-123", "partner_id": "p"}}}}})
+    assert [p.key for p in caught.value.problems] == [
+        "sites.a.vendors.retailrocket.api_key", "sites.b.vendors.retailrocket.api_key"]

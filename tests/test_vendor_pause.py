@@ -60,8 +60,12 @@ def vendors_status(settings_file: Path) -> tuple[int, list[dict]]:
     return done.returncode, orjson.loads(done.stdout)
 
 
+#: /readyz says more than ready or not only to the admin token.
+ADMIN = "adm-token-0123456789"
+
+
 def ready(url: str) -> dict:
-    return httpx.get(f"{url}/readyz").json()
+    return httpx.get(f"{url}/readyz", headers={"Authorization": f"Bearer {ADMIN}"}).json()
 
 
 def test_401_for_a_while_then_accepted_delivers_everything_and_dead_letters_nothing(
@@ -108,7 +112,7 @@ def test_wrong_key_then_restart_with_the_fixed_key_loses_nothing(tmp_path: Path)
     with sandbox() as sb:
         spool = tmp_path / "spool.db"
         cfg = write_settings(tmp_path / "s.toml", spool=spool, sandbox_url=sb,
-                             vendors=["retailrocket"],
+                             vendors=["retailrocket"], relay={"admin_token": ADMIN},
                              overrides={"retailrocket": {"api_key": "rotated-away"}})
         with relay(cfg, OPTIONS) as r:
             post(r.url, [view(i, visitor=f"v{i % 4}") for i in range(20)])
@@ -126,7 +130,7 @@ def test_a_404_on_the_vendor_endpoint_pauses_while_a_400_dead_letters_only_its_e
         tmp_path: Path) -> None:
     with sandbox() as sb:
         cfg = write_settings(tmp_path / "s.toml", spool=tmp_path / "spool.db", sandbox_url=sb,
-                             vendors=["goshops"],
+                             vendors=["goshops"], relay={"admin_token": ADMIN},
                              overrides={"goshops": {"base_url": f"{sb}/goshops/typo"}})
         with relay(cfg, OPTIONS) as r:
             post(r.url, [view(i) for i in range(5)])
@@ -136,7 +140,7 @@ def test_a_404_on_the_vendor_endpoint_pauses_while_a_400_dead_letters_only_its_e
         # A refusal about one event is still the dead letter's: Go Shops' "400: Bad Request
         # Alguno de los campos requeridos ausente".
         cfg = write_settings(tmp_path / "s.toml", spool=tmp_path / "spool.db", sandbox_url=sb,
-                             vendors=["goshops"])
+                             vendors=["goshops"], relay={"admin_token": ADMIN})
         fault(sb, "goshops", kind="status", status=400, count=1)
         with relay(cfg, OPTIONS) as r:
             wait_delivered(sb, "goshops", set(range(1, 5)))

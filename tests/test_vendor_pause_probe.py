@@ -68,7 +68,9 @@ def vendors_status(settings_file: Path) -> tuple[int, dict[str, dict[str, Any]]]
 
 
 def ready(url: str) -> dict[str, Any]:
-    answer: dict[str, Any] = httpx.get(f"{url}/readyz").json()
+    """/readyz's whole picture: beyond ready or not it speaks only to the admin token."""
+    answer: dict[str, Any] = httpx.get(f"{url}/readyz",
+                                       headers={"Authorization": f"Bearer {TOKEN}"}).json()
     return answer
 
 

@@ -259,12 +259,17 @@ def test_check_config_warns_when_the_relay_cookie_collides_with_es_js(tmp_path: 
     assert hashed.returncode == 1 and "hash_pii" in hashed.stderr
 
 
-def test_cookies_sc_carries_es_js_id_when_the_client_sends_it() -> None:
+def test_cookies_sc_carries_es_js_id_when_the_shops_backend_sends_it() -> None:
     event = stored(ev.PRODUCT_VIEWED, {"product_id": 1, "price": 2})
     [plain] = VENDORS["yespo"].requests_for(event, CONFIGS["yespo"])
     assert plain.json["GeneralInfo"]["cookies"] == {"sc": "v1"}
     event.message["context"] = {"sc": "CDA68358-94FB-4D83-9655-3FEB3C4114A3"}
-    [beside] = VENDORS["yespo"].requests_for(event, CONFIGS["yespo"])
+    # From a browser's body the value is the sender's choice: the relay's visitor it is.
+    [browser] = VENDORS["yespo"].requests_for(event, CONFIGS["yespo"])
+    assert browser.json["GeneralInfo"]["cookies"] == {"sc": "v1"}
+    server = stored(ev.PRODUCT_VIEWED, {"product_id": 1, "price": 2}, source="server")
+    server.message["context"] = {"sc": "CDA68358-94FB-4D83-9655-3FEB3C4114A3"}
+    [beside] = VENDORS["yespo"].requests_for(server, CONFIGS["yespo"])
     assert beside.json["GeneralInfo"]["cookies"] == {
         "sc": "CDA68358-94FB-4D83-9655-3FEB3C4114A3"}
 

@@ -6,6 +6,12 @@ inside an HTML page (`&amp;`, `&#43;`) or inside an `Authorization: Basic` heade
 any offset after the user name). Replacing the key as written misses all of these — a Retail
 Rocket `apiKey` with `+ / =` went out percent-encoded and unmasked — so a secret is matched
 character by character, each character in any of its spellings, and its base64 forms besides.
+
+Knowing the secret is not always enough: a vendor's answer may echo it cut short, or in a
+form of its own, and a spool keeps answers it has no settings for. So whatever stands as the
+value of a credential's name (`apiKey=…`, `"app_secret": "…"`, `Authorization: Bearer …`) is
+masked whole too, whoever wrote it (`mask_credentials`): no character of such a value is kept,
+short or long.
 """
 
 from __future__ import annotations
@@ -19,11 +25,39 @@ MASK = "***"
 _MIN_BASE64 = 8
 
 
+#: Names under which a credential travels (compared without case, `-` and `_`).
+_NAME = (r"(?:x[-_]?)?(?:api[-_]?key|app[-_]?secret|api[-_]?secret|client[-_]?secret|secret"
+         r"|access[-_]?token|auth[-_]?token|token|password|passwd|signature|sig)")
+#: `name=value` in a query or a form, and the same percent-encoded as a whole (a URL
+#: echoed inside another: `%3FapiKey%3Dvalue%26`).
+_QUERY = re.compile(rf"(?i)(?<![A-Za-z0-9])({_NAME})(=)([^&\s\"'<>#,;)]+)")
+_QUERY_ENCODED = re.compile(rf"(?i)(?:(?<![A-Za-z0-9])|(?<=%3F)|(?<=%26))({_NAME})(%3D)"
+                            rf"((?:(?!%26)[^&\s\"'<>#,;)])+)")
+#: `"name": "value"` in JSON, and `name: value` in a header or prose.
+_JSON = re.compile(rf'(?i)("{_NAME}"\s*:\s*)"(?:[^"\\]|\\.)*"')
+_HEADER = re.compile(rf"(?im)^(\s*{_NAME}\s*:[ \t]*)(\S[^\r\n]*)")
+_AUTHORIZATION = re.compile(r"(?i)\b(authorization\s*[:=]\s*\"?(?:bearer|basic|token)?\s*)"
+                            r"([A-Za-z0-9+/=._~-]{4,})")
+
+
 def mask_secrets(text: str, secrets: list[str]) -> str:
-    """`text` with every spelling of each secret replaced by `***`."""
+    """`text` with every spelling of each secret replaced by `***`, and every credential's
+    value masked whole (`mask_credentials`)."""
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
         text = _pattern(secret).sub(MASK, text)
-    return text
+    return mask_credentials(text)
+
+
+def mask_credentials(text: str) -> str:
+    """`text` with the whole value of every credential-named field replaced by `***`, in a
+    query or form (`apiKey=…`), in JSON (`"api_key": "…"`), in a header line (`x-api-key: …`)
+    or an Authorization value. No secret needs to be known: this is what a spool applies to
+    every vendor exchange it keeps."""
+    for query in (_QUERY, _QUERY_ENCODED):
+        text = query.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
+    text = _JSON.sub(lambda m: f'{m.group(1)}"{MASK}"', text)
+    text = _HEADER.sub(lambda m: f"{m.group(1)}{MASK}", text)
+    return _AUTHORIZATION.sub(lambda m: f"{m.group(1)}{MASK}", text)
 
 
 @functools.lru_cache(maxsize=256)

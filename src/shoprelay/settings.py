@@ -252,9 +252,50 @@ def parse(
             config.site_recommendation_vendor = site.recommendation_vendor
         sites[name] = site
 
+    problems += _reused_keys(relay, sites)
     if problems or relay is None:
         raise SettingsError(source, problems)
     return Settings(relay=relay, sites=sites, source=source)
+
+
+def _reused_keys(relay: RelaySettings | None, sites: dict[str, SiteSettings]) -> list[Problem]:
+    """A key used in two roles: a site's server key equal to another site's public write key
+    makes that page a server for the first site (its orders, its identities); a secret equal
+    to any key of another role is as public as the most public of them. Each value has one
+    role and one site; vendor keys may be shared between sites (one vendor account), never
+    with a key of the relay's. Pairs within one site are the site's own checks above."""
+    uses: list[tuple[str, str, str, str]] = []      # (value, where, site, role)
+    if relay is not None:
+        uses += [(relay.secret, "relay.secret", "", "relay"),
+                 (relay.admin_token, "relay.admin_token", "", "relay")]
+    for name, site in sites.items():
+        for role in ("write_key", "server_key", "identify_secret"):
+            uses.append((getattr(site, role), f"sites.{name}.{role}", name, role))
+        for vendor, config in site.vendors.items():
+            for field_name in type(config).secret_fields:
+                value = getattr(config, field_name, "")
+                if isinstance(value, str):
+                    uses.append((value, f"sites.{name}.vendors.{vendor}.{field_name}", name,
+                                 "vendor"))
+    problems: list[Problem] = []
+    first: dict[str, tuple[str, str, str]] = {}
+    for value, where, owner, role in uses:
+        if not value:
+            continue
+        seen = first.get(value)
+        if seen is None:
+            first[value] = (where, owner, role)
+            continue
+        seen_where, seen_owner, seen_role = seen
+        same_site = owner and owner == seen_owner and "relay" not in (role, seen_role)
+        if (same_site and "vendor" not in (role, seen_role)) or (
+                role == seen_role and role in ("write_key", "vendor")):
+            continue  # reported by the site's checks, or allowed (a shared vendor account)
+        problems.append(Problem(where, f"the same value as {seen_where}: a key may serve one "
+                                       "role only (a write key is public; a server key, a "
+                                       "secret or a token reused elsewhere is as public as "
+                                       "that use)"))
+    return problems
 
 
 def _vendors(tables: Any, where: str, problems: list[Problem]) -> dict[str, VendorConfig]:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from shoprelay.spool.base import (
     OutboxRow,
     Spool,
 )
+from shoprelay.spool.disk import SpoolFull
 from shoprelay.vendors.base import (
     UNITS_KEY,
     MappingError,
@@ -74,6 +76,12 @@ class DeliveryOptions:
     #: Send each request's messageIds in this header ("" = none): the demo's sandboxes use it
     #: to link a vendor request to the messages behind it (`relay.vendor_message_id_header`).
     message_id_header: str = ""
+
+
+#: What may go in a header value as one id of a comma-separated list.
+_HEADER_SAFE = re.compile(r"[!-+\--~]+")
+#: How a note about a request's headers begins (shown with the request in its trace).
+HEADER_NOTE = "header "
 
 
 @dataclass(slots=True)
@@ -170,6 +178,8 @@ class VendorWorker:
         now = time.time()
         if self.health.paused and not self.health.probe_due(now):
             return 0
+        if getattr(self.spool, "disk_full", None) is not None:
+            return 0  # a send the spool cannot record would be sent again: wait for room
         rows = await self.spool.due(self.site, self.vendor.name, now, ROUND_SIZE)
         if not rows:
             return 0
@@ -196,7 +206,7 @@ class VendorWorker:
         results = await asyncio.gather(*(self._run_lane(lane) for lane in lanes),
                                        return_exceptions=True)
         for result in results:
-            if isinstance(result, BaseException):
+            if isinstance(result, BaseException) and not isinstance(result, SpoolFull):
                 log.error("delivery lane failed for %s/%s: %r", self.site, self.vendor.name,
                           result)
         return len(rows)
@@ -330,6 +340,8 @@ class VendorWorker:
                 try:
                     if not await self._run_job(job, jobs, parked):
                         return
+                except SpoolFull:
+                    return  # not the job's fault: its rows stay queued as they are
                 except Exception as exc:  # a bug must not abort the round and resend forever
                     log.exception("%s/%s: handling a request failed", self.site,
                                   self.vendor.name)
@@ -589,7 +601,10 @@ class VendorWorker:
         (it is kept per work row within the retention). Masked before it is cut: a secret
         cut in two would no longer be recognised."""
         body = request.body_bytes().decode("utf-8", "replace")
-        return self.vendor.mask(f"{request.method} {request.url}\n{body}", self.config)[:limit]
+        # What the relay left out of the request's headers, where the trace shows it.
+        noted = "".join(f"\n({note})" for note in request.notes if note.startswith(HEADER_NOTE))
+        return self.vendor.mask(f"{request.method} {request.url}\n{body}{noted}",
+                                self.config)[:limit]
 
     def _answer(self, answer: str) -> str:
         return self.vendor.mask(answer, self.config)[:EXCHANGE_CHARS]
@@ -639,8 +654,16 @@ class VendorWorker:
         ids = [row.event.message_id for row in job.rows]
         header = self.options.message_id_header
         if header:
-            request = dataclasses.replace(request,
-                                          headers={**request.headers, header: ",".join(ids)})
+            # A header holds printable ASCII only (httpx refuses the rest, which failed the
+            # whole round, again and again): an id that cannot go in is left out, and said.
+            fits = [i for i in ids if _HEADER_SAFE.fullmatch(i)]
+            if len(fits) < len(ids):
+                job.request = job.request.noted([
+                    f"{HEADER_NOTE}{header} left out {len(ids) - len(fits)} messageId(s) "
+                    "that cannot go in a header (printable ASCII without commas only)"])
+            if fits:
+                request = dataclasses.replace(
+                    request, headers={**request.headers, header: ",".join(fits)})
         outcome, status, answer = await self._exchange(request)
         if self.bus is not None and self.bus.active:
             self._publish(request, outcome, status, answer, ids)
@@ -687,12 +710,18 @@ class VendorWorker:
                 limiter.release()
         headers = dict(response.headers)
         outcome = self.vendor.read_response(response.status_code, headers, response.content)
+        # The answer and what the adapter read of it, masked whole before anything keeps,
+        # cuts or logs them: a vendor may echo the key (a 400 quoting the URL).
+        answer = self.vendor.mask(response.text, self.config)
+        if outcome.detail:
+            outcome = dataclasses.replace(outcome,
+                                          detail=self.vendor.mask(outcome.detail, self.config))
         if not outcome.ok and self.vendor.refuses_settings(response.status_code,
                                                            request.url.split("?", 1)[0]):
             where = self.vendor.mask(request.url.split("?", 1)[0], self.config)
             detail = outcome.detail or f"HTTP {response.status_code}"
-            if detail == f"HTTP {response.status_code}" and response.text:
-                detail += f": {self.vendor.mask(response.text[:200], self.config)}"
+            if detail == f"HTTP {response.status_code}" and answer:
+                detail += f": {answer[:200]}"
             outcome = Outcome(ok=False, retry=True, pause=True, detail=f"{detail} ({where})")
         if outcome.retry and outcome.retry_after:
             # A 429 or 503 with Retry-After speaks for the credential, not just this request.
@@ -701,7 +730,7 @@ class VendorWorker:
         if not outcome.ok:
             log.info("%s answered %s for %s", self.vendor.name, response.status_code,
                      self.vendor.mask(request.url.split("?", 1)[0], self.config))
-        return outcome, response.status_code, response.text
+        return outcome, response.status_code, answer
 
 
 def _stored_states(store: Any) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from shoprelay.operate.metrics import Metrics
 from shoprelay.rules import IngestResult, RequestContext, SitePolicy, early_refusals
 from shoprelay.settings import Settings, SiteSettings
 from shoprelay.spool.base import Spool
+from shoprelay.spool.disk import SpoolFull
 
 log = logging.getLogger("shoprelay.ingest")
 #: Exactly what the tested clients send: analytics.js's Basic auth, and RudderStack's JS SDK v3
@@ -57,7 +58,7 @@ _REQUEST_REASONS = {400: "malformed", 413: "too_large", 401: "unknown_key",
                     415: "unsupported_encoding"}
 _ERROR_CODES = {400: "bad_request", 401: "unknown_key", 403: "origin_not_allowed",
                 408: "slow_body", 413: "too_large", 415: "unsupported_encoding",
-                429: "rate_limited"}
+                429: "rate_limited", 503: "spool_full"}
 
 
 class Ingest:
@@ -191,7 +192,10 @@ class Ingest:
                 new_visitor=new_visitor)
             # Accept first, think after: one durable append, then the answer. The rules
             # stage folds it behind the request (shoprelay.spool: the intake).
-            ticket = await self.spool.append(site.name, accepted, context, wait=server)
+            try:
+                ticket = await self.spool.append(site.name, accepted, context, wait=server)
+            except SpoolFull as full:
+                return self._full(full, origin, site)
             result = await self._routed(ticket) if server else None
             if result is not None:
                 # The shop's backend hears the fold's answer (an order already reported).
@@ -261,13 +265,27 @@ class Ingest:
             self._minted.popitem(last=False)
         return self.cookie.visitor_for_anonymous_id(site, anonymous_id), None
 
+    def _full(self, full: SpoolFull, origin: str | None, site: SiteSettings) -> Response:
+        """The spool cannot store (its disk is full): 503 with `Retry-After`, so clients
+        keep their events and send them again later. Nothing of the request was stored, and
+        nothing is logged here (the spool logs the condition once a minute)."""
+        self.metrics.rejected.labels("spool_full").inc()
+        response = self._error(503, "the relay cannot store events right now (its disk is "
+                               "full); nothing of this request was stored, send it again "
+                               "later", origin, site)
+        response.headers["Retry-After"] = str(full.retry_after)
+        return response
+
     async def _routed(self, ticket: str) -> IngestResult | None:
         """Wait for the rules stage to fold a server request (it usually takes a few
         milliseconds); None after `_ROUTED_WAIT` seconds: the answer then gives only what
         needs no fold, and the request stays in the intake to be routed."""
         delay, deadline = 0.001, time.monotonic() + _ROUTED_WAIT
         while True:
-            result = await self.spool.routed(ticket)
+            try:
+                result = await self.spool.routed(ticket)
+            except SpoolFull:
+                return None  # stored: it is answered, and folded once there is room
             if result is not None:
                 return result
             if time.monotonic() > deadline:

@@ -8,6 +8,7 @@ or dangerous; unknown fields are kept as sent (analytics.js and RudderStack add 
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -41,6 +42,12 @@ SHORT_TYPES = {"t": "track", "p": "page", "i": "identify", "a": "alias", "g": "g
 _OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
 _STRING_FIELDS = ("event", "name", "category", "userId", "anonymousId", "previousId",
                   "groupId")
+#: Fields the relay and the vendors add up or multiply (cart lines, order totals): beyond
+#: this they overflow (1e308 + 1e308 is inf, stored as null; two integers past 2**63 leave
+#: the 64 bits JSON writers take), which failed that visitor's later events with a 500.
+_AMOUNT_FIELDS = frozenset({"quantity", "price", "revenue", "total", "subtotal", "value",
+                            "shipping", "tax", "discount"})
+MAX_AMOUNT = 1e15
 
 
 class BadRequest(Exception):
@@ -271,6 +278,9 @@ def _problem(message: Any, type_hint: str) -> tuple[str, str] | None:
         return "no_event", "a track message needs an event name"
     if kind == "identify" and not message.get("userId") and not message.get("traits"):
         return "no_identity", "an identify message needs a userId or traits"
+    number = _bad_number(message)
+    if number is not None:
+        return "bad_number", number
     timestamp = message.get("timestamp")
     if timestamp is not None:
         if not isinstance(timestamp, str):
@@ -279,4 +289,40 @@ def _problem(message: Any, type_hint: str) -> tuple[str, str] | None:
             datetime.fromisoformat(timestamp.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
             return "bad_timestamp", f"timestamp is not ISO-8601: {timestamp[:40]!r}"
+    return None
+
+
+def _bad_number(message: dict[str, Any]) -> str | None:
+    """The reason a number of the message cannot be kept, or None: a non-finite one (none
+    comes out of strict JSON, but a message is also built in-process), or an amount (a
+    quantity, a price, a total; in the properties or in their products) beyond
+    ±`MAX_AMOUNT`, which sums and products at the relay and the vendors would overflow."""
+    stack: list[tuple[str, Any]] = [("", message)]
+    while stack:
+        key, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.items())
+        elif isinstance(value, list):
+            stack.extend((key, item) for item in value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            return f"{key or 'a field'} is not a finite number"
+        elif key in _AMOUNT_FIELDS and not isinstance(value, bool):
+            amount = _amount(value)
+            if amount is not None and not math.isfinite(amount):
+                return f"{key} is not a finite number"
+            if amount is not None and abs(amount) > MAX_AMOUNT:
+                return (f"{key} is {amount:.3g}: amounts beyond ±{MAX_AMOUNT:.0e} are "
+                        "refused (sums and products of them overflow)")
+    return None
+
+
+def _amount(value: Any) -> float | None:
+    """An amount as the relay reads it: a number, or a string it parses as one ("inf" too)."""
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and len(value) <= 100:
+        try:
+            return float(value)
+        except ValueError:
+            return None
     return None

@@ -21,6 +21,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id",
                                                                         default=None)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+#: What may start a new line or rewrite one on a terminal: C0 and C1 controls (newline,
+#: carriage return, escape sequences), DEL, and Unicode's line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
@@ -43,13 +46,44 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+def escape_controls(text: str) -> str:
+    """`text` on one line: each control character spelled as its escape (`\\n`, `\\x1b`)."""
+    return _CONTROL.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    ch = match.group()
+    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch) or (
+        f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+
+
+class TextFormatter(logging.Formatter):
+    """One record, one line: a logged value (a messageId, a vendor's answer) with a newline
+    in it could otherwise write a line of its own into the log that looks like the relay's.
+    A traceback keeps its lines, each indented, so none of them starts like a record."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        text = super().formatException(ei)
+        return "\n".join("    " + _CONTROL.sub(_escaped, line)
+                         for line in text.splitlines())
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802 - logging's name
+        return "\n".join("    " + _CONTROL.sub(_escaped, line)
+                         for line in stack_info.splitlines())
+
+
 def configure(level: str = "info", fmt: str = "json") -> None:
     handler = logging.StreamHandler()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -1,7 +1,8 @@
 """Operator routes: /healthz, /readyz, /metrics, /debug (live debugger), /debug/trace (one
 message's trace), /admin/health (vendor health page and .json), /openapi.json.
 
-/healthz and /readyz are open (load balancers call them); /metrics and /debug need the admin
+/healthz and /readyz are open (load balancers call them; /readyz tells only ready or not
+unless the admin token comes with the request); /metrics and /debug need the admin
 token (`relay.admin_token`) as a bearer token. A browser cannot send that header, so the
 debugger page also takes a short-lived signed link (`shoprelay debug-link`), traded for a
 cookie its event stream sends by itself (see operate.admin); `?token=` is accepted on the
@@ -69,12 +70,23 @@ class Operations:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
-        """Ready when the spool answers, the rules stage keeps up with the intake and no
-        vendor's backlog is older than its threshold."""
+        """Ready when the spool answers and can write, the rules stage keeps up with the
+        intake and no vendor's backlog is older than its threshold.
+
+        Without the admin token the answer says only that (`{"status": "ok"}` or
+        `{"status": "not_ready"}`): the route is open for load balancers, and the details
+        (a paused vendor's answer, its address, partner ids) are the operator's."""
+        status, body = await self._readiness()
+        code = 200 if status in ("ok", "vendor_paused") else 503
+        if not self._authorised(request, debugger=True):
+            body = {"status": "ok" if code == 200 else "not_ready"}
+        return JSONResponse(body, code, headers={"Cache-Control": "no-store"})
+
+    async def _readiness(self) -> tuple[str, dict[str, Any]]:
         try:
             stats = await self.spool.stats()
         except Exception as exc:  # the spool is unreachable: that is the answer
-            return JSONResponse({"status": "unavailable", "spool": type(exc).__name__}, 503)
+            return "unavailable", {"status": "unavailable", "spool": type(exc).__name__}
         now = time.time()
         ages = {vendor: round(now - first, 1) for vendor, first in stats.oldest_queued.items()}
         limit = self.settings.relay.ready_max_backlog_seconds
@@ -88,14 +100,19 @@ class Operations:
                       if stats.intake_oldest is not None else None)
         intake_limit = self.settings.relay.ready_max_intake_seconds
         behind = intake_age is not None and intake_age > intake_limit
-        status = ("not_routing" if behind else "backlogged" if late
-                  else "vendor_paused" if paused else "ok")
+        # A spool that cannot write (its disk is full) refuses every request with 503: the
+        # relay is out of rotation until it writes again (shoprelay.spool.disk).
+        disk = getattr(self.spool, "disk_full", None)
+        status = ("disk_full" if disk is not None else "not_routing" if behind
+                  else "backlogged" if late else "vendor_paused" if paused else "ok")
         body = {"status": status, "oldest_queued_seconds": ages,
                 "max_backlog_seconds": limit, "paused_vendors": paused,
                 "refused_events": refused,
                 "intake": {"pending": stats.intake, "oldest_seconds": intake_age,
                            "max_seconds": intake_limit}}
-        return JSONResponse(body, 503 if late or behind else 200)
+        if disk is not None:
+            body["disk_full"] = disk.to_dict()
+        return status, body
 
     def _authorised(self, request: Request, *, debugger: bool = False,
                     query_token: bool = False) -> bool:

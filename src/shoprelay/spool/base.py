@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from shoprelay.events import StoredEvent
+from shoprelay.masking import mask_credentials
 
 # The rules decide what ingest stores; a spool only stores it.
 from shoprelay.rules import IngestResult, RequestContext, Router
@@ -30,13 +31,16 @@ LETTER_REQUEST_CHARS = 1_000_000
 
 def trace_exchange(request: str, response: str) -> tuple[str, str]:
     """What a trace keeps of an exchange (the text is masked before: a cut secret would not
-    be recognised any more)."""
-    return request[:EXCHANGE_CHARS], response[:EXCHANGE_CHARS]
+    be recognised any more; every credential-named value is masked here as well, whoever
+    wrote it, before the cut)."""
+    return (mask_credentials(request)[:EXCHANGE_CHARS],
+            mask_credentials(response)[:EXCHANGE_CHARS])
 
 
 def letter_exchange(request: str, response: str) -> tuple[str, str]:
-    """What a dead letter keeps of its failed exchange."""
-    return request[:LETTER_REQUEST_CHARS], response[:LETTER_ANSWER_CHARS]
+    """What a dead letter keeps of its failed exchange (credential values masked whole)."""
+    return (mask_credentials(request)[:LETTER_REQUEST_CHARS],
+            mask_credentials(response)[:LETTER_ANSWER_CHARS])
 
 
 def kept_exchange(state: int, request: str, response: str) -> tuple[str, str]:

@@ -62,6 +62,7 @@ from shoprelay.spool.base import (
     kept_exchange,
     trace_exchange,
 )
+from shoprelay.spool.disk import DiskState, DiskWatch, is_disk_full
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -317,6 +318,13 @@ class SqliteSpool:
         self._routing = False
         self._route_queued = False
         self._intake_added = False
+        #: Writes refused for want of space (shoprelay.spool.disk): ingest answers 503.
+        self._disk = DiskWatch(path)
+
+    @property
+    def disk_full(self) -> DiskState | None:
+        """While the spool cannot write (its disk is full), what `/readyz` shows."""
+        return None if self.path == ":memory:" else self._disk.state()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -403,6 +411,7 @@ class SqliteSpool:
                     break
                 ops.append(more)
             results: list[tuple[_Op, Any, BaseException | None]] = []
+            changes = conn.total_changes
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 for op in ops:
@@ -414,10 +423,15 @@ class SqliteSpool:
                     conn.execute("ROLLBACK")
                 # Cached visitor states may hold changes that were rolled back.
                 self._states.clear()
+                # No space: the callers hear it as such (a 503), and it is logged once a
+                # minute, not once per request.
+                told: BaseException = self._disk.failed(exc) if is_disk_full(exc) else exc
                 for op in ops:
                     if not op.future.done():
-                        op.future.set_exception(exc)
+                        op.future.set_exception(told)
                 continue
+            if conn.total_changes != changes:
+                self._disk.wrote()
             if self._announce:
                 self._announce = False
                 self.on_new_work()
@@ -439,6 +453,8 @@ class SqliteSpool:
         try:
             result = op.run(conn)
         except Exception as exc:
+            if is_disk_full(exc):
+                raise  # no op of this transaction can be stored (SQLite may have undone it)
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
             self._states.clear()  # the op may have changed cached states
@@ -537,6 +553,9 @@ class SqliteSpool:
                 result = self._ingest(conn, site, messages, RequestContext.from_json(ctx),
                                       received_at)
             except Exception as exc:
+                if is_disk_full(exc):
+                    # Not the row's fault: it stays in the intake, routed once there is room.
+                    raise
                 conn.execute("ROLLBACK TO route_row")
                 conn.execute("RELEASE route_row")
                 self._states.clear()

@@ -54,10 +54,14 @@ SEARCH_POLICIES = ("not_found", "all")
 ES_JS_COOKIE = "sc"
 
 
-def es_js_cookie(message: dict[str, Any]) -> str | None:
-    """eS.JS's `sc` value when the client sent it as `context.sc` (a shop running eS.JS
-    beside the relay: Yespo then wants eS.JS's id, so its own events and ours are one
-    visitor); None otherwise, and the relay's visitor id is used."""
+def es_js_cookie(message: dict[str, Any], source: str) -> str | None:
+    """eS.JS's `sc` value when the shop's backend passed it on as `context.sc` (a shop
+    running eS.JS beside the relay: Yespo then wants eS.JS's id, so its own events and ours
+    are one visitor); None otherwise, and the relay's visitor id is used. Only the server
+    API's: from a browser's body the value is whatever the sender chose, and naming another
+    visitor's eS.JS id would file these events under that visitor at Yespo."""
+    if source != "server":
+        return None
     context = message.get("context")
     value = context.get("sc") if isinstance(context, dict) else None
     if isinstance(value, str) and 0 < len(value.strip()) <= 128:
@@ -271,7 +275,8 @@ class Yespo(Vendor[YespoConfig]):
         for key, kind in (("user_email", "email"), ("user_phone", "phone")):
             if key in info:
                 info[key] = contact_value(info[key], config, kind)
-        info["cookies"] = {"sc": es_js_cookie(event.message) or enrichment.visitor_id}
+        info["cookies"] = {"sc": es_js_cookie(event.message, enrichment.source)
+                           or enrichment.visitor_id}
         return info
 
     def _body(self, event_name: str, event: StoredEvent, config: YespoConfig,
