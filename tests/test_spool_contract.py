@@ -27,6 +27,7 @@ from shoprelay.spool.base import (
     FIGURE_HOUR,
     FIGURE_MINUTE,
     LETTER_ANSWER_CHARS,
+    Retention,
     Spool,
 )
 from shoprelay.spool.redis import RedisSpool
@@ -366,7 +367,7 @@ def test_prune_forgets_visitors_not_seen_within_retention(backend: Backend) -> N
             found = await spool.ingest("s", [order], server)
             assert found.visitor_id != COOKIE.visitor_for_anonymous_id("s", "old")
 
-        run(backend, expiring, state_ttl=1.0)
+        run(backend, expiring, retention=Retention(visitors=1.0))
         return
     run(backend, scenario)
 
