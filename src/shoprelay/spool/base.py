@@ -405,6 +405,8 @@ class Spool(Protocol):
     `mark_*` calls record each row's fate. Every write is durable when its call returns.
     """
 
+    #: What the spool keeps and how long (`runtime.retention_of` makes it from the settings).
+    retention: Retention
     #: Called (from any thread) after new work was committed, so workers can wake up.
     on_new_work: Callable[[], None]
     #: Called (from any thread) after a request was appended to the intake, so the rules

@@ -15,7 +15,13 @@ from redis.exceptions import WatchError
 from redis.typing import EncodableT, FieldT
 
 from shoprelay.events import StoredEvent
-from shoprelay.spool.base import DeadLetter, LetterFilter, letter_exchange
+from shoprelay.spool.base import (
+    PENDING,
+    STATE_NAMES,
+    DeadLetter,
+    LetterFilter,
+    letter_exchange,
+)
 from shoprelay.spool.redis.context import RedisContext
 
 
@@ -101,6 +107,16 @@ class DeadLetters:
                     if record.get("part") is not None:
                         fields["p"] = int(record["part"])
                     pipe.xadd(stream, fields)
+                    # The trace says queued again (as SQLite's row does), and the message is
+                    # named by waiting work: retention keeps it until that work is done.
+                    event = StoredEvent.from_dict(record["event"])
+                    part = record.get("part")
+                    trace = k("tr", site, event.message_id)
+                    pipe.hset(trace, record["vendor"] if part is None
+                              else f"{record['vendor']}#{part}",
+                              orjson.dumps({"s": STATE_NAMES[PENDING], "a": 0,
+                                            "t": time.time()}))
+                    pipe.expire(trace, ctx.event_ttl or 86400 * 30)
                     pipe.hdel(dead_key, member)
                     pipe.zrem(time_key, member)
                     pipe.hincrby(k("counts"), f"{record['vendor']}:dead", -1)

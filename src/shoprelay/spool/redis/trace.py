@@ -220,7 +220,40 @@ class Traces:
         return sorted(figures.values(), key=lambda f: (f.site, f.vendor))
 
     async def prune(self, cut: PruneCut) -> None:
-        """Trim every site's history to retention (the timelines of visitors expire)."""
-        redis = self._ctx.redis
-        async for key in redis.scan_iter(match=self._ctx.k("hist", "*"), count=500):
-            await redis.zremrangebyscore(key, "-inf", f"({cut.finished}")
+        """Forget the messages `cut` says, as SQLite's `prune` does: received before
+        `cut.finished` with all their work finished before it. Each goes with its event, its
+        dedup key, its trace and notes, and out of the site's history and its visitor's
+        timeline; a message with work still queued (or claimed, or finished since) stays.
+        (What is left expires by TTL.)"""
+        redis, k = self._ctx.redis, self._ctx.k
+        head = k("hist", "")
+        async for key in redis.scan_iter(match=head + "*", count=500):
+            site = str(key)[len(head):]
+            members = cast(list[str], await redis.zrangebyscore(key, "-inf",
+                                                                f"({cut.finished}"))
+            for start in range(0, len(members), 500):
+                await self._forget(site, members[start:start + 500], cut)
+
+    async def _forget(self, site: str, members: list[str], cut: PruneCut) -> None:
+        redis, k = self._ctx.redis, self._ctx.k
+        bodies = await redis.mget([k("ev", site, m) for m in members])
+        events = [StoredEvent.from_dict(orjson.loads(b)) if b else None for b in bodies]
+        async with redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                if event is not None:
+                    pipe.hgetall(k("tr", site, event.message_id))
+            traces = iter(await pipe.execute())
+        waiting = (STATE_NAMES[PENDING], STATE_NAMES[BACKFILL])
+        async with redis.pipeline(transaction=True) as pipe:
+            for member, event in zip(members, events, strict=True):
+                if event is not None:
+                    records = [orjson.loads(raw) for raw in next(traces).values()]
+                    if any(r.get("s", STATE_NAMES[PENDING]) in waiting
+                           or float(r.get("t") or 0.0) >= cut.finished for r in records):
+                        continue  # work still names it
+                    mid = event.message_id
+                    pipe.delete(k("ev", site, member), k("msg", site, mid), k("tr", site, mid),
+                                k("note", site, mid))
+                    pipe.zrem(k("vm", site, event.enrichment.visitor_id), mid)
+                pipe.zrem(k("hist", site), member)
+            await pipe.execute()
