@@ -22,6 +22,8 @@ PENDING, DELIVERED, DEAD, SKIPPED, BACKFILL = 0, 1, 2, 3, 4
 STATE_NAMES = {PENDING: "queued", DELIVERED: "delivered", DEAD: "dead", SKIPPED: "skipped",
                BACKFILL: "backfill"}
 STATE_CODES = {name: code for code, name in STATE_NAMES.items()}
+#: A trace's state of a vendor whose work is known only by its parts (see `gather_work`).
+PARTS_ONLY = "unknown"
 #: The states a finished piece of work ends in (what retention may forget).
 FINISHED = (DELIVERED, SKIPPED, DEAD)
 
@@ -181,7 +183,7 @@ def gather_work(rows: Iterable[tuple[int | None, WorkRecord]]) -> dict[str, Work
             parts.append((part, record))
     for part, record in parts:
         vendor = record.vendor
-        work.setdefault(vendor, WorkRecord(vendor=vendor, state="unknown")).parts[part] = record
+        work.setdefault(vendor, WorkRecord(vendor=vendor, state=PARTS_ONLY)).parts[part] = record
     return work
 
 
