@@ -774,6 +774,8 @@ def test_prune_removes_what_the_retention_policy_says(backend: Backend) -> None:
 
         assert await spool.prune(cut) >= 2
         assert [d.event.message_id for d in await spool.dead_letters()] == ["m4"]
+        counts = (await spool.stats()).counts["goshops"]
+        assert (counts.get("delivered"), counts.get("dead")) == (1, 1)  # m5, m4
         assert [r.event.message_id for r in await due(spool)] == ["m3"]
         for gone in ("m1", "m2"):
             assert await spool.find_messages("s", message_id=gone) == []

@@ -29,9 +29,11 @@ from shoprelay.rules import OrderRecord
 from shoprelay.spool.base import (
     BACKFILL,
     DEAD,
+    DELIVERED,
     FIGURE_HOUR,
     FIGURE_MINUTE,
     PENDING,
+    SKIPPED,
     STATE_NAMES,
     HistoryItem,
     MessageRecord,
@@ -244,13 +246,20 @@ class Traces:
                     pipe.hgetall(k("tr", site, event.message_id))
             traces = iter(await pipe.execute())
         waiting = (STATE_NAMES[PENDING], STATE_NAMES[BACKFILL])
+        # Counted as kept work, as SQLite counts its rows (dead letters are uncounted where
+        # they are pruned).
+        counted = (STATE_NAMES[DELIVERED], STATE_NAMES[SKIPPED])
         async with redis.pipeline(transaction=True) as pipe:
             for member, event in zip(members, events, strict=True):
                 if event is not None:
-                    records = [orjson.loads(raw) for raw in next(traces).values()]
+                    records = {field: orjson.loads(raw) for field, raw in next(traces).items()}
                     if any(r.get("s", STATE_NAMES[PENDING]) in waiting
-                           or float(r.get("t") or 0.0) >= cut.finished for r in records):
+                           or float(r.get("t") or 0.0) >= cut.finished
+                           for r in records.values()):
                         continue  # work still names it
+                    for field, r in records.items():
+                        if r.get("s") in counted:
+                            pipe.hincrby(k("counts"), f"{field.partition('#')[0]}:{r['s']}", -1)
                     mid = event.message_id
                     pipe.delete(k("ev", site, member), k("msg", site, mid), k("tr", site, mid),
                                 k("note", site, mid))
