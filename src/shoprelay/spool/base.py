@@ -212,6 +212,13 @@ def intake_note(received_at: float, failed: str | None = None) -> str:
     return f"accepted at {when} UTC, not yet routed"
 
 
+def in_intake(site: str, message_id: str, received_at: float,
+              failed: str | None = None) -> MessageRecord:
+    """What a trace finds of a message still in the intake, whichever spool holds it."""
+    return MessageRecord(site, message_id, "", received_at, None,
+                         notes=[(received_at, intake_note(received_at, failed))])
+
+
 @dataclass(slots=True)
 class HistoryItem:
     """One stored message of a site's history, in the order it was accepted (a backfill's

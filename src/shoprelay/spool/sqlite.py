@@ -62,7 +62,7 @@ from shoprelay.spool.base import (
     WorkRecord,
     backfill_owns,
     gather_work,
-    intake_note,
+    in_intake,
     kept_exchange,
     newest_first,
     noted_only,
@@ -933,9 +933,7 @@ class SqliteSpool:
                 continue
             for message in orjson.loads(data):
                 if str(message.get("messageId")) == message_id:
-                    note = intake_note(received_at, failed)
-                    return [MessageRecord(site, message_id, "", received_at, None,
-                                          notes=[(received_at, note)])]
+                    return [in_intake(site, message_id, received_at, failed)]
         return []
 
     @staticmethod
