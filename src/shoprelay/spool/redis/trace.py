@@ -23,6 +23,7 @@ import time
 from typing import Any, cast
 
 import orjson
+from redis.exceptions import WatchError
 
 from shoprelay.events import StoredEvent
 from shoprelay.rules import OrderRecord
@@ -240,29 +241,38 @@ class Traces:
         redis, k = self._ctx.redis, self._ctx.k
         bodies = await redis.mget([k("ev", site, m) for m in members])
         events = [StoredEvent.from_dict(orjson.loads(b)) if b else None for b in bodies]
-        async with redis.pipeline(transaction=False) as pipe:
-            for event in events:
-                if event is not None:
-                    pipe.hgetall(k("tr", site, event.message_id))
-            traces = iter(await pipe.execute())
+        traced = [k("tr", site, e.message_id) for e in events if e is not None]
         waiting = (STATE_NAMES[PENDING], STATE_NAMES[BACKFILL])
         # Counted as kept work, as SQLite counts its rows (dead letters are uncounted where
         # they are pruned).
         counted = (STATE_NAMES[DELIVERED], STATE_NAMES[SKIPPED])
         async with redis.pipeline(transaction=True) as pipe:
-            for member, event in zip(members, events, strict=True):
-                if event is not None:
-                    records = {field: orjson.loads(raw) for field, raw in next(traces).items()}
-                    if any(r.get("s", STATE_NAMES[PENDING]) in waiting
-                           or float(r.get("t") or 0.0) >= cut.finished
-                           for r in records.values()):
-                        continue  # work still names it
-                    for field, r in records.items():
-                        if r.get("s") in counted:
-                            pipe.hincrby(k("counts"), f"{field.partition('#')[0]}:{r['s']}", -1)
-                    mid = event.message_id
-                    pipe.delete(k("ev", site, member), k("msg", site, mid), k("tr", site, mid),
-                                k("note", site, mid))
-                    pipe.zrem(k("vm", site, event.enrichment.visitor_id), mid)
-                pipe.zrem(k("hist", site), member)
-            await pipe.execute()
+            try:
+                # A fate or a replay written meanwhile (the trace changes) cancels this chunk:
+                # the next prune looks again, rather than forget what work names.
+                if traced:
+                    await pipe.watch(*traced)
+                async with redis.pipeline(transaction=False) as read:
+                    for key in traced:
+                        read.hgetall(key)
+                    traces = iter(await read.execute())
+                pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                for member, event in zip(members, events, strict=True):
+                    if event is not None:
+                        records = {f: orjson.loads(raw) for f, raw in next(traces).items()}
+                        if any(r.get("s", STATE_NAMES[PENDING]) in waiting
+                               or float(r.get("t") or 0.0) >= cut.finished
+                               for r in records.values()):
+                            continue  # work still names it
+                        for field, r in records.items():
+                            if r.get("s") in counted:
+                                pipe.hincrby(k("counts"),
+                                             f"{field.partition('#')[0]}:{r['s']}", -1)
+                        mid = event.message_id
+                        pipe.delete(k("ev", site, member), k("msg", site, mid),
+                                    k("tr", site, mid), k("note", site, mid))
+                        pipe.zrem(k("vm", site, event.enrichment.visitor_id), mid)
+                    pipe.zrem(k("hist", site), member)
+                await pipe.execute()
+            except WatchError:
+                return
