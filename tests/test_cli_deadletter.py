@@ -62,6 +62,17 @@ def test_deadletter_list_and_replay(tmp_path: Path) -> None:
         assert "goshops" in text.stdout and "status=400" in text.stdout
         bad = shoprelay("deadletter", "list", "--config", str(cfg), "--since", "yesterday")
         assert bad.returncode == 2 and "ISO-8601" in bad.stderr
+        # --site and --status narrow a listing and a replay alike (one filter for both).
+        mine = orjson.loads(shoprelay("deadletter", "list", "--config", str(cfg), "--site",
+                                      "shop", "--status", "400", "--vendor", "goshops",
+                                      "--json").stdout)
+        assert [(d["site"], d["vendor"], d["messageId"]) for d in mine] == [
+            ("shop", "goshops", "m0")]
+        for narrow in (["--site", "other"], ["--status", "500"]):
+            none = shoprelay("deadletter", "list", "--config", str(cfg), *narrow)
+            assert none.returncode == 0 and "no dead letters" in none.stdout, narrow
+            nothing = shoprelay("deadletter", "replay", "--config", str(cfg), *narrow)
+            assert nothing.stdout.startswith("0 dead letter(s)"), narrow
 
         first = next(d for d in only_rr if d["messageId"] == "m0")
         one = shoprelay("deadletter", "replay", "--config", str(cfg), "--id", str(first["id"]))

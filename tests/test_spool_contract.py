@@ -22,11 +22,14 @@ import redis
 from shoprelay.identity.cookie import VisitorCookie, new_visitor_id
 from shoprelay.rules import RequestContext
 from shoprelay.spool.base import (
+    DEAD,
     DELIVERED,
     EXCHANGE_CHARS,
     FIGURE_HOUR,
     FIGURE_MINUTE,
     LETTER_ANSWER_CHARS,
+    LetterFilter,
+    Retention,
     Spool,
 )
 from shoprelay.spool.redis import RedisSpool
@@ -366,7 +369,7 @@ def test_prune_forgets_visitors_not_seen_within_retention(backend: Backend) -> N
             found = await spool.ingest("s", [order], server)
             assert found.visitor_id != COOKIE.visitor_for_anonymous_id("s", "old")
 
-        run(backend, expiring, state_ttl=1.0)
+        run(backend, expiring, retention=Retention(visitors=1.0))
         return
     run(backend, scenario)
 
@@ -745,5 +748,120 @@ def test_the_figures_count_the_last_minute_and_the_last_hour_to_the_second(
         # bucket whole, so this said 2 unless the answers came in a minute's last second).
         assert await figures(after + FIGURE_MINUTE + 1) == (0, 1, 1)
         assert await figures(after + FIGURE_HOUR + 100) == (0, 0, 0)
+
+    run(backend, scenario)
+
+
+def test_prune_removes_what_the_retention_policy_says(backend: Backend) -> None:
+    """`prune(cut)` forgets, on both backends, what `Retention.cut` names: work finished
+    before the cut with its dead letters, and the messages received before it that no work
+    names any more (their dedup with them: a resend is accepted as new). Queued work stays
+    whatever its age, with its message; what came or finished after the cut stays."""
+    async def scenario(spool: Spool) -> None:
+        await spool.ingest("s", [view(1, "a"), view(2, "b"), view(3, "c")], BROWSER)
+        old = {r.event.message_id: r for r in await due(spool)}
+        await spool.mark_done([old["m1"].id], status=200)
+        await spool.mark_dead([old["m2"].id], status=400, error="old refusal")
+        await asyncio.sleep(0.02)
+        cut = time.time()
+        await asyncio.sleep(0.02)
+        await spool.ingest("s", [view(4, "d"), view(5, "e")], BROWSER)
+        new = {r.event.message_id: r for r in await due(spool) if r.event.message_id != "m3"}
+        await spool.mark_dead([new["m4"].id], status=400, error="new refusal")
+        await spool.mark_done([new["m5"].id], status=200)
+        cutoff = spool.retention.cut(cut, time.time())
+        assert cutoff.finished == cut
+
+        assert await spool.prune(cut) >= 2
+        assert [d.event.message_id for d in await spool.dead_letters()] == ["m4"]
+        counts = (await spool.stats()).counts["goshops"]
+        assert (counts.get("delivered"), counts.get("dead")) == (1, 1)  # m5, m4
+        assert [r.event.message_id for r in await due(spool)] == ["m3"]
+        for gone in ("m1", "m2"):
+            assert await spool.find_messages("s", message_id=gone) == []
+        for kept in ("m3", "m4", "m5"):
+            [record] = await spool.find_messages("s", message_id=kept)
+            assert record.event is not None
+        page, _ = await spool.history("s", since=0, until=time.time() + 1)
+        assert [i.message_id for i in page] == ["m3", "m4", "m5"]
+        again = await spool.ingest("s", [view(1, "a"), view(4, "d")], BROWSER)
+        assert (again.stored, again.duplicates) == (1, 1)  # m1 forgotten, m4 remembered
+
+    run(backend, scenario, router=lambda event: ["goshops"])
+
+
+def test_a_dead_letter_filter_means_the_same_letters_to_list_and_to_replay(
+        backend: Backend) -> None:
+    """One `LetterFilter` (site, vendor, id, since, status) picks the same letters on both
+    backends, for a listing and for a replay."""
+    async def scenario(spool: Spool) -> None:
+        await spool.ingest("s", [view(1, "a"), view(2, "b")], BROWSER)
+        await spool.ingest("t", [view(3, "c")], BROWSER)
+        rows = {(r.site, r.event.message_id): r
+                for site in ("s", "t") for r in await spool.due(site, "goshops", time.time(),
+                                                                 100)}
+        await spool.mark_dead([rows["s", "m1"].id], status=400, error="bad field")
+        await asyncio.sleep(0.02)
+        since = time.time()
+        await spool.mark_dead([rows["s", "m2"].id], status=422, error="refused")
+        await spool.mark_dead([rows["t", "m3"].id], status=400, error="bad field")
+        alana = await spool.due("s", "alana", time.time(), 100)
+        await spool.mark_dead([alana[0].id], status=400, error="bad field")
+
+        async def ids(where: LetterFilter) -> list[tuple[str, str, str]]:
+            return [(d.site, d.vendor, d.event.message_id)
+                    for d in await spool.dead_letters(where)]
+
+        assert len(await ids(LetterFilter())) == 4
+        assert await ids(LetterFilter(site="t")) == [("t", "goshops", "m3")]
+        assert await ids(LetterFilter(site="s", vendor="goshops", status=400)) == [
+            ("s", "goshops", "m1")]
+        assert await ids(LetterFilter(vendor="goshops", since=since)) == [
+            ("s", "goshops", "m2"), ("t", "goshops", "m3")]
+        [letter] = await spool.dead_letters(LetterFilter(status=422))
+        assert await ids(LetterFilter(dead_id=letter.id)) == [("s", "goshops", "m2")]
+        assert await ids(LetterFilter(site="u")) == []
+        # The shorthand keywords are the same filter.
+        assert [d.id for d in await spool.dead_letters(vendor="alana")] == [
+            d.id for d in await spool.dead_letters(LetterFilter(vendor="alana"))]
+
+        assert await spool.replay(LetterFilter(site="s", vendor="goshops", status=400)) == 1
+        assert [r.event.message_id for r in await due(spool)] == ["m1"]
+        assert await ids(LetterFilter(vendor="goshops")) == [("s", "goshops", "m2"),
+                                                             ("t", "goshops", "m3")]
+
+    run(backend, scenario)
+
+
+def test_a_backfill_settled_dead_is_a_dead_letter_the_live_path_can_replay(
+        backend: Backend) -> None:
+    """A backfill's DEAD settle is kept as the live path keeps a failure: listed and counted
+    as a dead letter, never claimed again, and a replay hands it to the live path (it was
+    SQLite only)."""
+    async def scenario(spool: Spool) -> None:
+        start = time.time()
+        await spool.ingest("s", [view(1, "a"), view(2, "b")], BROWSER)
+        items, _ = await spool.history("s", since=start - 1, until=time.time() + 1)
+        assert await spool.claim_backfill("s", "yespo", items) == ["m1", "m2"]
+        await spool.settle_backfill("s", "yespo", "m1", state=DEAD, status=400,
+                                    error="bad field", request="POST /y", response="no")
+        await spool.settle_backfill("s", "yespo", "m2", state=DELIVERED, status=200)
+        [letter] = await spool.dead_letters(vendor="yespo")
+        assert (letter.event.message_id, letter.status, letter.error, letter.request,
+                letter.part) == ("m1", 400, "bad field", "POST /y", None)
+        counts = (await spool.stats()).counts["yespo"]
+        assert (counts["dead"], counts["delivered"]) == (1, 1)
+        [m1] = await spool.find_messages("s", message_id="m1")
+        assert (m1.work["yespo"].state, m1.work["yespo"].error) == ("dead", "bad field")
+        assert await spool.claim_backfill("s", "yespo", items) == []  # settled, both
+        assert await due(spool, "yespo") == []
+
+        assert await spool.replay(vendor="yespo") == 1
+        [row] = await due(spool, "yespo")
+        assert (row.event.message_id, row.attempts, row.part) == ("m1", 0, None)
+        await spool.mark_done([row.id], status=200)
+        [m1] = await spool.find_messages("s", message_id="m1")
+        assert m1.work["yespo"].state == "delivered"
+        assert await spool.dead_letters(vendor="yespo") == []
 
     run(backend, scenario)

@@ -23,7 +23,7 @@ from shoprelay.identity.cookie import VisitorCookie, new_visitor_id
 from shoprelay.routing import make_router
 from shoprelay.rules import SitePolicy
 from shoprelay.settings import Settings
-from shoprelay.spool.base import Spool
+from shoprelay.spool.base import Retention, Spool
 from shoprelay.spool.sqlite import SqliteSpool
 from shoprelay.vendors import VENDORS
 from shoprelay.vendors.base import Vendor, VendorConfig
@@ -79,6 +79,16 @@ def visitor_cookie(settings: Settings) -> VisitorCookie:
                          accept_unbound=len(settings.sites) == 1)
 
 
+def retention_of(settings: Settings) -> Retention:
+    """What the spool keeps, and how long, by the settings: finished work `retention_hours`,
+    queued work up to `delivery_max_age_hours` more, visitors as long as finished work (or,
+    with retention off, as long as their cookie lives)."""
+    relay = settings.relay
+    finished = relay.retention_hours * 3600.0
+    return Retention(finished=finished, max_age=relay.delivery_max_age_hours * 3600.0,
+                     visitors=finished if finished > 0 else relay.cookie_max_age_days * 86400.0)
+
+
 def open_spool(settings: Settings) -> Spool:
     """The spool the settings name, not started yet: `sqlite://FILE` (one delivering process)
     or `redis://HOST:PORT/DB` (any number of processes and hosts sharing one Redis)."""
@@ -101,16 +111,12 @@ def open_spool(settings: Settings) -> Spool:
             session_timeout=relay.session_timeout_minutes * 60.0,
             alias_for=alias_for, new_id=new_visitor_id, policy=policy,
             prefix=relay.redis_prefix, partitions=relay.redis_partitions,
-            retention=relay.retention_hours * 3600.0,
-            max_age=relay.delivery_max_age_hours * 3600.0,
-            lease_seconds=relay.redis_lease_seconds,
-            # A visitor not seen within retention is forgotten, as the SQLite spool prunes it.
-            state_ttl=(relay.retention_hours * 3600.0 if relay.retention_hours > 0
-                       else relay.cookie_max_age_days * 86400.0))
+            lease_seconds=relay.redis_lease_seconds, retention=retention_of(settings))
     return SqliteSpool(
         spool_path(relay.spool), router=router, sync=relay.spool_sync,
         session_timeout=relay.session_timeout_minutes * 60.0,
-        alias_for=alias_for, new_id=new_visitor_id, policy=policy)
+        alias_for=alias_for, new_id=new_visitor_id, policy=policy,
+        retention=retention_of(settings))
 
 
 async def close_spool(spool: Spool) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from shoprelay.cli.common import load_settings, with_spool
+from shoprelay.spool.base import LetterFilter
 
 
 def parse_since(text: str | None) -> float | None:
@@ -27,14 +28,16 @@ def parse_since(text: str | None) -> float | None:
 
 def cmd_deadletter(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
+    try:
+        since = parse_since(args.since)
+    except ValueError:
+        print(f"shoprelay: --since must be ISO-8601, got {args.since!r}", file=sys.stderr)
+        return 2
+    # One filter for the listing and the replay: what `list` shows is what `replay` queues.
+    where = LetterFilter(site=args.site, vendor=args.vendor or None, dead_id=args.id,
+                         since=since, status=args.status)
     if args.action == "list":
-        try:
-            since = parse_since(args.since)
-        except ValueError:
-            print(f"shoprelay: --since must be ISO-8601, got {args.since!r}", file=sys.stderr)
-            return 2
-        letters = asyncio.run(with_spool(settings, lambda s: s.dead_letters(
-            vendor=args.vendor, since=since, dead_id=args.id)))
+        letters = asyncio.run(with_spool(settings, lambda s: s.dead_letters(where)))
         if args.json:
             sys.stdout.write(orjson.dumps([d.to_dict() for d in letters]).decode() + "\n")
             return 0
@@ -49,8 +52,7 @@ def cmd_deadletter(args: argparse.Namespace) -> int:
                   f"status={d.status}\tattempts={d.attempts}\t{d.error}")
         print(f"{len(letters)} dead letter(s)")
         return 0
-    count = asyncio.run(with_spool(settings, lambda s: s.replay(vendor=args.vendor,
-                                                                dead_id=args.id)))
+    count = asyncio.run(with_spool(settings, lambda s: s.replay(where)))
     print(f"{count} dead letter(s) queued again; a running relay delivers them")
     return 0
 
@@ -86,7 +88,10 @@ def register(sub: Any) -> None:
     dead.add_argument("--config", required=True)
     dead.add_argument("--vendor")
     dead.add_argument("--id", type=int)
-    dead.add_argument("--since", help="ISO-8601; list only dead letters since then")
+    dead.add_argument("--site", help="only the dead letters of this site")
+    dead.add_argument("--status", type=int, help="only those the vendor answered with this "
+                      "HTTP status")
+    dead.add_argument("--since", help="ISO-8601; only dead letters that failed since then")
     dead.add_argument("--json", action="store_true", help="list as JSON")
     dead.set_defaults(func=cmd_deadletter)
 

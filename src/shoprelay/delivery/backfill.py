@@ -37,7 +37,7 @@ from shoprelay.delivery.limits import SlidingWindowLimiter
 from shoprelay.events import ORDER_COMPLETED
 from shoprelay.routing import route_reasons
 from shoprelay.settings import Settings
-from shoprelay.spool.base import DEAD, DELIVERED, SKIPPED, HistoryItem, OutboxRow
+from shoprelay.spool.base import DEAD, DELIVERED, SKIPPED, HistoryItem, OutboxRow, backfill_owns
 from shoprelay.vendors import VENDORS
 
 PAGE = 500
@@ -211,7 +211,8 @@ class Backfill:
                     continue
                 report.candidates += 1
                 state = item.vendors.get(self.vendor)
-                if state is not None and state != "backfill":
+                # The claim's own rule: what a claim would not hand out, the vendor has.
+                if not backfill_owns(state is None, state):
                     report.already += 1
                     continue
                 report.per_event[item.event.name] += 1

@@ -16,8 +16,14 @@ from typing import Any, Protocol
 
 from shoprelay.events import ORDER_COMPLETED, StoredEvent
 from shoprelay.settings import Settings
+from shoprelay.spool import base as stored
 from shoprelay.spool.base import MessageRecord, WorkRecord
 from shoprelay.vendors import VENDORS
+
+#: The spool's names of the states a trace tells apart (`spool.base.STATE_NAMES`).
+_DELIVERED, _SKIPPED, _DEAD, _CLAIMED = (
+    stored.STATE_NAMES[s] for s in (stored.DELIVERED, stored.SKIPPED, stored.DEAD,
+                                    stored.BACKFILL))
 
 #: What a vendor's outcome is called, the same words in the CLI, the JSON and the debugger.
 SENT, QUEUED, RETRYING, PAUSED, DEAD, SKIPPED, NOT_SENT, BACKFILL = (
@@ -56,14 +62,14 @@ def _from_work(site: str, work: WorkRecord, pauses: PauseState, now: float) -> d
     out: dict[str, Any] = {"attempts": work.attempts, "status": work.status,
                            "request": work.request or None, "answer": work.response or None,
                            "at": iso(work.updated_at)}
-    if work.state == "delivered":
+    if work.state == _DELIVERED:
         out.update(outcome=SENT, reason=None)
-    elif work.state == "skipped":
+    elif work.state == _SKIPPED:
         out.update(outcome=SKIPPED,
                    reason="skipped: the vendor's adapter renders no request for this event")
-    elif work.state == "dead":
+    elif work.state == _DEAD:
         out.update(outcome=DEAD, reason=f"dead-lettered: {work.error or 'no reason kept'}")
-    elif work.state == "backfill":
+    elif work.state == _CLAIMED:
         out.update(outcome=BACKFILL, reason="claimed by a backfill that has not sent it yet")
     else:
         paused = pauses.pause_reason(site, work.vendor)
@@ -76,14 +82,15 @@ def _from_work(site: str, work: WorkRecord, pauses: PauseState, now: float) -> d
                               f"(attempt {work.attempts + 1}){last}")
         else:
             out.update(outcome=QUEUED, reason="queued: due now, waiting for its turn")
-    if work.state == "unknown":  # only parts are known (the event's own row was pruned)
+    if work.state == stored.PARTS_ONLY:  # only parts are known (the event's own row was pruned)
         out.update(outcome=SENT if work.parts else QUEUED, reason=None)
     if work.parts:
         # Requests of the event handled alone (one order line dead-lettered, or replayed).
         out["parts"] = {str(index): _from_work(site, part, pauses, now)
                         for index, part in sorted(work.parts.items())}
         dead = [f"request {index}: {part.error or 'no reason kept'}"
-                for index, part in sorted(work.parts.items()) if part.state == "dead"]
+                for index, part in sorted(work.parts.items())
+                if part.state == _DEAD]
         if dead:
             alone = f"{len(dead)} request(s) dead-lettered alone ({'; '.join(dead)})"
             out["reason"] = f"{out['reason']}; {alone}" if out.get("reason") else alone

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,8 +18,20 @@ __all__ = ["IngestResult", "RequestContext", "Router"]
 #: Outbox states. BACKFILL: claimed by a backfill (`shoprelay backfill`), not yet settled;
 #: the live path never hands such work out.
 PENDING, DELIVERED, DEAD, SKIPPED, BACKFILL = 0, 1, 2, 3, 4
+#: The one place the states are named: SQLite stores the codes, Redis the names, and every
+#: reader (traces, statistics, backfill) sees the names.
 STATE_NAMES = {PENDING: "queued", DELIVERED: "delivered", DEAD: "dead", SKIPPED: "skipped",
                BACKFILL: "backfill"}
+STATE_CODES = {name: code for code, name in STATE_NAMES.items()}
+#: A trace's state of a vendor whose work is known only by its parts (see `gather_work`).
+PARTS_ONLY = "unknown"
+#: The states a finished piece of work ends in (what retention may forget).
+FINISHED = (DELIVERED, SKIPPED, DEAD)
+
+
+def state_name(state: int) -> str:
+    """A state's name (an unknown code, from a newer release, as its number)."""
+    return STATE_NAMES.get(state, str(state))
 #: How much of a vendor exchange a spool keeps, whichever the backend. A trace (a work row's
 #: last exchange, kept within the retention for every row) keeps `EXCHANGE_CHARS` of the
 #: request and of the answer; a dead letter, which an operator reads to fix and replay, keeps
@@ -147,12 +159,68 @@ class MessageRecord:
     notes: list[tuple[float, str]] = field(default_factory=list)
 
 
+# ---- traces: put together here from the rows a spool returns ----------------------------------
+
+def work_record(vendor: str, state: str, *, attempts: int = 0, next_at: float = 0.0,
+                status: int | None = None, error: str = "", request: str = "",
+                response: str = "", updated_at: float = 0.0) -> WorkRecord:
+    """One stored work row (or part) as a trace shows it, whichever spool kept it: a trace's
+    share of the exchange (a SQLite row holds a dead letter's larger share), a retry time only
+    while the work still waits (a finished row keeps its last one)."""
+    request, response = trace_exchange(request, response)
+    waiting = state in (STATE_NAMES[PENDING], STATE_NAMES[BACKFILL])
+    return WorkRecord(vendor=vendor, state=state, attempts=attempts,
+                      next_at=next_at if waiting else 0.0, status=status or None, error=error,
+                      request=request, response=response, updated_at=updated_at)
+
+
+def gather_work(rows: Iterable[tuple[int | None, WorkRecord]]) -> dict[str, WorkRecord]:
+    """A message's work per vendor from its raw (part, record) rows: the whole event's
+    record, and under it each request handled alone (`part`). A vendor known only by its
+    parts (the event's own row already pruned) shows as "unknown" with those parts."""
+    work: dict[str, WorkRecord] = {}
+    parts: list[tuple[int, WorkRecord]] = []
+    for part, record in rows:
+        if part is None:
+            work[record.vendor] = record
+        else:
+            parts.append((part, record))
+    for part, record in parts:
+        vendor = record.vendor
+        work.setdefault(vendor, WorkRecord(vendor=vendor, state=PARTS_ONLY)).parts[part] = record
+    return work
+
+
+def noted_only(site: str, message_id: str, notes: list[tuple[float, str]]
+               ) -> MessageRecord | None:
+    """A message no copy of which was stored (a resend, a dropped order copy), told by its
+    notes; None when nothing is known of it."""
+    if not notes:
+        return None
+    return MessageRecord(site, message_id, "", notes[0][0], None, notes=notes)
+
+
+def newest_first(records: Iterable[MessageRecord], limit: int) -> list[MessageRecord]:
+    """What `find_messages` answers: each message once, newest first, at most `limit`."""
+    seen: dict[str, MessageRecord] = {}
+    for record in records:
+        seen.setdefault(record.message_id, record)
+    return sorted(seen.values(), key=lambda r: -r.received_at)[:limit]
+
+
 def intake_note(received_at: float, failed: str | None = None) -> str:
     """A trace's line for a message still in the intake."""
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(received_at))
     if failed:
         return f"accepted at {when} UTC, not routed: the rules stage failed on it ({failed})"
     return f"accepted at {when} UTC, not yet routed"
+
+
+def in_intake(site: str, message_id: str, received_at: float,
+              failed: str | None = None) -> MessageRecord:
+    """What a trace finds of a message still in the intake, whichever spool holds it."""
+    return MessageRecord(site, message_id, "", received_at, None,
+                         notes=[(received_at, intake_note(received_at, failed))])
 
 
 @dataclass(slots=True)
@@ -207,7 +275,7 @@ class SpoolStats:
     intake_failed: int = 0
 
     def add(self, vendor: str, state: int, count: int, oldest: float | None) -> None:
-        self.counts.setdefault(vendor, {})[STATE_NAMES.get(state, str(state))] = count
+        self.counts.setdefault(vendor, {})[state_name(state)] = count
         if state == PENDING and oldest is not None:
             self.oldest_queued[vendor] = oldest
 
@@ -245,6 +313,103 @@ class SpoolStats:
         return "; ".join(parts)
 
 
+# ---- dead letters: which ones a listing or a replay means -------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class LetterFilter:
+    """Which dead letters a listing or a replay means; every field that is set must match
+    (None: any). Written once here: the command line builds it, each spool translates it into
+    its own query (SQLite: a WHERE clause; Redis: `matches` over the time-sorted records)."""
+
+    site: str | None = None
+    vendor: str | None = None
+    dead_id: int | None = None
+    #: Failed at or after this time.
+    since: float | None = None
+    #: The vendor's HTTP status of the failed request.
+    status: int | None = None
+
+    @classmethod
+    def given(cls, where: LetterFilter | None, *, vendor: str | None = None,
+              since: float | None = None, dead_id: int | None = None) -> LetterFilter:
+        """`where`, or the filter the `Spool` calls' shorthand keywords name."""
+        if where is not None:
+            return where
+        return cls(vendor=vendor or None, since=since, dead_id=dead_id)
+
+    def matches(self, *, site: str, vendor: str, dead_id: int, failed_at: float,
+                status: int | None) -> bool:
+        return ((self.site is None or site == self.site)
+                and (self.vendor is None or vendor == self.vendor)
+                and (self.dead_id is None or dead_id == self.dead_id)
+                and (self.since is None or failed_at >= self.since)
+                and (self.status is None or status == self.status))
+
+
+# ---- retention: what a spool keeps, and for how long -----------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class PruneCut:
+    """What one `prune` removes, as plain times: work finished before `finished` (delivered,
+    skipped, dead letters), the messages received before it that no work names any more, the
+    orders recorded and notes written before it; visitors (with their aliases and user
+    bindings) not seen since `visitors`; intake answers nobody read and failed intake entries
+    received before `answers`."""
+
+    finished: float
+    visitors: float
+    answers: float
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long a spool keeps what, in seconds (`finished` 0: forever), handed to every spool
+    by `runtime.open_spool`: SQLite applies it in `prune`, Redis as key TTLs and in `prune`."""
+
+    #: Finished work, its dead letters and trace, its message and the order and dedup records.
+    finished: float = 168 * 3600.0
+    #: Queued work is dead-lettered past this age (delivery's rule), so an event may be
+    #: needed for this long after `finished`.
+    max_age: float = 24 * 3600.0
+    #: A visitor not seen for this long is forgotten with its aliases and user bindings.
+    visitors: float = 168 * 3600.0
+    #: An intake answer a server request never read, or a failed intake entry, is kept at
+    #: most this long (less when `finished` is shorter).
+    answers: float = 3600.0
+
+    def cut(self, older_than: float, now: float) -> PruneCut:
+        """What `prune(older_than)` removes: `older_than` stands for now minus `finished`
+        (the command line may pass another), the other times keep their distance to it."""
+        return PruneCut(finished=older_than,
+                        visitors=older_than + self.finished - self.visitors,
+                        answers=min(older_than, now - self.answers))
+
+    @property
+    def dedup_ttl(self) -> int | None:
+        """A messageId or order id is remembered as long as its message is kept."""
+        return max(1, int(self.finished)) if self.finished > 0 else None
+
+    @property
+    def event_ttl(self) -> int | None:
+        """A stored event lives as long as its work may: finished work's retention plus the
+        age at which queued work gives up."""
+        return max(1, int(self.finished + self.max_age)) if self.finished > 0 else None
+
+    @property
+    def state_ttl(self) -> int:
+        return max(1, int(self.visitors))
+
+
+# ---- backfill: which claims are a backfill's to send ----------------------------------------
+
+def backfill_owns(created: bool, state: str | None) -> bool:
+    """Whether a backfill is to send a message it tried to claim: its claim was just made, or
+    an earlier backfill's claim stands unsettled (that run stopped before the answer). Any
+    other work of the vendor (live work, a settled backfill of any fate, a dead letter)
+    means the vendor has it: nothing is sent twice."""
+    return created or state == STATE_NAMES[BACKFILL]
+
+
 class Spool(Protocol):
     """What ingest, delivery and the command line need from a spool backend.
 
@@ -253,6 +418,8 @@ class Spool(Protocol):
     `mark_*` calls record each row's fate. Every write is durable when its call returns.
     """
 
+    #: What the spool keeps and how long (`runtime.retention_of` makes it from the settings).
+    retention: Retention
     #: Called (from any thread) after new work was committed, so workers can wake up.
     on_new_work: Callable[[], None]
     #: Called (from any thread) after a request was appended to the intake, so the rules
@@ -334,14 +501,25 @@ class Spool(Protocol):
         first letter stands and nothing is written."""
         ...
 
-    async def dead_letters(self, *, vendor: str | None = None, since: float | None = None,
-                           dead_id: int | None = None) -> list[DeadLetter]: ...
+    async def dead_letters(self, where: LetterFilter | None = None, *,
+                           vendor: str | None = None, since: float | None = None,
+                           dead_id: int | None = None) -> list[DeadLetter]:
+        """The dead letters `where` matches (the keywords are shorthand for a
+        `LetterFilter`), by id."""
+        ...
 
-    async def replay(self, *, vendor: str | None = None, dead_id: int | None = None) -> int: ...
+    async def replay(self, where: LetterFilter | None = None, *, vendor: str | None = None,
+                     dead_id: int | None = None) -> int:
+        """Queue the dead letters `where` matches again (fresh attempts and max age); returns
+        how many."""
+        ...
 
     async def stats(self) -> SpoolStats: ...
 
-    async def prune(self, older_than: float) -> int: ...
+    async def prune(self, older_than: float) -> int:
+        """Forget what the spool's `Retention` says `prune(older_than)` removes
+        (`Retention.cut`); returns the finished work removed."""
+        ...
 
     async def vendor_figures(self, now: float) -> list[VendorFigures]:
         """Per (site, vendor): queue, delivered / retried / dead in the hour before `now`,
@@ -374,5 +552,7 @@ class Spool(Protocol):
     async def settle_backfill(self, site: str, vendor: str, message_id: str, *, state: int,
                               status: int | None = None, error: str = "", request: str = "",
                               response: str = "") -> None:
-        """Record the fate of backfill work (DELIVERED, SKIPPED or DEAD) and its exchange."""
+        """Record the fate of backfill work (DELIVERED, SKIPPED or DEAD) and its exchange,
+        as the live path records it: counted in the statistics, in the trace, and a DEAD one
+        kept as a dead letter that `replay` queues for the live path."""
         ...

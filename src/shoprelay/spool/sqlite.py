@@ -46,21 +46,28 @@ from shoprelay.spool.base import (
     DELIVERED,
     FIGURE_HOUR,
     FIGURE_MINUTE,
+    FINISHED,
     PENDING,
     SKIPPED,
-    STATE_NAMES,
     DeadLetter,
     HistoryItem,
     IngestResult,
+    LetterFilter,
     MessageRecord,
     OutboxRow,
+    Retention,
     Router,
     SpoolStats,
     VendorFigures,
     WorkRecord,
-    intake_note,
+    backfill_owns,
+    gather_work,
+    in_intake,
     kept_exchange,
-    trace_exchange,
+    newest_first,
+    noted_only,
+    state_name,
+    work_record,
 )
 from shoprelay.spool.disk import DiskState, DiskWatch, is_disk_full
 
@@ -295,9 +302,12 @@ class SqliteSpool:
         alias_for: Callable[[str, str], str],
         new_id: Callable[[], str],
         policy: Callable[[str], SitePolicy] | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self.path = path
         self._sync = sync
+        #: What `prune` forgets (`Retention.cut`).
+        self.retention = retention or Retention()
         self.rules = IngestRules(router=router, session_timeout=session_timeout,
                                  alias_for=alias_for, new_id=new_id, policy=policy)
         self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
@@ -746,23 +756,31 @@ class SqliteSpool:
 
     # ---- dead letters, statistics, retention ------------------------------------------------
 
-    async def dead_letters(self, *, vendor: str | None = None, since: float | None = None,
+    @staticmethod
+    def _letters(where: LetterFilter) -> tuple[str, list[Any]]:
+        """`where` as the condition on outbox rows (alias `o`) that are dead letters."""
+        sql = "o.state = ?"
+        args: list[Any] = [DEAD]
+        for column, value in (("o.site", where.site), ("o.vendor", where.vendor),
+                              ("o.id", where.dead_id), ("o.status", where.status)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value)
+        if where.since is not None:
+            sql += " AND o.updated_at >= ?"
+            args.append(where.since)
+        return sql, args
+
+    async def dead_letters(self, where: LetterFilter | None = None, *,
+                           vendor: str | None = None, since: float | None = None,
                            dead_id: int | None = None) -> list[DeadLetter]:
+        condition, args = self._letters(LetterFilter.given(where, vendor=vendor, since=since,
+                                                           dead_id=dead_id))
+
         def run(conn: sqlite3.Connection) -> list[DeadLetter]:
             sql = ("SELECT o.id, o.site, o.vendor, o.visitor_id, o.attempts, o.status, o.error, "
                    "o.response, o.updated_at, m.data, o.request, o.part FROM outbox o "
-                   "JOIN messages m "
-                   "ON m.id = o.message WHERE o.state = ?")
-            args: list[Any] = [DEAD]
-            if vendor:
-                sql += " AND o.vendor = ?"
-                args.append(vendor)
-            if since is not None:
-                sql += " AND o.updated_at >= ?"
-                args.append(since)
-            if dead_id is not None:
-                sql += " AND o.id = ?"
-                args.append(dead_id)
+                   "JOIN messages m ON m.id = o.message WHERE " + condition)
             return [
                 DeadLetter(id=r[0], site=r[1], vendor=r[2], visitor_id=r[3], attempts=r[4],
                            status=r[5], error=r[6] or "", response=r[7] or "", failed_at=r[8],
@@ -773,19 +791,16 @@ class SqliteSpool:
 
         return await self._read(run)
 
-    async def replay(self, *, vendor: str | None = None, dead_id: int | None = None) -> int:
+    async def replay(self, where: LetterFilter | None = None, *, vendor: str | None = None,
+                     dead_id: int | None = None) -> int:
         """Put dead letters back in the queue (attempts and progress reset)."""
+        condition, args = self._letters(LetterFilter.given(where, vendor=vendor,
+                                                           dead_id=dead_id))
+
         def run(conn: sqlite3.Connection) -> int:
-            sql = ("UPDATE outbox SET state=?, attempts=0, sent=0, next_at=0, created_at=?, "
-                   "error=NULL WHERE state=?")
-            args: list[Any] = [PENDING, time.time(), DEAD]
-            if vendor:
-                sql += " AND vendor=?"
-                args.append(vendor)
-            if dead_id is not None:
-                sql += " AND id=?"
-                args.append(dead_id)
-            count = conn.execute(sql, args).rowcount
+            sql = ("UPDATE outbox AS o SET state=?, attempts=0, sent=0, next_at=0, "
+                   "created_at=?, error=NULL WHERE " + condition)
+            count = conn.execute(sql, [PENDING, time.time(), *args]).rowcount
             if count:
                 self._announce = True
             return count
@@ -821,19 +836,20 @@ class SqliteSpool:
         return total
 
     async def prune(self, older_than: float, *, chunk: int = 2000) -> int:
-        """Forget work finished (delivered, skipped or dead) before `older_than`, the messages
-        no work refers to any more, the visitors not seen since (with their aliases and user
-        bindings) and the orders recorded before it; returns the outbox rows removed.
+        """Forget what the retention's cut says (`Retention.cut`: finished work, messages no
+        work refers to any more, visitors with their aliases and user bindings, orders, notes,
+        unread answers); returns the outbox rows removed.
 
         Deletes go in chunks, each its own write, so a large backlog never holds the single
         writer (and with it every ingest answer) for long. Dedup remembers a messageId as long
         as its message is kept.
         """
+        cut = self.retention.cut(older_than, time.time())
+
         def outbox(conn: sqlite3.Connection) -> int:
             return conn.execute(
                 "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state IN (?, ?, ?) "
-                "AND updated_at < ? LIMIT ?)",
-                (DELIVERED, SKIPPED, DEAD, older_than, chunk)).rowcount
+                "AND updated_at < ? LIMIT ?)", (*FINISHED, cut.finished, chunk)).rowcount
 
         def messages(conn: sqlite3.Connection) -> int:
             # Every message below the lowest message any outbox row still names has no work
@@ -843,13 +859,13 @@ class SqliteSpool:
             return conn.execute(
                 "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id < "
                 "COALESCE((SELECT MIN(message) FROM outbox), 9e18) "
-                "AND received_at < ? LIMIT ?)", (older_than, chunk)).rowcount
+                "AND received_at < ? LIMIT ?)", (cut.finished, chunk)).rowcount
 
         def visitors(conn: sqlite3.Connection) -> int:
             # A visitor not seen within retention is forgotten with its aliases and user
             # bindings: queued work never needs it (each event carries its enrichment).
             gone = conn.execute("SELECT site, visitor_id FROM visitors WHERE updated_at < ? "
-                                "LIMIT ?", (older_than, chunk)).fetchall()
+                                "LIMIT ?", (cut.visitors, chunk)).fetchall()
             for table in ("aliases", "users", "visitors"):
                 conn.executemany(f"DELETE FROM {table} WHERE site = ? AND visitor_id = ?",
                                  gone).close()
@@ -860,7 +876,7 @@ class SqliteSpool:
         def orders(conn: sqlite3.Connection) -> int:
             return conn.execute(
                 "DELETE FROM orders WHERE (site, order_id) IN (SELECT site, order_id FROM orders "
-                "WHERE received_at < ? LIMIT ?)", (older_than, chunk)).rowcount
+                "WHERE received_at < ? LIMIT ?)", (cut.finished, chunk)).rowcount
 
         def answers(conn: sqlite3.Connection) -> int:
             # Answers kept for a server request whose sender went away before reading them,
@@ -868,12 +884,12 @@ class SqliteSpool:
             return conn.execute(
                 "DELETE FROM intake WHERE id IN (SELECT id FROM intake WHERE (result IS NOT "
                 "NULL OR failed IS NOT NULL) AND received_at < ? LIMIT ?)",
-                (min(older_than, time.time() - 3600), chunk)).rowcount
+                (cut.answers, chunk)).rowcount
 
         def notes(conn: sqlite3.Connection) -> int:
             return conn.execute(
                 "DELETE FROM notes WHERE rowid IN (SELECT rowid FROM notes WHERE at < ? "
-                "LIMIT ?)", (older_than, chunk)).rowcount
+                "LIMIT ?)", (cut.finished, chunk)).rowcount
 
         removed = 0
         while (count := await self._write(outbox)) > 0:
@@ -911,19 +927,16 @@ class SqliteSpool:
             else:
                 rows = [row for m in dict.fromkeys(ids)
                         for row in conn.execute(query + "message_id=?", (site, m))]
-                rows.sort(key=lambda r: -r[0])
             found = {r[1] for r in rows}
             records = [self._record(conn, site, r) for r in rows]
             for missing in dict.fromkeys(ids):  # not stored, but noted
-                if missing not in found:
-                    notes = self._notes(conn, site, missing)
-                    if notes:
-                        records.append(MessageRecord(site, missing, "", notes[0][0], None,
-                                                     notes=notes))
-                        found.add(missing)
+                if missing not in found and (
+                        noted := noted_only(site, missing, self._notes(conn, site, missing))):
+                    records.append(noted)
+                    found.add(missing)
             if message_id is not None and message_id not in found:
                 records += self._in_intake(conn, site, message_id)
-            return records[:limit]
+            return newest_first(records, limit)
 
         return await self._read(run)
 
@@ -939,9 +952,7 @@ class SqliteSpool:
                 continue
             for message in orjson.loads(data):
                 if str(message.get("messageId")) == message_id:
-                    note = intake_note(received_at, failed)
-                    return [MessageRecord(site, message_id, "", received_at, None,
-                                          notes=[(received_at, note)])]
+                    return [in_intake(site, message_id, received_at, failed)]
         return []
 
     @staticmethod
@@ -951,26 +962,15 @@ class SqliteSpool:
             (site, message_id))]
 
     def _record(self, conn: sqlite3.Connection, site: str, row: Any) -> MessageRecord:
-        work: dict[str, WorkRecord] = {}
-        parts: list[tuple[str, int, WorkRecord]] = []
-        for r in conn.execute(
+        rows: list[tuple[int | None, WorkRecord]] = [
+            (r[9], work_record(r[0], state_name(r[1]), attempts=r[2], next_at=r[3],
+                               status=r[4], error=r[5] or "", request=r[6] or "",
+                               response=r[7] or "", updated_at=r[8]))
+            for r in conn.execute(
                 "SELECT vendor, state, attempts, next_at, status, error, request, response, "
-                "updated_at, part FROM outbox WHERE message=? ORDER BY id", (row[0],)):
-            # One row holds a dead letter and its trace: the trace shows a trace's share.
-            request, response = trace_exchange(r[6] or "", r[7] or "")
-            record = WorkRecord(vendor=r[0], state=STATE_NAMES.get(r[1], str(r[1])),
-                                attempts=r[2],
-                                next_at=r[3] if r[1] in (PENDING, BACKFILL) else 0.0,
-                                status=r[4], error=r[5] or "", request=request,
-                                response=response, updated_at=r[8])
-            if r[9] is None:
-                work[r[0]] = record
-            else:
-                parts.append((r[0], r[9], record))
-        for vendor, part, record in parts:
-            work.setdefault(vendor, WorkRecord(vendor=vendor, state="unknown")).parts[part] = record
+                "updated_at, part FROM outbox WHERE message=? ORDER BY id", (row[0],))]
         return MessageRecord(site, row[1], row[2], row[3],
-                             StoredEvent.from_dict(orjson.loads(row[4])), work,
+                             StoredEvent.from_dict(orjson.loads(row[4])), gather_work(rows),
                              self._notes(conn, site, row[1]))
 
     async def history(self, site: str, *, since: float, until: float, cursor: int = 0,
@@ -983,7 +983,7 @@ class SqliteSpool:
                 "ORDER BY id LIMIT ?", (site, cursor, since, until, limit)).fetchall()
             items = []
             for r in rows:
-                vendors = {v: STATE_NAMES.get(st, str(st)) for v, st in conn.execute(
+                vendors = {v: state_name(st) for v, st in conn.execute(
                     "SELECT vendor, state FROM outbox WHERE message=? AND part IS NULL",
                     (r[0],))}
                 items.append(HistoryItem(r[1], r[2], r[3],
@@ -1008,11 +1008,14 @@ class SqliteSpool:
                     "INSERT OR IGNORE INTO outbox (message, site, vendor, visitor_id, state, "
                     "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (row[0], site, vendor, item.visitor_id, BACKFILL, now, now))
-                if cursor.rowcount:
+                created, state = cursor.rowcount > 0, None
+                cursor.close()
+                if not created:
+                    found = conn.execute("SELECT state FROM outbox WHERE message=? AND "
+                                         "vendor=? AND part IS NULL", (row[0], vendor)).fetchone()
+                    state = None if found is None else state_name(found[0])
+                if backfill_owns(created, state):
                     mine.append(item.message_id)
-                elif conn.execute("SELECT 1 FROM outbox WHERE message=? AND vendor=? AND "
-                                  "state=?", (row[0], vendor, BACKFILL)).fetchone():
-                    mine.append(item.message_id)  # claimed by a backfill that stopped
             return mine
 
         return await self._write(run)

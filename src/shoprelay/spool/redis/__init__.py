@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -36,8 +37,10 @@ from shoprelay.spool.base import (
     DeadLetter,
     HistoryItem,
     IngestResult,
+    LetterFilter,
     MessageRecord,
     OutboxRow,
+    Retention,
     Router,
     SpoolStats,
     VendorFigures,
@@ -68,25 +71,26 @@ class RedisSpool:
         new_id: Callable[[], str],
         prefix: str = "shoprelay:",
         partitions: int = 8,
-        retention: float = 168 * 3600.0,
-        max_age: float = 24 * 3600.0,
         lease_seconds: float = 10.0,
-        state_ttl: float = 730 * 86400.0,
         policy: Callable[[str], SitePolicy] | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self.url = url
         self.path = url  # what the app logs as "spool"
         self.rules = IngestRules(router=router, session_timeout=session_timeout,
                                  alias_for=alias_for, new_id=new_id, policy=policy)
         self._keys = KeySpace(prefix, partitions)
+        #: What is kept how long: the keys' TTLs, and what `prune` trims (`Retention.cut`).
+        self.retention = retention = retention or Retention()
         self._ctx = RedisContext(
             redis=aioredis.Redis.from_url(url, decode_responses=True),
             keys=self._keys,
             proc_id=f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
             lease_ms=max(300, int(lease_seconds * 1000)),
-            dedup_ttl=max(1, int(retention)) if retention > 0 else None,
-            event_ttl=max(1, int(retention + max_age)) if retention > 0 else None,
-            state_ttl=max(1, int(state_ttl)),
+            dedup_ttl=retention.dedup_ttl,
+            event_ttl=retention.event_ttl,
+            state_ttl=retention.state_ttl,
+            retention=retention,
         )
         self._ingest = Ingest(self._ctx, self.rules, alias_for)
         self._intake = Intake(self._ctx, self._ingest)
@@ -223,13 +227,17 @@ class RedisSpool:
         await self._outbox.mark_part_dead(row_id, part, status=status, error=error,
                                           response=response, request=request)
 
-    async def dead_letters(self, *, vendor: str | None = None, since: float | None = None,
+    async def dead_letters(self, where: LetterFilter | None = None, *,
+                           vendor: str | None = None, since: float | None = None,
                            dead_id: int | None = None) -> list[DeadLetter]:
-        return await self._dead.dead_letters(vendor=vendor, since=since, dead_id=dead_id)
+        return await self._dead.dead_letters(
+            LetterFilter.given(where, vendor=vendor, since=since, dead_id=dead_id))
 
-    async def replay(self, *, vendor: str | None = None, dead_id: int | None = None) -> int:
+    async def replay(self, where: LetterFilter | None = None, *, vendor: str | None = None,
+                     dead_id: int | None = None) -> int:
         """Queue dead letters again: a new stream entry each (fresh attempts and max age)."""
-        return await self._dead.replay(vendor=vendor, dead_id=dead_id)
+        return await self._dead.replay(LetterFilter.given(where, vendor=vendor,
+                                                          dead_id=dead_id))
 
     async def stats(self) -> SpoolStats:
         stats = await self._maintenance.stats()
@@ -237,9 +245,11 @@ class RedisSpool:
         return stats
 
     async def prune(self, older_than: float) -> int:
-        """Trim finished stream entries and dead letters older than `older_than`."""
-        await self._traces.prune(older_than)
-        return await self._maintenance.prune(older_than)
+        """Trim what the retention's cut says: finished stream entries, dead letters, the
+        sites' histories (the rest goes by TTL)."""
+        cut = self.retention.cut(older_than, time.time())
+        await self._traces.prune(cut)
+        return await self._maintenance.prune(cut)
 
     async def vendor_figures(self, now: float) -> list[VendorFigures]:
         return await self._traces.vendor_figures(now, await self._maintenance.queues())

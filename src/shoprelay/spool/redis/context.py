@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
+from shoprelay.spool.base import Retention
 from shoprelay.spool.redis.keys import KeySpace
 
 
@@ -23,6 +24,8 @@ class RedisContext:
     dedup_ttl: int | None
     event_ttl: int | None
     state_ttl: int
+    #: The policy the TTLs above come from (`Retention.dedup_ttl` etc.).
+    retention: Retention = field(default_factory=Retention)
     #: Called after new work was committed (here or, via pub/sub, in another process).
     #: Looked up at each call: the forwarder sets it on the spool after the parts exist.
     on_new_work: Callable[[], None] = field(default=lambda: None)

@@ -15,8 +15,38 @@ from redis.exceptions import WatchError
 from redis.typing import EncodableT, FieldT
 
 from shoprelay.events import StoredEvent
-from shoprelay.spool.base import DeadLetter
+from shoprelay.spool.base import (
+    PENDING,
+    STATE_NAMES,
+    DeadLetter,
+    LetterFilter,
+    letter_exchange,
+)
 from shoprelay.spool.redis.context import RedisContext
+
+
+def keep_letter(pipe: Any, ctx: RedisContext, *, dead_id: int, site: str, vendor: str,
+                visitor: str, attempts: int, status: int | None, error: str, response: str,
+                request: str, failed_at: float, event_key: str, event: StoredEvent | None,
+                part: int | None) -> None:
+    """Queue on `pipe` a dead-letter record in the format `DeadLetters` reads (the whole
+    event in it, so a replay needs nothing else), its failure time and its count."""
+    request, response = letter_exchange(request, response)
+    record = {
+        "id": dead_id, "site": site, "vendor": vendor, "visitor_id": visitor,
+        "attempts": attempts, "status": status, "error": error, "response": response,
+        "request": request, "failed_at": failed_at, "event_key": event_key,
+        "event": event.to_dict() if event else None, "part": part,
+    }
+    pipe.hset(ctx.k("dead"), str(dead_id), orjson.dumps(record))
+    pipe.zadd(ctx.k("dead", "time"), {str(dead_id): failed_at})
+    pipe.hincrby(ctx.k("counts"), f"{vendor}:dead", 1)
+
+
+def _matches(where: LetterFilter, record: dict[str, Any]) -> bool:
+    return record.get("event") is not None and where.matches(
+        site=record["site"], vendor=record["vendor"], dead_id=record["id"],
+        failed_at=record["failed_at"], status=record["status"])
 
 
 class DeadLetters:
@@ -35,14 +65,10 @@ class DeadLetters:
         raw = await redis.hmget(k("dead"), cast(list[str], ids))
         return [orjson.loads(r) for r in raw if r]
 
-    async def dead_letters(self, *, vendor: str | None = None, since: float | None = None,
-                           dead_id: int | None = None) -> list[DeadLetter]:
+    async def dead_letters(self, where: LetterFilter) -> list[DeadLetter]:
         letters = []
-        for r in await self._records(since):
-            if (vendor and r["vendor"] != vendor) or (dead_id is not None
-                                                      and r["id"] != dead_id):
-                continue
-            if r.get("event") is None:
+        for r in await self._records(where.since):
+            if not _matches(where, r):
                 continue
             letters.append(DeadLetter(
                 id=r["id"], site=r["site"], vendor=r["vendor"], visitor_id=r["visitor_id"],
@@ -52,16 +78,13 @@ class DeadLetters:
                 part=r.get("part")))
         return sorted(letters, key=lambda d: d.id)
 
-    async def replay(self, *, vendor: str | None = None, dead_id: int | None = None) -> int:
+    async def replay(self, where: LetterFilter) -> int:
         """Queue dead letters again: a new stream entry each (fresh attempts and max age)."""
         ctx, k = self._ctx, self._ctx.k
         count = 0
         dead_key, time_key = k("dead"), k("dead", "time")
-        for record in await self._records(None):
-            if (vendor and record["vendor"] != vendor) or (dead_id is not None
-                                                           and record["id"] != dead_id):
-                continue
-            if record.get("event") is None:
+        for record in await self._records(where.since):
+            if not _matches(where, record):
                 continue
             member = str(record["id"])
             async with ctx.redis.pipeline(transaction=True) as pipe:
@@ -84,6 +107,16 @@ class DeadLetters:
                     if record.get("part") is not None:
                         fields["p"] = int(record["part"])
                     pipe.xadd(stream, fields)
+                    # The trace says queued again (as SQLite's row does), and the message is
+                    # named by waiting work: retention keeps it until that work is done.
+                    event = StoredEvent.from_dict(record["event"])
+                    part = record.get("part")
+                    trace = k("tr", site, event.message_id)
+                    pipe.hset(trace, record["vendor"] if part is None
+                              else f"{record['vendor']}#{part}",
+                              orjson.dumps({"s": STATE_NAMES[PENDING], "a": 0,
+                                            "t": time.time()}))
+                    pipe.expire(trace, ctx.event_ttl or 86400 * 30)
                     pipe.hdel(dead_key, member)
                     pipe.zrem(time_key, member)
                     pipe.hincrby(k("counts"), f"{record['vendor']}:dead", -1)

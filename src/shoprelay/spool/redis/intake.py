@@ -27,7 +27,7 @@ import orjson
 from redis.exceptions import ResponseError
 
 from shoprelay.rules import IngestResult, RequestContext, user_id_of
-from shoprelay.spool.base import MessageRecord, intake_note
+from shoprelay.spool.base import MessageRecord, in_intake
 from shoprelay.spool.redis.context import RedisContext
 from shoprelay.spool.redis.ingest import Ingest
 from shoprelay.spool.redis.keys import RELEASE, RENEW, id_time
@@ -302,7 +302,5 @@ class Intake:
                     continue
                 for message in orjson.loads(fields["m"]):
                     if str(message.get("messageId")) == message_id:
-                        at = float(fields["t"])
-                        return [MessageRecord(site, message_id, "", at, None,
-                                              notes=[(at, intake_note(at))])]
+                        return [in_intake(site, message_id, float(fields["t"]))]
         return []

@@ -13,7 +13,7 @@ from typing import Any, cast
 import orjson
 from redis.exceptions import ResponseError
 
-from shoprelay.spool.base import DEAD, DELIVERED, PENDING, SKIPPED, SpoolStats
+from shoprelay.spool.base import FINISHED, PENDING, STATE_NAMES, PruneCut, SpoolStats
 from shoprelay.spool.redis.context import RedisContext
 from shoprelay.spool.redis.keys import id_key, id_time, site_of, vendor_of
 
@@ -81,9 +81,8 @@ class Maintenance:
         vendors = set(queued) | {k.split(":")[0] for k in counts if ":" in k}
         for vendor in vendors:
             stats.add(vendor, PENDING, queued.get(vendor, 0), oldest.get(vendor))
-            for state, name in ((DELIVERED, "delivered"), (SKIPPED, "skipped"),
-                                (DEAD, "dead")):
-                value = int(counts.get(f"{vendor}:{name}", 0))
+            for state in FINISHED:
+                value = int(counts.get(f"{vendor}:{STATE_NAMES[state]}", 0))
                 if value:
                     stats.add(vendor, state, value, None)
         stats.messages = int(counts.get("messages", 0))
@@ -91,11 +90,12 @@ class Maintenance:
         stats.file_bytes = int(memory.get("used_memory", 0))
         return stats
 
-    async def prune(self, older_than: float) -> int:
-        """Trim every stream to what is newer than `older_than`, never past an entry that is
+    async def prune(self, cut: PruneCut) -> int:
+        """Trim every stream to what is newer than `cut.finished`, never past an entry that is
         unacknowledged or not yet read; forget dead letters that failed before it. Returns the
-        finished stream entries removed."""
+        finished stream entries and dead letters removed."""
         redis, k = self._ctx.redis, self._ctx.k
+        older_than = cut.finished
         cutoff = (int(older_than * 1000), 0)
         removed = 0
         for stream in await self._streams():

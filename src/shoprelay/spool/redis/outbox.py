@@ -20,10 +20,10 @@ from shoprelay.spool.base import (
     FIGURE_HOUR,
     FIGURE_MINUTE,
     OutboxRow,
-    letter_exchange,
     trace_exchange,
 )
 from shoprelay.spool.redis.context import RedisContext
+from shoprelay.spool.redis.deadletters import keep_letter
 from shoprelay.spool.redis.keys import site_of, vendor_of
 from shoprelay.spool.redis.partitions import Entry, Partitions
 
@@ -186,19 +186,12 @@ class Outbox:
         """Queue the dead-letter record of `entry` (or of its request `part`) on `pipe`: the
         format `deadletters` reads, the whole event with it, so a replay needs nothing else;
         with its count and its trace field."""
-        k = self._ctx.k
-        vendor = vendor_of(entry.stream)
-        request, response = letter_exchange(request, response)
-        record = {
-            "id": dead_id, "site": entry.event.site if entry.event else site_of(entry.stream),
-            "vendor": vendor, "visitor_id": entry.visitor, "attempts": entry.attempts + 1,
-            "status": status, "error": error, "response": response, "request": request,
-            "failed_at": now, "event_key": entry.event_key,
-            "event": entry.event.to_dict() if entry.event else None, "part": part,
-        }
-        pipe.hset(k("dead"), str(dead_id), orjson.dumps(record))
-        pipe.zadd(k("dead", "time"), {str(dead_id): now})
-        pipe.hincrby(k("counts"), f"{vendor}:dead", 1)
+        keep_letter(pipe, self._ctx, dead_id=dead_id,
+                    site=entry.event.site if entry.event else site_of(entry.stream),
+                    vendor=vendor_of(entry.stream), visitor=entry.visitor,
+                    attempts=entry.attempts + 1, status=status, error=error,
+                    response=response, request=request, failed_at=now,
+                    event_key=entry.event_key, event=entry.event, part=part)
         self._trace(pipe, entry, {"s": "dead", "a": entry.attempts + 1, "st": status,
                                   "e": error, "rq": request, "rs": response},
                     part=part)

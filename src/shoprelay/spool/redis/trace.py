@@ -9,7 +9,12 @@
   `hist:SITE` (event ids by arrival time) is a site's history for a backfill, trimmed by
   `prune`; `on:SITE:ORDER_ID` lists the order copies dropped as duplicates.
 - **Backfill claims.** HSETNX of the vendor's field: a message the vendor has any work for is
-  never claimed, and two backfills cannot both claim one message.
+  never claimed, and two backfills cannot both claim one message (which claims a backfill
+  sends is `spool.base.backfill_owns`, the same rule as SQLite's). A settled claim is recorded
+  as the live path records a fate: counted, and a DEAD one kept as a dead letter.
+
+What a trace shows is put together above both spools (`spool.base.work_record`,
+`gather_work`, `noted_only`, `newest_first`); this module reads the raw hashes and lists.
 """
 
 from __future__ import annotations
@@ -18,31 +23,50 @@ import time
 from typing import Any, cast
 
 import orjson
+from redis.exceptions import WatchError
 
 from shoprelay.events import StoredEvent
 from shoprelay.rules import OrderRecord
 from shoprelay.spool.base import (
+    BACKFILL,
+    DEAD,
+    DELIVERED,
     FIGURE_HOUR,
     FIGURE_MINUTE,
+    PENDING,
+    SKIPPED,
     STATE_NAMES,
     HistoryItem,
     MessageRecord,
+    PruneCut,
     VendorFigures,
     WorkRecord,
+    backfill_owns,
+    gather_work,
+    newest_first,
+    noted_only,
+    state_name,
     trace_exchange,
+    work_record,
 )
 from shoprelay.spool.redis.context import RedisContext
+from shoprelay.spool.redis.deadletters import keep_letter
 
-_BACKFILL = "backfill"
+
+def _state(raw: str) -> str:
+    return str(orjson.loads(raw).get("s", STATE_NAMES[PENDING]))
 
 
-def _work(vendor: str, raw: str) -> WorkRecord:
+def _work(field: str, raw: str) -> tuple[int | None, WorkRecord]:
+    """A trace hash field (VENDOR, or VENDOR#INDEX for a part handled alone) as a raw row."""
+    vendor, _, part = field.partition("#")
     data = orjson.loads(raw)
-    return WorkRecord(vendor=vendor, state=str(data.get("s", "queued")),
-                      attempts=int(data.get("a") or 0), next_at=float(data.get("n") or 0.0),
-                      status=data.get("st") or None, error=data.get("e") or "",
-                      request=data.get("rq") or "", response=data.get("rs") or "",
-                      updated_at=float(data.get("t") or 0.0))
+    return (int(part) if part else None,
+            work_record(vendor, str(data.get("s", STATE_NAMES[PENDING])),
+                        attempts=int(data.get("a") or 0), next_at=float(data.get("n") or 0.0),
+                        status=data.get("st"), error=data.get("e") or "",
+                        request=data.get("rq") or "", response=data.get("rs") or "",
+                        updated_at=float(data.get("t") or 0.0)))
 
 
 class Traces:
@@ -67,8 +91,7 @@ class Traces:
             ids = cast(list[str], await redis.zrevrange(k("vm", site, visitor_id), 0,
                                                         limit - 1))
         records = [r for m in dict.fromkeys(ids) if (r := await self._record(site, m))]
-        records.sort(key=lambda r: -r.received_at)
-        return records[:limit]
+        return newest_first(records, limit)
 
     async def _record(self, site: str, message_id: str) -> MessageRecord | None:
         redis, k = self._ctx.redis, self._ctx.k
@@ -80,17 +103,9 @@ class Traces:
         notes = [(float(at), str(text)) for at, text in map(orjson.loads, raw_notes)]
         body = await redis.get(event_key) if event_key else None
         if body is None:
-            if not notes:
-                return None
-            return MessageRecord(site, message_id, "", notes[0][0], None, notes=notes)
+            return noted_only(site, message_id, notes)
         event = StoredEvent.from_dict(orjson.loads(body))
-        work = {vendor: _work(vendor, raw) for vendor, raw in sorted(trace.items())
-                if "#" not in vendor}
-        for field, raw in sorted(trace.items()):
-            if "#" in field:  # VENDOR#INDEX: a part dead-lettered alone (see `outbox`)
-                vendor, part = field.split("#", 1)
-                work.setdefault(vendor, WorkRecord(vendor=vendor, state="unknown")).parts[
-                    int(part)] = _work(vendor, raw)
+        work = gather_work(_work(field, raw) for field, raw in sorted(trace.items()))
         return MessageRecord(site, message_id, event.enrichment.visitor_id,
                              event.enrichment.received_at, event, work, notes)
 
@@ -112,15 +127,14 @@ class Traces:
                 pipe.hgetall(k("tr", site, event.message_id))
             traces = await pipe.execute()
         items = [HistoryItem(e.message_id, e.enrichment.visitor_id, e.enrichment.received_at,
-                             e, {v: _work(v, raw).state for v, raw in trace.items()
-                                 if "#" not in v})
+                             e, {v: _state(raw) for v, raw in trace.items() if "#" not in v})
                  for e, trace in zip(events, traces, strict=True)]
         return items, cursor + len(members)
 
     async def claim_backfill(self, site: str, vendor: str,
                              items: list[HistoryItem]) -> list[str]:
         redis, k = self._ctx.redis, self._ctx.k
-        claim = orjson.dumps({"s": _BACKFILL})
+        claim = orjson.dumps({"s": STATE_NAMES[BACKFILL]})
         ttl = self._ctx.event_ttl or 86400 * 30
         async with redis.pipeline(transaction=False) as pipe:
             for item in items:
@@ -131,19 +145,38 @@ class Traces:
         mine = []
         for index, item in enumerate(items):
             created, current = answers[index * 3], answers[index * 3 + 1]
-            if created or (current and orjson.loads(current).get("s") == _BACKFILL):
+            if backfill_owns(bool(created), _state(current) if current else None):
                 mine.append(item.message_id)
         return mine
 
     async def settle_backfill(self, site: str, vendor: str, message_id: str, *, state: int,
                               status: int | None = None, error: str = "", request: str = "",
                               response: str = "") -> None:
-        request, response = trace_exchange(request, response)
-        record: dict[str, Any] = {"s": STATE_NAMES.get(state, str(state)), "a": 1,
-                                  "st": status, "e": error, "rq": request, "rs": response,
-                                  "t": time.time(), "b": 1}
-        await self._ctx.redis.hset(self._ctx.k("tr", site, message_id), vendor,
-                                   orjson.dumps(record))
+        ctx, redis, k = self._ctx, self._ctx.redis, self._ctx.k
+        now = time.time()
+        name = state_name(state)
+        cut_request, cut_response = trace_exchange(request, response)
+        record: dict[str, Any] = {"s": name, "a": 1, "st": status, "e": error,
+                                  "rq": cut_request, "rs": cut_response, "t": now, "b": 1}
+        letter: tuple[int, str, StoredEvent] | None = None
+        if state == DEAD:
+            # A dead letter like the live path's, so `replay` queues it for the live path.
+            event_key = cast(str | None, await redis.get(k("msg", site, message_id)))
+            body = await redis.get(event_key) if event_key else None
+            if event_key and body:
+                letter = (int(await redis.incr(k("seq"))), event_key,
+                          StoredEvent.from_dict(orjson.loads(body)))
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.hset(k("tr", site, message_id), vendor, orjson.dumps(record))
+            if letter is None:
+                pipe.hincrby(k("counts"), f"{vendor}:{name}", 1)
+            else:
+                dead_id, event_key, event = letter
+                keep_letter(pipe, ctx, dead_id=dead_id, site=site, vendor=vendor,
+                            visitor=event.enrichment.visitor_id, attempts=1, status=status,
+                            error=error, response=response, request=request, failed_at=now,
+                            event_key=event_key, event=event, part=None)
+            await pipe.execute()
 
     async def vendor_figures(self, now: float,
                              queues: list[tuple[str, str, int, float | None]]
@@ -189,8 +222,57 @@ class Traces:
                 row.last_error, row.last_error_at = last["error"], float(last["error_at"])
         return sorted(figures.values(), key=lambda f: (f.site, f.vendor))
 
-    async def prune(self, older_than: float) -> None:
-        """Trim every site's history to retention (the timelines of visitors expire)."""
-        redis = self._ctx.redis
-        async for key in redis.scan_iter(match=self._ctx.k("hist", "*"), count=500):
-            await redis.zremrangebyscore(key, "-inf", f"({older_than}")
+    async def prune(self, cut: PruneCut) -> None:
+        """Forget the messages `cut` says, as SQLite's `prune` does: received before
+        `cut.finished` with all their work finished before it. Each goes with its event, its
+        dedup key, its trace and notes, and out of the site's history and its visitor's
+        timeline; a message with work still queued (or claimed, or finished since) stays.
+        (What is left expires by TTL.)"""
+        redis, k = self._ctx.redis, self._ctx.k
+        head = k("hist", "")
+        async for key in redis.scan_iter(match=head + "*", count=500):
+            site = str(key)[len(head):]
+            members = cast(list[str], await redis.zrangebyscore(key, "-inf",
+                                                                f"({cut.finished}"))
+            for start in range(0, len(members), 500):
+                await self._forget(site, members[start:start + 500], cut)
+
+    async def _forget(self, site: str, members: list[str], cut: PruneCut) -> None:
+        redis, k = self._ctx.redis, self._ctx.k
+        bodies = await redis.mget([k("ev", site, m) for m in members])
+        events = [StoredEvent.from_dict(orjson.loads(b)) if b else None for b in bodies]
+        traced = [k("tr", site, e.message_id) for e in events if e is not None]
+        waiting = (STATE_NAMES[PENDING], STATE_NAMES[BACKFILL])
+        # Counted as kept work, as SQLite counts its rows (dead letters are uncounted where
+        # they are pruned).
+        counted = (STATE_NAMES[DELIVERED], STATE_NAMES[SKIPPED])
+        async with redis.pipeline(transaction=True) as pipe:
+            try:
+                # A fate or a replay written meanwhile (the trace changes) cancels this chunk:
+                # the next prune looks again, rather than forget what work names.
+                if traced:
+                    await pipe.watch(*traced)
+                async with redis.pipeline(transaction=False) as read:
+                    for key in traced:
+                        read.hgetall(key)
+                    traces = iter(await read.execute())
+                pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                for member, event in zip(members, events, strict=True):
+                    if event is not None:
+                        records = {f: orjson.loads(raw) for f, raw in next(traces).items()}
+                        if any(r.get("s", STATE_NAMES[PENDING]) in waiting
+                               or float(r.get("t") or 0.0) >= cut.finished
+                               for r in records.values()):
+                            continue  # work still names it
+                        for field, r in records.items():
+                            if r.get("s") in counted:
+                                pipe.hincrby(k("counts"),
+                                             f"{field.partition('#')[0]}:{r['s']}", -1)
+                        mid = event.message_id
+                        pipe.delete(k("ev", site, member), k("msg", site, mid),
+                                    k("tr", site, mid), k("note", site, mid))
+                        pipe.zrem(k("vm", site, event.enrichment.visitor_id), mid)
+                    pipe.zrem(k("hist", site), member)
+                await pipe.execute()
+            except WatchError:
+                return
