@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from shoprelay.events import stored_user_agent
 from shoprelay.identity.bots import is_bot
 from shoprelay.identity.consent import consent_of, refuses_everything
 from shoprelay.identity.cookie import VisitorCookie, new_visitor_id
@@ -32,6 +33,7 @@ from shoprelay.ingest.validation import (
     SHORT_TYPES,
     BadRequest,
     check_messages,
+    message_floor,
     parse_body,
 )
 from shoprelay.operate.debugger import DebugBus
@@ -156,9 +158,11 @@ class Ingest:
                 return self._error(400, "batch must be a non-empty array of messages", origin,
                                    site)
         _default_anonymous_id(messages, request.headers.get("anonymousid"))
+        header_agent = request.headers.get("user-agent")
+        floor = message_floor(len(stored_user_agent(header_agent) or ""), len(site.vendors))
         checked = check_messages(messages, batch_context=body.get("context"),
                                  received_at=received_at, type_hint=kind,
-                                 body_bytes=len(raw), server=server)
+                                 body_bytes=len(raw), server=server, floor=floor)
         accepted = checked.accepted
         gpc = request.headers.get("sec-gpc", "").strip() == "1"
         consents = {i: consent_of(m, gpc) for i, m in enumerate(accepted)}
@@ -176,7 +180,7 @@ class Ingest:
             [self._server_visitor(m, site.name) for m in accepted] if server else None)
         dropped: list[tuple[int, str]] = []
         if accepted:
-            user_agent = request.headers.get("user-agent")
+            user_agent = header_agent
             ip = client_ip
             if server:
                 # The backend speaks for the visitor: take what it says the browser was.
@@ -186,7 +190,10 @@ class Ingest:
                                                                     str) else None
             context = RequestContext(
                 source="server" if server else "browser", cookie_visitor=cookie_visitor,
-                ip=truncate_ip(ip) if site.ip_truncate else ip, user_agent=user_agent,
+                ip=truncate_ip(ip) if site.ip_truncate else ip,
+                # Cut as stored on the events, so the intake keeps no more of it either; the
+                # bot flag is decided on the whole header first.
+                user_agent=stored_user_agent(user_agent),
                 bot=False if server else is_bot(user_agent), consent=consents, hints=hints,
                 new_visitor=new_visitor)
             # Accept first, think after: one durable append, then the answer. The rules
