@@ -20,6 +20,7 @@ from shoprelay import events as ev
 from shoprelay.events import (
     CART_STORE_FACTOR,
     MAX_CONTACT_CHARS,
+    MAX_IDENTITY_COPY_BYTES,
     MAX_KEPT_ID_CHARS,
     CartLine,
     Enrichment,
@@ -315,10 +316,28 @@ def apply(
     enrichment.email = kept_text(state.email, MAX_CONTACT_CHARS["email"])
     enrichment.phone = kept_text(state.phone, MAX_CONTACT_CHARS["phone"])
     enrichment.name = kept_text(state.name, MAX_CONTACT_CHARS["name"])
+    _bound_identity_copy(enrichment, told)
     enrichment.session_id = state.session_id
     enrichment.session_started = state.session_started
     _context(enrichment, message)
     return enrichment
+
+
+def _bound_identity_copy(enrichment: Enrichment, notes: list[str]) -> None:
+    """Keep the event's copy of the visitor's identity within MAX_IDENTITY_COPY_BYTES (what
+    ingest charged each message for it): the name goes first, then the phone, the email."""
+    parts = {"user_id": enrichment.user_id, "email": enrichment.email,
+             "phone": enrichment.phone, "name": enrichment.name}
+    size = sum(len(k) + len(v.encode()) + 6 for k, v in parts.items() if v)
+    for key in ("name", "phone", "email"):
+        value = parts[key]
+        if size <= MAX_IDENTITY_COPY_BYTES:
+            return
+        if value:
+            setattr(enrichment, key, None)
+            size -= len(key) + len(value.encode()) + 6
+            notes.append(f"event: the visitor's {key} not copied (the identity an event "
+                         f"copies is at most {MAX_IDENTITY_COPY_BYTES} bytes)")
 
 
 def fit_state(state: VisitorState, notes: list[str]) -> list[str]:

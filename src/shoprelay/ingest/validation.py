@@ -16,7 +16,14 @@ from typing import Any
 
 import orjson
 
-from shoprelay.events import MAX_USER_ID_CHARS, PRODUCT_UPDATED
+from shoprelay.events import (
+    CART_ADDED_REMOVED_VIEWED,
+    CART_STORE_FACTOR,
+    MAX_IDENTITY_COPY_BYTES,
+    MAX_USER_ID_CHARS,
+    PRODUCT_LIST_VIEWED,
+    PRODUCT_UPDATED,
+)
 
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
@@ -31,10 +38,11 @@ MAX_BATCH_MESSAGES = 500
 #: message of a request is always judged on its own limits only.
 STORE_FACTOR = 10
 #: What the relay stores beside any message, the bare `{"type":"page"}` included: the visitor
-#: and session ids, clocks, IP, flags (measured: ~380 bytes on both spools). A message is
-#: charged at least this plus its User-Agent and work rows, so a small compressed body of
-#: thousands of tiny messages cannot store a thousand times its size.
-ENRICHMENT_BYTES = 400
+#: and session ids, clocks, IP, flags, the event's wrapping (measured ~250 bytes on both
+#: spools), and the visitor's identity it may copy (events.MAX_IDENTITY_COPY_BYTES). A
+#: message is charged at least this plus its User-Agent and work rows, so a small compressed
+#: body of thousands of tiny messages cannot store a thousand times its size.
+ENRICHMENT_BYTES = 256 + MAX_IDENTITY_COPY_BYTES
 #: What one unit of delivery work keeps (a row and its index entries; measured ~160-190 bytes
 #: in SQLite, a stream entry in Redis); a message is charged one per vendor of its site.
 WORK_ROW_BYTES = 160
@@ -183,7 +191,7 @@ def check_messages(
     Sizes are of the message as it will be stored, the batch context merged in. With
     `body_bytes` (the request's decompressed size), each message is charged its stored size
     plus `floor` (see `message_floor`; twice when it carries an identity the rules store as an
-    identify of its own), and messages past STORE_FACTOR times the body are refused one by
+    identify of its own) plus what it adds to the visitor's state, and messages past STORE_FACTOR times the body are refused one by
     one; those before are kept, and the first message is charged nothing against it. Past
     MAX_BATCH_MESSAGES, every further message is refused (`too_many`).
     """
@@ -213,11 +221,12 @@ def check_messages(
             completed = _completed(message, batch_context, type_hint, received_iso)
             problem, size = _size_problem(completed)
             charge = size + floor * (2 if _carries_identity(completed) else 1)
+            charge += _state_charge(completed)
             if (problem is None and budget is not None and checked.accepted
                     and stored + charge > budget):
                 problem = ("over_budget", (
-                    f"this request would make the relay keep more than {budget} bytes "
-                    f"({STORE_FACTOR} times its body): each message is charged what it "
+                    "this request would make the relay keep more than "
+                    f"{STORE_FACTOR} times its body: each message is charged what it "
                     f"stores, at least {floor} bytes beside itself, and a batch context is "
                     "copied into every message; send fewer, fuller messages per request"))
         if problem is not None:
@@ -229,6 +238,18 @@ def check_messages(
         stored += charge
         checked.accepted.append(completed)
     return checked
+
+
+def _state_charge(message: dict[str, Any]) -> int:
+    """What a message may add to its visitor's state and copy from it again: a cart event
+    its products (and the cart copies `identity.state.bound_carts` allows), a list view its
+    block links. Other messages keep nothing of their own in the state."""
+    name = message.get("event") if message.get("type") == "track" else None
+    if name in CART_ADDED_REMOVED_VIEWED:
+        return (CART_STORE_FACTOR + 1) * len(orjson.dumps(message.get("properties")))
+    if name == PRODUCT_LIST_VIEWED:
+        return len(orjson.dumps(message.get("properties")))
+    return 0
 
 
 def _carries_identity(message: dict[str, Any]) -> bool:
