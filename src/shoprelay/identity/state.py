@@ -275,6 +275,9 @@ def apply(
             enrichment.extra["cart_dropped"] = dropped
         if state.cart != before:
             state.cart_version += 1
+        else:
+            # Provisional: `bound_carts` decides whether this event stores the cart anyway.
+            enrichment.extra["cart_unchanged"] = state.cart_version
         enrichment.cart = list(state.cart)
         enrichment.cart_id = state.cart_id
         enrichment.cart_version = state.cart_version
@@ -391,16 +394,18 @@ def bound_carts(
     `extra["cart_later"]` names the message that sends the visitor's cart as it ended. An
     ordinary request (a few cart events) loses nothing.
 
-    A cart view that lists no products changes nothing, and Yespo's StatusCart is "sent after
-    the cart status is changed": such a view stores its cart only while it costs at most
-    CART_STORE_FACTOR times the view's own bytes (else a bare `Cart Viewed` of 100 bytes
-    stored a 16 KB cart each time); `extra["cart_unchanged"]` then gives the cart's version."""
+    A cart event that changed nothing (a view, a removal of what the cart does not hold;
+    `extra["cart_unchanged"]` gives the cart's version) stores its cart only while that costs
+    at most CART_STORE_FACTOR times the event's own bytes: Yespo's StatusCart is "sent after
+    the cart status is changed", and a bare `Cart Viewed` of 100 bytes stored a 16 KB cart."""
     for _visitor, _vendors, message, enrichment in events:
-        if (enrichment.cart and _bare_view(message)
-                and len(orjson.dumps([line.to_stored() for line in enrichment.cart]))
+        if enrichment.cart is None or "cart_unchanged" not in enrichment.extra:
+            continue
+        if (len(orjson.dumps([line.to_stored() for line in enrichment.cart]))
                 > CART_STORE_FACTOR * len(orjson.dumps(message))):
             enrichment.cart = None
-            enrichment.extra["cart_unchanged"] = enrichment.cart_version
+        else:
+            del enrichment.extra["cart_unchanged"]
     last: dict[tuple[str, frozenset[str]], str] = {}
     several = False
     for visitor, vendors, message, enrichment in events:
@@ -429,13 +434,6 @@ def bound_carts(
             enrichment.extra["cart_later"] = last[key]
             continue
         spent += cost
-
-
-def _bare_view(message: dict[str, Any]) -> bool:
-    """A `Cart Viewed` that lists no products: it shows the cart, it cannot change it."""
-    props = message.get("properties")
-    return (message.get("event") == ev.CART_VIEWED and message.get("type") == "track"
-            and not (isinstance(props, dict) and isinstance(props.get("products"), list)))
 
 
 def _link(state: VisitorState, product: str, list_id: str, vendor: str | None) -> None:

@@ -34,11 +34,11 @@ MAX_BATCH_MESSAGES = 500
 #: What one request may make the relay keep — its messages as stored (the relay's own fields
 #: and the batch context merged in), what the relay stores beside each (enrichment, the
 #: User-Agent, the copied visitor state) and its work rows — is at most this many times its
-#: (decompressed) body. Messages past it are refused one by one (`over_budget`); the first
-#: message of a request is always judged on its own limits only.
+#: (decompressed) body, besides the request's first message, which is judged on its own
+#: limits only. Messages past it are refused one by one (`over_budget`).
 STORE_FACTOR = 10
 #: What the relay stores beside any message, the bare `{"type":"page"}` included: the visitor
-#: and session ids, clocks, IP, flags, the event's wrapping (measured ~250 bytes on both
+#: and session ids, clocks, IP, flags, the event's wrapping (measured ~245 bytes on both
 #: spools), and the visitor's identity it may copy (events.MAX_IDENTITY_COPY_BYTES). A
 #: message is charged at least this plus its User-Agent and work rows, so a small compressed
 #: body of thousands of tiny messages cannot store a thousand times its size.
@@ -191,14 +191,17 @@ def check_messages(
     Sizes are of the message as it will be stored, the batch context merged in. With
     `body_bytes` (the request's decompressed size), each message is charged its stored size
     plus `floor` (see `message_floor`; twice when it carries an identity the rules store as an
-    identify of its own) plus what it adds to the visitor's state, and messages past STORE_FACTOR times the body are refused one by
-    one; those before are kept, and the first message is charged nothing against it. Past
+    identify of its own) plus what it adds to the visitor's state, and messages past
+    STORE_FACTOR times the body are refused one by one; those before are kept, and the first
+    message is charged nothing against it (the bound is STORE_FACTOR times the body plus the
+    first message). Past
     MAX_BATCH_MESSAGES, every further message is refused (`too_many`).
     """
     checked = Checked()
     received_iso = datetime.fromtimestamp(received_at, UTC).isoformat(timespec="milliseconds")
     budget = None if body_bytes is None else STORE_FACTOR * body_bytes
     stored = 0
+    ids: set[str] = set()
     for index, message in enumerate(messages):
         message_id = message.get("messageId") if isinstance(message, dict) else None
         problem = _problem(message, type_hint)
@@ -222,8 +225,15 @@ def check_messages(
             problem, size = _size_problem(completed)
             charge = size + floor * (2 if _carries_identity(completed) else 1)
             charge += _state_charge(completed)
-            if (problem is None and budget is not None and checked.accepted
-                    and stored + charge > budget):
+            if isinstance(message_id, str) and message_id in ids:
+                charge = 0  # a resend within the request: stored once
+            elif isinstance(message_id, str):
+                ids.add(message_id)
+            if not checked.accepted:
+                # The first message is judged on its own limits (a one-message request of
+                # 60 bytes cannot keep less than ten times that): it is not charged.
+                charge = 0
+            if problem is None and budget is not None and stored + charge > budget:
                 problem = ("over_budget", (
                     "this request would make the relay keep more than "
                     f"{STORE_FACTOR} times its body: each message is charged what it "

@@ -364,9 +364,9 @@ class Yespo(Vendor[YespoConfig]):
                               "more often than the relay stores the whole cart for)"}
         if enrichment.cart is None and "cart_unchanged" in enrichment.extra:
             # Yespo: StatusCart "is sent after the cart status is changed".
-            return {_SKIPPED: "StatusCart not sent: a view of an unchanged cart (version "
-                              f"{enrichment.extra['cart_unchanged']}), which Yespo got with "
-                              "the event that changed it"}
+            return {_SKIPPED: "StatusCart not sent: the event left the cart as it was "
+                              f"(version {enrichment.extra['cart_unchanged']}), which Yespo "
+                              "got with the event that changed it"}
         if enrichment.cart is None:
             raise MappingError(f"{event.name} carries no cart state (enrichment.cart): "
                                "Yespo's StatusCart needs the whole cart")
