@@ -299,3 +299,23 @@ def test_the_longest_identity_kept_then_bare_pages(tmp_path: Path, spool: str,
                                       "properties": {"product_id": "p1"}}
                                      for _ in range(200)])
         within(size, kept)
+
+
+@pytest.mark.parametrize("spool", SPOOLS)
+def test_one_request_touching_many_full_carts(tmp_path: Path, spool: str, prefix: str) -> None:
+    """The worst found: a cookie-less request names its visitors by anonymousId, and each
+    visitor's last cart change of a request stores that visitor's whole cart. Twelve visitors
+    with full carts of the longest ids, then one request adding a product for each: it pays
+    for each further visitor's cart, so most of its additions are refused."""
+    with relay(tmp_path, spool, prefix, vendors=["yespo"]) as r:
+        for v in range(12):
+            r.http.cookies.clear()
+            lines = [{**added(v * 1000 + i, f"{v}-{i:03}" + "z" * 120), "anonymousId": f"a{v}"}
+                     for i in range(100)]
+            answer, _, _ = r.send(lines)
+            assert answer["accepted"] > 50, answer
+        r.http.cookies.clear()
+        answer, size, kept = r.send([{**added(99_000 + v, f"new-{v}"), "anonymousId": f"a{v}"}
+                                     for v in range(12)])
+        within(size, kept)
+        assert 0 < answer["accepted"] < 12

@@ -24,6 +24,7 @@ from shoprelay.events import (
     PRODUCT_LIST_VIEWED,
     PRODUCT_UPDATED,
 )
+from shoprelay.identity.state import MAX_STATE_BYTES
 
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
@@ -202,6 +203,7 @@ def check_messages(
     budget = None if body_bytes is None else STORE_FACTOR * body_bytes
     stored = 0
     ids: set[str] = set()
+    carts: set[tuple[str, str]] = set()
     for index, message in enumerate(messages):
         message_id = message.get("messageId") if isinstance(message, dict) else None
         problem = _problem(message, type_hint)
@@ -225,10 +227,16 @@ def check_messages(
             problem, size = _size_problem(completed)
             charge = size + floor * (2 if _carries_identity(completed) else 1)
             charge += _state_charge(completed)
-            if isinstance(message_id, str) and message_id in ids:
-                charge = 0  # a resend within the request: stored once
-            elif isinstance(message_id, str):
-                ids.add(message_id)
+            if completed.get("event") in CART_ADDED_REMOVED_VIEWED:
+                # Each visitor's last cart event of the request stores that visitor's whole
+                # cart (up to its state's budget): one visitor's is the request's bounded
+                # exception; a cookie-less request naming more (by anonymousId) pays for
+                # each further one.
+                owner = (str(completed.get("anonymousId")), str(completed.get("userId")))
+                if carts and owner not in carts:
+                    charge += MAX_STATE_BYTES
+            if completed["messageId"] in ids:
+                charge = 0  # a resend of a message accepted above: stored once
             if not checked.accepted:
                 # The first message is judged on its own limits (a one-message request of
                 # 60 bytes cannot keep less than ten times that): it is not charged.
@@ -246,6 +254,9 @@ def check_messages(
                           code))
             continue
         stored += charge
+        ids.add(completed["messageId"])
+        if completed.get("event") in CART_ADDED_REMOVED_VIEWED:
+            carts.add((str(completed.get("anonymousId")), str(completed.get("userId"))))
         checked.accepted.append(completed)
     return checked
 
