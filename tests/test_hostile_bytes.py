@@ -283,12 +283,11 @@ def test_visitor_states_stay_within_their_budget(tmp_path: Path, spool: str,
 @pytest.mark.parametrize("spool", SPOOLS)
 def test_the_longest_identity_kept_then_bare_pages(tmp_path: Path, spool: str,
                                                    prefix: str) -> None:
-    """The worst found besides the issue's: the longest contact details the state keeps,
-    copied into every later event; 500 bare pages after them. (An event copies at most 200
-    bytes of identity; only a user id of more than ~190 characters goes beyond, by at most
-    its own excess: 256 characters make such pages ~10.7× their body.)"""
+    """The worst found besides the issue's: the longest user id and contact details the
+    state keeps, copied into every later event (90× before); 500 bare pages after them. An
+    event copies at most 300 bytes of identity, the longest user id included."""
     with relay(tmp_path, spool, prefix) as r:
-        answer, size, kept = r.send([{"type": "identify", "userId": "u" * 180, "traits": {
+        answer, size, kept = r.send([{"type": "identify", "userId": "u" * 256, "traits": {
             "email": "e" * 240 + "@example.com", "name": "n" * 256, "phone": "1" * 64}}])
         assert answer["accepted"] == 1
         within(size, kept)

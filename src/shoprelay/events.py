@@ -59,11 +59,10 @@ MAX_USER_ID_CHARS = 256
 #: 254 characters; E.164 numbers 15 digits, formatted ones more). A longer value is not copied.
 MAX_CONTACT_CHARS = {"email": 254, "phone": 64, "name": 256}
 #: What an event copies of its visitor's identity (user id, email, phone, name as JSON, keys
-#: included) at most: a real one takes ~120 bytes. Past it the name, then the phone, then the
-#: email are left out of that event (the user id always goes, so an id of more than ~190 of
-#: the MAX_USER_ID_CHARS goes beyond it), and every message is charged this much at ingest,
-#: whatever the visitor's state holds.
-MAX_IDENTITY_COPY_BYTES = 200
+#: included) at most: a real one takes ~120 bytes, the longest user id accepted 269. Past it
+#: the name, then the phone, then the email are left out of that event (the user id always
+#: fits), and every message is charged this much at ingest, whatever the state holds.
+MAX_IDENTITY_COPY_BYTES = 300
 #: The carts a request stores beyond each visitor's last cart event in it: at most this many
 #: times the request's own bytes (see `identity.state.bound_carts`).
 CART_STORE_FACTOR = 4
