@@ -45,6 +45,12 @@ MAX_STATE_BYTES = 16 * 1024
 MAX_CAMPAIGN_CHARS = 256
 MAX_CURRENCY_CHARS = 16
 MAX_VENDOR_CHARS = 64
+#: The most a state takes besides its cart and block links (every other field at its longest
+#: kept), a cart line and a block link at their longest: a state that cannot pass the budget
+#: by these is not measured (it is folded for every message).
+_STATE_BASE_BYTES = 3072
+_LINE_BYTES = MAX_KEPT_ID_CHARS + MAX_CURRENCY_CHARS + 64
+_LINK_BYTES = 2 * MAX_KEPT_ID_CHARS + MAX_VENDOR_CHARS + 96
 _UTM = ("source", "medium", "campaign", "term", "content")
 #: The track event that ends a visitor's user binding (logout; the tracker's `reset()`).
 SIGNED_OUT = "Signed Out"
@@ -357,6 +363,9 @@ def fit_state(state: VisitorState, notes: list[str]) -> list[str]:
            for k, v in state.announced.items() if isinstance(v, str)):
         state.announced = {k: v for k, v in state.announced.items() if isinstance(v, str)
                            and len(v) <= MAX_CONTACT_CHARS.get(k, MAX_KEPT_ID_CHARS * 2)}
+    if (_STATE_BASE_BYTES + _LINE_BYTES * len(state.cart) + _LINK_BYTES * len(state.blocks)
+            <= MAX_STATE_BYTES):
+        return []  # within the budget whatever its ids hold: no need to measure it
     size = len(orjson.dumps(state.to_dict()))
     if size <= MAX_STATE_BYTES:
         return []
