@@ -41,6 +41,7 @@ from shoprelay.operate.metrics import Metrics
 from shoprelay.rules import IngestResult, RequestContext, SitePolicy, early_refusals
 from shoprelay.settings import Settings, SiteSettings
 from shoprelay.spool.base import Spool
+from shoprelay.vendors import VENDORS
 
 log = logging.getLogger("shoprelay.ingest")
 #: Exactly what the tested clients send: analytics.js's Basic auth, and RudderStack's JS SDK v3
@@ -75,6 +76,9 @@ class Ingest:
         self._trusted = [ipaddress.ip_network(p, strict=False)
                          for p in settings.relay.trusted_proxies]
         self._refusal_logged = -1e9
+        #: Per site: event name → how many of its vendors map it (the most work rows a
+        #: message of that name makes: what ingest charges it for them).
+        self._fanout = {name: _fanout(site) for name, site in settings.sites.items()}
         #: (site, anonymousId) a cookie was handed out for by this process (see `_mint`).
         self._minted: OrderedDict[tuple[str, str], None] = OrderedDict()
 
@@ -159,10 +163,11 @@ class Ingest:
                                    site)
         _default_anonymous_id(messages, request.headers.get("anonymousid"))
         header_agent = request.headers.get("user-agent")
-        floor = message_floor(len(stored_user_agent(header_agent) or ""), len(site.vendors))
         checked = check_messages(messages, batch_context=body.get("context"),
                                  received_at=received_at, type_hint=kind,
-                                 body_bytes=len(raw), server=server, floor=floor)
+                                 body_bytes=len(raw), server=server,
+                                 floor=message_floor(len(stored_user_agent(header_agent) or "")),
+                                 fanout=self._fanout.get(site.name))
         accepted = checked.accepted
         gpc = request.headers.get("sec-gpc", "").strip() == "1"
         consents = {i: consent_of(m, gpc) for i, m in enumerate(accepted)}
@@ -377,6 +382,15 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     if declared and declared.isdigit() and int(declared) > limit:
         raise BadRequest(413, f"body is {declared} bytes; the limit is {limit}")
     return await read_body(request.stream(), encoding, limit)
+
+
+def _fanout(site: SiteSettings) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for vendor, config in site.vendors.items():
+        if config.enabled:
+            for name in VENDORS[vendor].handles:
+                counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def _peer(request: Request) -> str | None:

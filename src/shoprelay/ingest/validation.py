@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -45,7 +46,8 @@ STORE_FACTOR = 10
 #: body of thousands of tiny messages cannot store a thousand times its size.
 ENRICHMENT_BYTES = 256 + MAX_IDENTITY_COPY_BYTES
 #: What one unit of delivery work keeps (a row and its index entries; measured ~160-190 bytes
-#: in SQLite, a stream entry in Redis); a message is charged one per vendor of its site.
+#: in SQLite, a stream entry in Redis); a message is charged one per vendor of its site
+#: that maps its event.
 WORK_ROW_BYTES = 160
 #: Traits a message may carry (an identify's `traits`, any message's `context.traits`): how
 #: many, and how long each value may be as JSON. Real profiles hold a few dozen short fields.
@@ -177,22 +179,24 @@ def _server_only(message: Any, type_hint: str) -> bool:
             and message.get("event") == PRODUCT_UPDATED)
 
 
-def message_floor(user_agent_chars: int, vendors: int) -> int:
-    """What the relay keeps for a bare message of a request beside the message itself: its
-    enrichment, the User-Agent as stored, one work row for each of the site's vendors."""
-    return ENRICHMENT_BYTES + user_agent_chars + WORK_ROW_BYTES * max(1, vendors)
+def message_floor(user_agent_chars: int) -> int:
+    """What the relay keeps for any message of a request beside the message itself and its
+    work rows: its enrichment and the User-Agent as stored."""
+    return ENRICHMENT_BYTES + user_agent_chars
 
 
 def check_messages(
     messages: list[Any], *, batch_context: Any = None, received_at: float, type_hint: str = "",
     body_bytes: int | None = None, server: bool = False, floor: int = 0,
+    fanout: Mapping[str, int] | None = None,
 ) -> Checked:
     """Validate and complete each message (messageId, timestamp, context from the batch).
 
     Sizes are of the message as it will be stored, the batch context merged in. With
     `body_bytes` (the request's decompressed size), each message is charged its stored size
-    plus `floor` (see `message_floor`; twice when it carries an identity the rules store as an
-    identify of its own) plus what it adds to the visitor's state, and messages past
+    plus `floor` (see `message_floor`) and a work row for each vendor `fanout` says takes
+    its event (twice when it carries an identity the rules store as an identify of its own)
+    plus what it adds to the visitor's state, and messages past
     STORE_FACTOR times the body are refused one by one; those before are kept, and the first
     message is charged nothing against it (the bound is STORE_FACTOR times the body plus the
     first message). Past
@@ -225,7 +229,10 @@ def check_messages(
             assert isinstance(message, dict)
             completed = _completed(message, batch_context, type_hint, received_iso)
             problem, size = _size_problem(completed)
-            charge = size + floor * (2 if _carries_identity(completed) else 1)
+            rows = fanout or {}
+            charge = size + floor + WORK_ROW_BYTES * rows.get(_event_name(completed), 0)
+            if _carries_identity(completed):
+                charge += floor + WORK_ROW_BYTES * rows.get("identify", 0)
             charge += _state_charge(completed)
             if completed.get("event") in CART_ADDED_REMOVED_VIEWED:
                 # Each visitor's last cart event of the request stores that visitor's whole
@@ -245,8 +252,9 @@ def check_messages(
                 problem = ("over_budget", (
                     "this request would make the relay keep more than "
                     f"{STORE_FACTOR} times its body: each message is charged what it "
-                    f"stores, at least {floor} bytes beside itself, and a batch context is "
-                    "copied into every message; send fewer, fuller messages per request"))
+                    f"stores, at least {floor} bytes beside itself and its work, and a batch "
+                    "context is copied into every message; send fewer, fuller messages per "
+                    "request"))
         if problem is not None:
             code, error = problem
             checked.rejected.append(
@@ -259,6 +267,12 @@ def check_messages(
             carts.add((str(completed.get("anonymousId")), str(completed.get("userId"))))
         checked.accepted.append(completed)
     return checked
+
+
+def _event_name(message: dict[str, Any]) -> str:
+    """The canonical name vendors map (events.StoredEvent.name)."""
+    kind = str(message.get("type", ""))
+    return str(message.get("event", "")) if kind == "track" else kind
 
 
 def _state_charge(message: dict[str, Any]) -> int:
