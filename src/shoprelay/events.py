@@ -32,11 +32,14 @@ PRODUCT_REVIEWED = "Product Reviewed"
 ORDER_COMPLETED = "Order Completed"
 #: A catalogue update from the shop's backend (server API only; Yespo's ProductUpdate).
 PRODUCT_UPDATED = "Product Updated"
+#: The events that store the visitor's cart (with the purchase, which stores it emptied).
+CART_ADDED_REMOVED_VIEWED = frozenset({PRODUCT_ADDED, PRODUCT_REMOVED, CART_VIEWED})
 
 
 # ---- What one request may make the relay store ----------------------------------------------
-# Every stored event is the message as sent (validation bounds that: 32 KB a message, and at
-# most STORE_FACTOR times the request's body with the batch context merged in) plus the
+# Every stored event is the message as sent (validation bounds that: 32 KB a message, and
+# what a request keeps at most STORE_FACTOR times its body, each message charged its own
+# bytes, its enrichment, its work rows and the cart copies it may store) plus the
 # enrichment below. What the enrichment copies from elsewhere — the request's headers, the
 # visitor's state — is stored once per event, so each such copy is bounded here: without a
 # bound, one long value is stored again with every later event (a 30 KB User-Agent header on
@@ -55,6 +58,11 @@ MAX_USER_ID_CHARS = 256
 #: Contact details copied into every event of the visitor (RFC 5321: an address has at most
 #: 254 characters; E.164 numbers 15 digits, formatted ones more). A longer value is not copied.
 MAX_CONTACT_CHARS = {"email": 254, "phone": 64, "name": 256}
+#: What an event copies of its visitor's identity (user id, email, phone, name as JSON, keys
+#: included) at most: a real one takes ~120 bytes, the longest user id accepted 269. Past it
+#: the name, then the phone, then the email are left out of that event (the user id always
+#: fits), and every message is charged this much at ingest, whatever the state holds.
+MAX_IDENTITY_COPY_BYTES = 300
 #: The carts a request stores beyond each visitor's last cart event in it: at most this many
 #: times the request's own bytes (see `identity.state.bound_carts`).
 CART_STORE_FACTOR = 4

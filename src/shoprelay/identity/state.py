@@ -20,6 +20,7 @@ from shoprelay import events as ev
 from shoprelay.events import (
     CART_STORE_FACTOR,
     MAX_CONTACT_CHARS,
+    MAX_IDENTITY_COPY_BYTES,
     MAX_KEPT_ID_CHARS,
     CartLine,
     Enrichment,
@@ -34,6 +35,22 @@ from shoprelay.vendors.base import product_ref
 MAX_CART_LINES = 100
 #: How many product → recommendation-block links a visitor keeps (oldest dropped first).
 MAX_BLOCK_LINKS = 200
+#: Most bytes a visitor's state takes as stored (JSON): the state is read and rewritten with
+#: every request of the visitor and copied in part into events, so a client must not grow
+#: it at will (20 visitors of 5 MB each once raised RSS by 100 MB and every request of theirs
+#: took 60-80 ms). Past it the oldest block links go first, then the oldest cart lines.
+MAX_STATE_BYTES = 16 * 1024
+#: Longest values of the state's own short fields: a campaign ("source|medium|name"), a
+#: cart line's currency, the vendor that served a block. A longer one is not kept.
+MAX_CAMPAIGN_CHARS = 256
+MAX_CURRENCY_CHARS = 16
+MAX_VENDOR_CHARS = 64
+#: The most a state takes besides its cart and block links (every other field at its longest
+#: kept), a cart line and a block link at their longest: a state that cannot pass the budget
+#: by these is not measured (it is folded for every message).
+_STATE_BASE_BYTES = 3072
+_LINE_BYTES = MAX_KEPT_ID_CHARS + MAX_CURRENCY_CHARS + 64
+_LINK_BYTES = 2 * MAX_KEPT_ID_CHARS + MAX_VENDOR_CHARS + 96
 _UTM = ("source", "medium", "campaign", "term", "content")
 #: The track event that ends a visitor's user binding (logout; the tracker's `reset()`).
 SIGNED_OUT = "Signed Out"
@@ -131,13 +148,16 @@ def _kept_id(value: Any) -> str | None:
     return kept_text(_text(value), MAX_KEPT_ID_CHARS)
 
 
-def _line(props: dict[str, Any]) -> CartLine | None:
+def _line(props: dict[str, Any], notes: list[str] | None = None) -> CartLine | None:
     product = _kept_id(product_ref(props))
     if product is None:
+        if notes is not None and _product(props) is not None:
+            notes.append(f"state: a cart line's product id is longer than {MAX_KEPT_ID_CHARS} "
+                         "characters, not kept in the cart")
         return None
     quantity = _number(props.get("quantity"), 1) or 1
     return CartLine(product, quantity, _number(props.get("price"), None),
-                    _text(props.get("currency")))
+                    kept_text(_text(props.get("currency")), MAX_CURRENCY_CHARS))
 
 
 def campaign_of(message: dict[str, Any]) -> dict[str, Any] | None:
@@ -177,10 +197,16 @@ def apply(
     received_at: float,
     session_timeout: float,
     new_id: Callable[[], str],
+    notes: list[str] | None = None,
 ) -> Enrichment:
-    """Fold one accepted message into `state` (in place) and return its enrichment."""
+    """Fold one accepted message into `state` (in place) and return its enrichment. What the
+    state refused or cut to stay within its budget is told in `notes` (for the trace)."""
+    told: list[str] = [] if notes is None else notes
     # Sessions follow the relay's clock: client clocks are often wrong.
     campaign = _campaign(message)
+    if campaign is not None and len(campaign) > MAX_CAMPAIGN_CHARS:
+        told.append(f"state: campaign not kept (longer than {MAX_CAMPAIGN_CHARS} characters)")
+        campaign = None
     if (
         not state.session_id
         or received_at - state.last_seen > session_timeout
@@ -248,13 +274,16 @@ def apply(
 
     if name in (ev.PRODUCT_ADDED, ev.PRODUCT_REMOVED, ev.CART_VIEWED):
         before = list(state.cart)
-        _update_cart(state, name, props, new_id)
+        _update_cart(state, name, props, new_id, told)
         if dropped := _cap_cart(state):
             # A cart is stored with every cart event: unbounded, one visitor's 1,000 additions
             # made the spool grow quadratically. The oldest lines go, and the event says so.
             enrichment.extra["cart_dropped"] = dropped
         if state.cart != before:
             state.cart_version += 1
+        else:
+            # Provisional: `bound_carts` decides whether this event stores the cart anyway.
+            enrichment.extra["cart_unchanged"] = state.cart_version
         enrichment.cart = list(state.cart)
         enrichment.cart_id = state.cart_id
         enrichment.cart_version = state.cart_version
@@ -284,6 +313,10 @@ def apply(
         state.cart_id = None
         state.cart_version = 0
 
+    if dropped := fit_state(state, told):
+        enrichment.extra.setdefault("cart_dropped", []).extend(dropped)
+        if enrichment.cart is not None:
+            enrichment.cart = list(state.cart)
     # The cart id goes only with the cart events and the purchase (Yespo's GUID, Alana's
     # cartId): no adapter reads it on any other event.
     enrichment.user_id = state.user_id
@@ -292,10 +325,66 @@ def apply(
     enrichment.email = kept_text(state.email, MAX_CONTACT_CHARS["email"])
     enrichment.phone = kept_text(state.phone, MAX_CONTACT_CHARS["phone"])
     enrichment.name = kept_text(state.name, MAX_CONTACT_CHARS["name"])
+    _bound_identity_copy(enrichment, told)
     enrichment.session_id = state.session_id
     enrichment.session_started = state.session_started
     _context(enrichment, message)
     return enrichment
+
+
+def _bound_identity_copy(enrichment: Enrichment, notes: list[str]) -> None:
+    """Keep the event's copy of the visitor's identity within MAX_IDENTITY_COPY_BYTES (what
+    ingest charged each message for it): the name goes first, then the phone, the email."""
+    parts = {"user_id": enrichment.user_id, "email": enrichment.email,
+             "phone": enrichment.phone, "name": enrichment.name}
+    size = sum(len(k) + len(v.encode()) + 6 for k, v in parts.items() if v)
+    for key in ("name", "phone", "email"):
+        value = parts[key]
+        if size <= MAX_IDENTITY_COPY_BYTES:
+            return
+        if value:
+            setattr(enrichment, key, None)
+            size -= len(key) + len(value.encode()) + 6
+            notes.append(f"event: the visitor's {key} not copied (the identity an event "
+                         f"copies is at most {MAX_IDENTITY_COPY_BYTES} bytes)")
+
+
+def fit_state(state: VisitorState, notes: list[str]) -> list[str]:
+    """Keep `state` within its budget: contact details longer than any real one are not kept
+    (MAX_CONTACT_CHARS), then, past MAX_STATE_BYTES, the oldest block links go and then the
+    oldest cart lines (their product ids are returned). Each cut is told in `notes`."""
+    for key in ("email", "phone", "name"):
+        value = getattr(state, key)
+        if value is not None and len(value) > MAX_CONTACT_CHARS[key]:
+            setattr(state, key, None)
+            notes.append(f"state: {key} not kept (longer than {MAX_CONTACT_CHARS[key]} "
+                         "characters)")
+    if any(len(v) > MAX_CONTACT_CHARS.get(k, MAX_KEPT_ID_CHARS * 2)
+           for k, v in state.announced.items() if isinstance(v, str)):
+        state.announced = {k: v for k, v in state.announced.items() if isinstance(v, str)
+                           and len(v) <= MAX_CONTACT_CHARS.get(k, MAX_KEPT_ID_CHARS * 2)}
+    if (_STATE_BASE_BYTES + _LINE_BYTES * len(state.cart) + _LINK_BYTES * len(state.blocks)
+            <= MAX_STATE_BYTES):
+        return []  # within the budget whatever its ids hold: no need to measure it
+    size = len(orjson.dumps(state.to_dict()))
+    if size <= MAX_STATE_BYTES:
+        return []
+    links = len(state.blocks)
+    while state.blocks and size > MAX_STATE_BYTES:
+        product = next(iter(state.blocks))
+        size -= len(orjson.dumps({product: state.blocks.pop(product)})) - 1
+    dropped: list[str] = []
+    while state.cart and size > MAX_STATE_BYTES:
+        line = state.cart.pop(0)
+        dropped.append(line.product_id)
+        size -= len(orjson.dumps(line.to_stored())) + 1
+    if links != len(state.blocks):
+        notes.append(f"state: {links - len(state.blocks)} oldest recommendation block "
+                     f"link(s) forgotten to stay within {MAX_STATE_BYTES} bytes")
+    if dropped:
+        notes.append(f"state: {len(dropped)} oldest cart line(s) dropped to stay within "
+                     f"{MAX_STATE_BYTES} bytes")
+    return dropped
 
 
 def bound_carts(
@@ -312,7 +401,20 @@ def bound_carts(
     messages' `properties` (what the client itself sent about the products; a batch context
     would count once per message). The events before that store no cart, and
     `extra["cart_later"]` names the message that sends the visitor's cart as it ended. An
-    ordinary request (a few cart events) loses nothing."""
+    ordinary request (a few cart events) loses nothing.
+
+    A cart event that changed nothing (a view, a removal of what the cart does not hold;
+    `extra["cart_unchanged"]` gives the cart's version) stores its cart only while that costs
+    at most CART_STORE_FACTOR times the event's own bytes: Yespo's StatusCart is "sent after
+    the cart status is changed", and a bare `Cart Viewed` of 100 bytes stored a 16 KB cart."""
+    for _visitor, _vendors, message, enrichment in events:
+        if enrichment.cart is None or "cart_unchanged" not in enrichment.extra:
+            continue
+        if (len(orjson.dumps([line.to_stored() for line in enrichment.cart]))
+                > CART_STORE_FACTOR * len(orjson.dumps(message))):
+            enrichment.cart = None
+        else:
+            del enrichment.extra["cart_unchanged"]
     last: dict[tuple[str, frozenset[str]], str] = {}
     several = False
     for visitor, vendors, message, enrichment in events:
@@ -346,6 +448,7 @@ def bound_carts(
 def _link(state: VisitorState, product: str, list_id: str, vendor: str | None) -> None:
     if len(product) > MAX_KEPT_ID_CHARS or len(list_id) > MAX_KEPT_ID_CHARS:
         return  # a link is copied into later events: over-long ids are not kept
+    vendor = kept_text(vendor, MAX_VENDOR_CHARS)
     state.blocks.pop(product, None)
     state.blocks[product] = {"list": list_id, "vendor": vendor, "session": state.session_id}
     while len(state.blocks) > MAX_BLOCK_LINKS:
@@ -384,9 +487,12 @@ def _cap_cart(state: VisitorState) -> list[str]:
 
 
 def _update_cart(
-    state: VisitorState, name: str, props: dict[str, Any], new_id: Callable[[], str]
+    state: VisitorState, name: str, props: dict[str, Any], new_id: Callable[[], str],
+    notes: list[str],
 ) -> None:
     shop_cart_id = _kept_id(props.get("cart_id"))
+    if shop_cart_id is None and _text(props.get("cart_id")) is not None:
+        notes.append(f"state: cart_id longer than {MAX_KEPT_ID_CHARS} characters, not kept")
     if shop_cart_id:
         state.cart_id = shop_cart_id
     elif state.cart_id is None:
@@ -396,10 +502,10 @@ def _update_cart(
         products = props.get("products")
         if isinstance(products, list):
             # A cart view that lists the products is the truth: it replaces what we kept.
-            lines = [_line(p) for p in products if isinstance(p, dict)]
+            lines = [_line(p, notes) for p in products if isinstance(p, dict)]
             state.cart = [line for line in lines if line is not None]
         return
-    line = _line(props)
+    line = _line(props, notes)
     if line is None:
         return
     index = next((i for i, held in enumerate(state.cart) if held.product_id == line.product_id),

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from shoprelay.events import stored_user_agent
 from shoprelay.identity.bots import is_bot
 from shoprelay.identity.consent import consent_of, refuses_everything
 from shoprelay.identity.cookie import VisitorCookie, new_visitor_id
@@ -32,6 +33,7 @@ from shoprelay.ingest.validation import (
     SHORT_TYPES,
     BadRequest,
     check_messages,
+    message_floor,
     parse_body,
 )
 from shoprelay.operate.debugger import DebugBus
@@ -40,6 +42,7 @@ from shoprelay.rules import IngestResult, RequestContext, SitePolicy, early_refu
 from shoprelay.settings import Settings, SiteSettings
 from shoprelay.spool.base import Spool
 from shoprelay.spool.disk import SpoolFull
+from shoprelay.vendors import VENDORS
 
 log = logging.getLogger("shoprelay.ingest")
 #: Exactly what the tested clients send: analytics.js's Basic auth, and RudderStack's JS SDK v3
@@ -74,6 +77,9 @@ class Ingest:
         self._trusted = [ipaddress.ip_network(p, strict=False)
                          for p in settings.relay.trusted_proxies]
         self._refusal_logged = -1e9
+        #: Per site: event name → how many of its vendors map it (the most work rows a
+        #: message of that name makes: what ingest charges it for them).
+        self._fanout = {name: _fanout(site) for name, site in settings.sites.items()}
         #: (site, anonymousId) a cookie was handed out for by this process (see `_mint`).
         self._minted: OrderedDict[tuple[str, str], None] = OrderedDict()
 
@@ -157,9 +163,12 @@ class Ingest:
                 return self._error(400, "batch must be a non-empty array of messages", origin,
                                    site)
         _default_anonymous_id(messages, request.headers.get("anonymousid"))
+        header_agent = request.headers.get("user-agent")
         checked = check_messages(messages, batch_context=body.get("context"),
                                  received_at=received_at, type_hint=kind,
-                                 body_bytes=len(raw), server=server)
+                                 body_bytes=len(raw), server=server,
+                                 floor=message_floor(len(stored_user_agent(header_agent) or "")),
+                                 fanout=self._fanout.get(site.name))
         accepted = checked.accepted
         gpc = request.headers.get("sec-gpc", "").strip() == "1"
         consents = {i: consent_of(m, gpc) for i, m in enumerate(accepted)}
@@ -177,7 +186,7 @@ class Ingest:
             [self._server_visitor(m, site.name) for m in accepted] if server else None)
         dropped: list[tuple[int, str]] = []
         if accepted:
-            user_agent = request.headers.get("user-agent")
+            user_agent = header_agent
             ip = client_ip
             if server:
                 # The backend speaks for the visitor: take what it says the browser was.
@@ -187,7 +196,10 @@ class Ingest:
                                                                     str) else None
             context = RequestContext(
                 source="server" if server else "browser", cookie_visitor=cookie_visitor,
-                ip=truncate_ip(ip) if site.ip_truncate else ip, user_agent=user_agent,
+                ip=truncate_ip(ip) if site.ip_truncate else ip,
+                # Cut as stored on the events, so the intake keeps no more of it either; the
+                # bot flag is decided on the whole header first.
+                user_agent=stored_user_agent(user_agent),
                 bot=False if server else is_bot(user_agent), consent=consents, hints=hints,
                 new_visitor=new_visitor)
             # Accept first, think after: one durable append, then the answer. The rules
@@ -388,6 +400,15 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     if declared and declared.isdigit() and int(declared) > limit:
         raise BadRequest(413, f"body is {declared} bytes; the limit is {limit}")
     return await read_body(request.stream(), encoding, limit)
+
+
+def _fanout(site: SiteSettings) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for vendor, config in site.vendors.items():
+        if config.enabled:
+            for name in VENDORS[vendor].handles:
+                counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def _peer(request: Request) -> str | None:

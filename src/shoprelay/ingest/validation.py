@@ -11,21 +11,49 @@ import json
 import math
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from shoprelay.events import MAX_USER_ID_CHARS, PRODUCT_UPDATED
+from shoprelay.events import (
+    CART_ADDED_REMOVED_VIEWED,
+    CART_STORE_FACTOR,
+    MAX_IDENTITY_COPY_BYTES,
+    MAX_USER_ID_CHARS,
+    PRODUCT_LIST_VIEWED,
+    PRODUCT_UPDATED,
+)
+from shoprelay.identity.state import MAX_STATE_BYTES
 
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
-#: What one request may store, besides the fields the relay adds itself (messageId,
-#: timestamp, receivedAt: at most ~150 bytes a message): this many times its body. The batch
-#: `context` is copied into every message, so without a bound a 500 KB body could store
-#: gigabytes.
-STORE_FACTOR = 3
+#: Messages one request may carry: Segment's clients batch a few hundred at most (analytics.js
+#: sends one, its server libraries up to 100), so past this each further message is refused
+#: on its own (`too_many`, the earlier ones kept).
+MAX_BATCH_MESSAGES = 500
+#: What one request may make the relay keep — its messages as stored (the relay's own fields
+#: and the batch context merged in), what the relay stores beside each (enrichment, the
+#: User-Agent, the copied visitor state) and its work rows — is at most this many times its
+#: (decompressed) body, besides the request's first message, which is judged on its own
+#: limits only. Messages past it are refused one by one (`over_budget`).
+STORE_FACTOR = 10
+#: What the relay stores beside any message, the bare `{"type":"page"}` included: the visitor
+#: and session ids, clocks, IP, flags, the event's wrapping (measured ~245 bytes on both
+#: spools), and the visitor's identity it may copy (events.MAX_IDENTITY_COPY_BYTES). A
+#: message is charged at least this plus its User-Agent and work rows, so a small compressed
+#: body of thousands of tiny messages cannot store a thousand times its size.
+ENRICHMENT_BYTES = 256 + MAX_IDENTITY_COPY_BYTES
+#: What one unit of delivery work keeps (a row and its index entries; measured ~160-190 bytes
+#: in SQLite, a stream entry in Redis); a message is charged one per vendor of its site
+#: that maps its event.
+WORK_ROW_BYTES = 160
+#: Traits a message may carry (an identify's `traits`, any message's `context.traits`): how
+#: many, and how long each value may be as JSON. Real profiles hold a few dozen short fields.
+MAX_TRAITS = 50
+MAX_TRAIT_BYTES = 1024
 #: Levels of nesting the spool and the debugger wrap a message in when they serialise it
 #: (orjson refuses to write more than 254 levels; a message must still fit inside them).
 _WRAPPING_LEVELS = 4
@@ -158,48 +186,153 @@ def _server_only(message: Any, type_hint: str) -> bool:
             and message.get("event") == PRODUCT_UPDATED)
 
 
+def message_floor(user_agent_chars: int) -> int:
+    """What the relay keeps for any message of a request beside the message itself and its
+    work rows: its enrichment and the User-Agent as stored."""
+    return ENRICHMENT_BYTES + user_agent_chars
+
+
 def check_messages(
     messages: list[Any], *, batch_context: Any = None, received_at: float, type_hint: str = "",
-    body_bytes: int | None = None, server: bool = False,
+    body_bytes: int | None = None, server: bool = False, floor: int = 0,
+    fanout: Mapping[str, int] | None = None,
 ) -> Checked:
     """Validate and complete each message (messageId, timestamp, context from the batch).
 
     Sizes are of the message as it will be stored, the batch context merged in. With
-    `body_bytes` (the request's size), messages past the request's storage budget are refused
-    one by one; those before it are kept.
+    `body_bytes` (the request's decompressed size), each message is charged its stored size
+    plus `floor` (see `message_floor`) and a work row for each vendor `fanout` says takes
+    its event (twice when it carries an identity the rules store as an identify of its own)
+    plus what it adds to the visitor's state, and messages past
+    STORE_FACTOR times the body are refused one by one; those before are kept, and the first
+    message is charged nothing against it (the bound is STORE_FACTOR times the body plus the
+    first message). Past
+    MAX_BATCH_MESSAGES, every further message is refused (`too_many`).
     """
     checked = Checked()
     received_iso = datetime.fromtimestamp(received_at, UTC).isoformat(timespec="milliseconds")
     budget = None if body_bytes is None else STORE_FACTOR * body_bytes
     stored = 0
+    ids: set[str] = set()
+    carts: set[tuple[str, str]] = set()
     for index, message in enumerate(messages):
         message_id = message.get("messageId") if isinstance(message, dict) else None
         problem = _problem(message, type_hint)
+        if problem is None and index >= MAX_BATCH_MESSAGES:
+            problem = ("too_many", f"this request carries {len(messages)} messages; at most "
+                                   f"{MAX_BATCH_MESSAGES} are accepted per request: send the "
+                                   "rest in another request")
         if problem is None and not server and _server_only(message, type_hint):
             # Only the shop's backend speaks for its catalogue: a page could otherwise
             # rewrite prices and stock at the vendors.
             problem = ("server_only", f"{PRODUCT_UPDATED} is a catalogue update: only the "
                                       "shop's backend may send it (server API, server key)")
-        completed: dict[str, Any] = {}
         if problem is None:
             assert isinstance(message, dict)
-            completed, added = _completed(message, batch_context, type_hint, received_iso)
-            problem, size = _size_problem(completed, stored, added, budget)
+            problem = _traits_problem(message)
+        completed: dict[str, Any] = {}
+        charge = 0
+        if problem is None:
+            assert isinstance(message, dict)
+            completed = _completed(message, batch_context, type_hint, received_iso)
+            problem, size = _size_problem(completed)
+            rows = fanout or {}
+            charge = size + floor + WORK_ROW_BYTES * rows.get(_event_name(completed), 0)
+            if _carries_identity(completed):
+                charge += floor + WORK_ROW_BYTES * rows.get("identify", 0)
+            charge += _state_charge(completed)
+            if completed.get("event") in CART_ADDED_REMOVED_VIEWED:
+                # Each visitor's last cart event of the request stores that visitor's whole
+                # cart (up to its state's budget): one visitor's is the request's bounded
+                # exception; a cookie-less request naming more (by anonymousId) pays for
+                # each further one.
+                owner = (str(completed.get("anonymousId")), str(completed.get("userId")))
+                if carts and owner not in carts:
+                    charge += MAX_STATE_BYTES
+            if completed["messageId"] in ids:
+                charge = 0  # a resend of a message accepted above: stored once
+            if not checked.accepted:
+                # The first message is judged on its own limits (a one-message request of
+                # 60 bytes cannot keep less than ten times that): it is not charged.
+                charge = 0
+            if problem is None and budget is not None and stored + charge > budget:
+                problem = ("over_budget", (
+                    "this request would make the relay keep more than "
+                    f"{STORE_FACTOR} times its body: each message is charged what it "
+                    f"stores, at least {floor} bytes beside itself and its work, and a batch "
+                    "context is copied into every message; send fewer, fuller messages per "
+                    "request"))
         if problem is not None:
             code, error = problem
             checked.rejected.append(
                 Rejection(index, message_id if isinstance(message_id, str) else None, error,
                           code))
             continue
-        stored += size - added
+        stored += charge
+        ids.add(completed["messageId"])
+        if completed.get("event") in CART_ADDED_REMOVED_VIEWED:
+            carts.add((str(completed.get("anonymousId")), str(completed.get("userId"))))
         checked.accepted.append(completed)
     return checked
 
 
+def _event_name(message: dict[str, Any]) -> str:
+    """The canonical name vendors map (events.StoredEvent.name)."""
+    kind = str(message.get("type", ""))
+    return str(message.get("event", "")) if kind == "track" else kind
+
+
+def _state_charge(message: dict[str, Any]) -> int:
+    """What a message may add to its visitor's state and copy from it again: a cart event
+    its products (and the cart copies `identity.state.bound_carts` allows), a list view its
+    block links. Other messages keep nothing of their own in the state."""
+    name = message.get("event") if message.get("type") == "track" else None
+    if name in CART_ADDED_REMOVED_VIEWED:
+        return (CART_STORE_FACTOR + 1) * len(orjson.dumps(message.get("properties")))
+    if name == PRODUCT_LIST_VIEWED:
+        return len(orjson.dumps(message.get("properties")))
+    return 0
+
+
+def _carries_identity(message: dict[str, Any]) -> bool:
+    """Whether the rules may store an identify of its own beside the message (its userId or
+    `context.traits`, new for the visitor: `shoprelay.rules.fold`)."""
+    if message.get("type") == "identify":
+        return False
+    context = message.get("context")
+    return bool(message.get("userId")) or (isinstance(context, dict)
+                                           and bool(context.get("traits")))
+
+
+def _traits_problem(message: dict[str, Any]) -> tuple[str, str] | None:
+    """Traits go to vendors' profiles and, as an identify of their own, into the spool: at
+    most MAX_TRAITS of them, each at most MAX_TRAIT_BYTES as JSON."""
+    context = message.get("context")
+    for where, traits in (("traits", message.get("traits")),
+                          ("context.traits", context.get("traits")
+                           if isinstance(context, dict) else None)):
+        if not isinstance(traits, dict):
+            continue
+        if len(traits) > MAX_TRAITS:
+            return "bad_traits", (f"{where} holds {len(traits)} traits; at most {MAX_TRAITS} "
+                                  "are accepted")
+        for key, value in traits.items():
+            if isinstance(value, str | int | float | bool) or value is None:
+                size = len(str(value)) if isinstance(value, str) else 8
+            else:
+                try:
+                    size = len(orjson.dumps(value))
+                except orjson.JSONEncodeError:
+                    size = MAX_TRAIT_BYTES + 1
+            if size > MAX_TRAIT_BYTES or len(key) > MAX_TRAIT_BYTES:
+                return "bad_traits", (f"{where}.{key[:40]} is longer than {MAX_TRAIT_BYTES} "
+                                      "bytes; a trait is a short profile field")
+    return None
+
+
 def _completed(message: dict[str, Any], batch_context: Any, type_hint: str,
-               received_iso: str) -> tuple[dict[str, Any], int]:
-    """The message as stored (the relay's fields added, the batch context merged in), and
-    how many of its bytes are the relay's own fields."""
+               received_iso: str) -> dict[str, Any]:
+    """The message as stored (the relay's fields added, the batch context merged in)."""
     completed = dict(message)
     added: dict[str, str] = {}
     if type_hint and "type" not in completed:
@@ -214,8 +347,7 @@ def _completed(message: dict[str, Any], batch_context: Any, type_hint: str,
     completed.pop("receivedAt", None)
     added["receivedAt"] = received_iso
     completed.update(added)
-    # "key":"value", — plain ASCII on both sides, so counted without serialising.
-    return completed, sum(len(k) + len(v) + 6 for k, v in added.items())
+    return completed
 
 
 def _stored_size(message: dict[str, Any]) -> int:
@@ -227,8 +359,7 @@ def _stored_size(message: dict[str, Any]) -> int:
     return len(orjson.dumps(wrapped)) - 2 * _WRAPPING_LEVELS
 
 
-def _size_problem(message: dict[str, Any], stored: int, added: int, budget: int | None
-                  ) -> tuple[tuple[str, str] | None, int]:
+def _size_problem(message: dict[str, Any]) -> tuple[tuple[str, str] | None, int]:
     """(the problem or None, the message's stored size)."""
     try:
         size = _stored_size(message)
@@ -238,11 +369,6 @@ def _size_problem(message: dict[str, Any], stored: int, added: int, budget: int 
     if size > MAX_MESSAGE_BYTES:
         return ("too_large", f"message is {size} bytes as stored (with the batch context "
                              f"merged in); the limit is {MAX_MESSAGE_BYTES}"), size
-    if budget is not None and stored + size - added > budget:
-        return ("over_budget", (
-            f"this request would store more than {budget} bytes ({STORE_FACTOR} times its "
-            "body): the batch context is copied into every message, so put it in the "
-            "messages themselves or send fewer of them per request")), size
     return None, size
 
 

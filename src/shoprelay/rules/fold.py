@@ -152,12 +152,14 @@ class IngestRules:
             # Shops' customer), and what is new about the visitor goes to vendors as an
             # identify of its own, so their identity calls follow once (issue 20).
             derived = _derived_identify(message)
+            cuts: list[str] = []  # what the visitor's state refused or cut (its budget)
             binding: UserBinding | None = None
             identity: StoredMessage | None = None
             carried = (False, False, False)
             if derived is not None:
                 told = apply(state, derived, visitor_id=visitor, received_at=received_at,
-                             session_timeout=self.session_timeout, new_id=self.new_id)
+                             session_timeout=self.session_timeout, new_id=self.new_id,
+                             notes=cuts)
                 binding = self._settle(claim, told, state, visitor)
                 self._stamp(told, context, index)
                 derived_id = str(derived["messageId"])
@@ -171,7 +173,8 @@ class IngestRules:
                     told_event = StoredEvent(site, derived, told)
                     identity = StoredMessage(visitor, told_event, self.router(told_event))
             enrichment = apply(state, message, visitor_id=visitor, received_at=received_at,
-                               session_timeout=self.session_timeout, new_id=self.new_id)
+                               session_timeout=self.session_timeout, new_id=self.new_id,
+                               notes=cuts)
             # The message's own fold brings no identity but an order's email, which the
             # derived identify did not announce (an identical one is not announced again).
             found = self._settle(claim if derived is None else _Claim(), enrichment, state,
@@ -205,6 +208,7 @@ class IngestRules:
                 plan.notes.append((message_id, claim.note, None))
             if contact_note is not None:
                 plan.notes.append((message_id, contact_note, None))
+            plan.notes.extend((message_id, cut, None) for cut in dict.fromkeys(cuts))
             if identity is not None:
                 seen_messages.add(identity.event.message_id)
                 plan.stored.append(identity)

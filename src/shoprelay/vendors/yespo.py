@@ -367,6 +367,11 @@ class Yespo(Vendor[YespoConfig]):
             return {_SKIPPED: f"StatusCart not sent: message {later} of the same request sends "
                               "this visitor's cart as it ended (the request changed the cart "
                               "more often than the relay stores the whole cart for)"}
+        if enrichment.cart is None and "cart_unchanged" in enrichment.extra:
+            # Yespo: StatusCart "is sent after the cart status is changed".
+            return {_SKIPPED: "StatusCart not sent: the event left the cart as it was "
+                              f"(version {enrichment.extra['cart_unchanged']}), which Yespo "
+                              "got with the event that changed it"}
         if enrichment.cart is None:
             raise MappingError(f"{event.name} carries no cart state (enrichment.cart): "
                                "Yespo's StatusCart needs the whole cart")
