@@ -85,7 +85,7 @@ async def route_all(settings: Settings, profile: cProfile.Profile | None) -> flo
             finally:
                 profile.disable()
 
-        spool._write_loop = profiled  # type: ignore[method-assign]
+        spool._write_loop = profiled
         in_loop = None
     else:
         in_loop = profile

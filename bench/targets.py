@@ -14,9 +14,11 @@ One command for the table issue 19 asks for, on each spool (Redis on 127.0.0.1:6
    20-event batches accepted (bench/ingest.py's closed loop), then `--sustain` seconds of
    20-event batches and the time until the rules stage has routed and queued all of them;
 3. a second relay whose only vendor (Go Shops) is a closed port, so everything stays queued:
-   `--queued` events posted and routed, then the spool's bytes per queued event and the
-   relay's RSS. Below 1,000,000 the RSS is extrapolated linearly from the growth over the
-   relay's RSS before posting (said so in the table); bench/backlog_memory.py found it flat.
+   `--queued` events posted and routed in two halves; bytes per queued event = the spool's
+   growth over the second half (the fixed part, schema and first pages, left out; Redis: the
+   `MEMORY USAGE` of this run's keys, not `used_memory`, which other users of the shared
+   Redis move), and the relay's RSS. Below 1,000,000 the RSS is extrapolated linearly from
+   its growth over the second half (said so in the table).
 
 Prints one plain table: figure / measured / target / bare / met or missed by X %. Every wait
 is bounded (a rules stage that does not catch up is reported with what it left), all traffic
@@ -27,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -41,6 +45,7 @@ from bench.ingest import (
     LIMITS,
     PY,
     REDIS_URL,
+    ROOT,
     UA,
     free_port,
     intake_pending,
@@ -122,28 +127,61 @@ async def post_range(port: int, first: int, requests: int, connections: int) -> 
 
 
 def wait_routed(port: int, timeout: float) -> tuple[float, int]:
-    """(seconds waited, intake requests still pending) once the intake is empty or `timeout`
-    passed: the rules stage has routed and queued everything accepted, or not in time."""
+    """(seconds waited, intake entries still pending) once the intake is empty or `timeout`
+    passed: the rules stage has routed and queued everything accepted, or not in time. (An
+    entry is a request on SQLite; Redis splits a request by intake partition.) Polled twice
+    a second: each look is a `stats()` of the spool, work for the relay being measured."""
     began = time.perf_counter()
     pending = intake_pending(port)
     while pending and time.perf_counter() - began < timeout:
-        time.sleep(0.1)
+        time.sleep(0.5)
         pending = intake_pending(port)
     return time.perf_counter() - began, pending
 
 
-def sustained(port: int, seconds: float, connections: int, drain_timeout: float
+def prefix_bytes(prefix: str) -> int:
+    """Bytes Redis holds under `prefix` (the sum of `MEMORY USAGE` of its keys): this run's
+    share alone, where `used_memory` would count whatever else the shared Redis holds."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        total = 0
+        keys = list(client.scan_iter(match=prefix + "*", count=5000))
+        for i in range(0, len(keys), 5000):
+            with client.pipeline(transaction=False) as pipe:
+                for key in keys[i:i + 5000]:
+                    pipe.memory_usage(key)
+                total += sum(int(n or 0) for n in pipe.execute())
+        return total
+    finally:
+        client.close()
+
+
+def stored(cfg: Path) -> int:
+    """Messages the spool holds (routed by the rules stage), read by `shoprelay spool stats`
+    beside the running relay."""
+    out = subprocess.run([PY, "-m", "shoprelay", "spool", "stats", "--config", str(cfg),
+                          "--json"], capture_output=True, check=True, cwd=ROOT, timeout=120)
+    return int(json.loads(out.stdout)["messages"])
+
+
+def sustained(port: int, cfg: Path, seconds: float, connections: int, drain_timeout: float
               ) -> dict[str, float]:
     """20-event batches for `seconds`, then until routed: the whole pipe's events/s, accepted
-    → routed and queued for every vendor (requests left past `drain_timeout` do not count)."""
-    wait_routed(port, drain_timeout)  # what the earlier loads left behind
+    → routed and queued for every vendor, over the load and the drain after it. Routed is
+    counted in the spool (stored messages before and after), so a rules stage that has not
+    caught up by `drain_timeout` is measured at what it did."""
+    _, earlier = wait_routed(port, drain_timeout)  # what the earlier loads left behind
+    first = stored(cfg)
     count, _, errors = asyncio.run(load(port, "/v1/batch", twenty_events, seconds=seconds,
                                         connections=connections, warmup=0.0))
     left = intake_pending(port)
     waited, still = wait_routed(port, drain_timeout)
-    routed = (count - still) * 20
+    routed = stored(cfg) - first
     return {"accepted": count * 20 / seconds, "routed": routed / (seconds + waited),
-            "left_at_end": left, "drain": waited, "unrouted": still, "errors": errors}
+            "left_at_end": left, "drain": waited, "unrouted": still, "errors": errors,
+            "earlier": earlier}
 
 
 def idle_latency(relay_url: str, sandbox_url: str, events: int) -> dict[str, list[float]]:
@@ -191,11 +229,12 @@ def one_spool(spool: str, work: Path, sandbox_url: str, args: argparse.Namespace
         print(f"  {spool}: idle latency ({seen}): p50 {pct(every, 0.5):.1f} ms, max "
               f"{max(every, default=float('nan')):.1f} ms", flush=True)
         relay_fig = measure(f"relay, {spool}", port, args)
-        sus = sustained(port, args.sustain, args.connections, args.drain_timeout)
+        sus = sustained(port, cfg, args.sustain, args.connections, args.drain_timeout)
         print(f"  {spool}: sustained {args.sustain:g} s: accepted {sus['accepted']:,.0f} "
               f"events/s, routed and queued {sus['routed']:,.0f} events/s (intake "
-              f"{sus['left_at_end']:.0f} request(s) at the end of the load, drained in "
-              f"{sus['drain']:.1f} s, {sus['unrouted']:.0f} not routed in time; non-2xx "
+              f"{sus['earlier']:.0f} entries left from the loads before it, "
+              f"{sus['left_at_end']:.0f} at the end of the load; waited {sus['drain']:.1f} s "
+              f"after it, {sus['unrouted']:.0f} entries not routed then; non-2xx "
               f"{sus['errors']:.0f})", flush=True)
         load_rss = rss_mb(relay.pid)
     finally:
@@ -215,8 +254,11 @@ def one_spool(spool: str, work: Path, sandbox_url: str, args: argparse.Namespace
             f"non-2xx {relay_fig['batch_errors']:.0f}"),
         Row(spool, f"sustained {args.sustain:g} s, routed+queued x5", sus["routed"],
             "events/s", ">=", 25_000, ">= 25,000", f"{bare['events']:,.0f} events/s",
-            f"accepted {sus['accepted']:,.0f}/s, drain {sus['drain']:.0f} s"
-            + (f", {sus['unrouted']:.0f} req unrouted" if sus["unrouted"] else "")),
+            f"accepted {sus['accepted']:,.0f}/s, drained in {sus['drain']:.0f} s"
+            + (f"; NOT drained: {sus['unrouted']:.0f} intake entries left after "
+               f"{args.drain_timeout:g} s" if sus["unrouted"] else "")
+            + (f"; {sus['earlier']:.0f} entries of the loads before it still there at its "
+               f"start" if sus["earlier"] else "")),
         Row(spool, "idle ack -> vendor p50", pct(every, 0.5), "ms", "<=", 20, "<= 20 ms",
             note=f"n={len(every)} ({'+'.join(LATENCY_VENDORS)})"),
         Row(spool, "idle ack -> vendor max", max(every, default=float("nan")), "ms", "<=", 250,
@@ -229,12 +271,13 @@ def one_spool(spool: str, work: Path, sandbox_url: str, args: argparse.Namespace
     down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     cfg = settings_file(directory, down, sync="normal", vendors=["goshops"],
                         spool=REDIS_URL if redis else None, redis_prefix=prefix)
-    before = redis_used() if redis else 0
+    before = redis_used() if redis else 0  # the note's used_memory, for comparison
     port = free_port()
     relay = start(relay_command(cfg, port), f"http://127.0.0.1:{port}/healthz",
                   work / f"relay-{spool}-backlog.log")
-    half = args.queued // 40  # requests of 20 events: half the backlog
-    points: list[tuple[int, float, int]] = []  # (events posted, RSS MB, spool bytes)
+    queued = args.redis_queued if redis and args.redis_queued else args.queued
+    half = queued // 40  # requests of 20 events: half the backlog
+    points: list[tuple[int, float, int, int]] = []  # (stored, RSS MB, spool bytes, unrouted)
     try:
         base = rss_mb(relay.pid)[0]
         began = time.perf_counter()
@@ -243,19 +286,21 @@ def one_spool(spool: str, work: Path, sandbox_url: str, args: argparse.Namespace
             asyncio.run(post_range(port, first, half, args.connections))
             waited, left = wait_routed(port, args.drain_timeout)
             time.sleep(args.settle)
-            size = (redis_used() - before if redis else
+            size = (prefix_bytes(prefix) if redis else
                     sum((directory / name).stat().st_size for name in
                         ("spool.db", "spool.db-wal") if (directory / name).exists()))
-            points.append(((first + half) * 20 - left * 20, rss_mb(relay.pid)[0], size))
+            points.append((stored(cfg), rss_mb(relay.pid)[0], size, left))
+            grown = redis_used() - before if redis else 0
         took = time.perf_counter() - began
         peak = rss_mb(relay.pid)[1]
     finally:
         stop(relay)
         if redis:
             redis_cleanup(prefix)
-    (n1, rss1, size1), (n2, rss2, size2) = points
-    print(f"  {spool}: {n2:,} events queued in {took:.0f} s ({left} request(s) not routed in "
-          f"time); RSS {base:.0f} MB before, {rss1:.0f} MB at {n1:,}, {rss2:.0f} MB at {n2:,} "
+    (n1, rss1, size1, left1), (n2, rss2, size2, left2) = points
+    print(f"  {spool}: {n2:,} events routed and queued in {took:.0f} s (intake entries not "
+          f"routed in time: {left1} at half, {left2} at the end); RSS {base:.0f} MB before, "
+          f"{rss1:.0f} MB at {n1:,}, {rss2:.0f} MB at {n2:,} "
           f"(peak {peak:.0f}); spool {size1 / 1e6:,.0f} MB at {n1:,}, {size2 / 1e6:,.0f} MB at "
           f"{n2:,}", flush=True)
     # What one more queued event costs: the growth between the two halves, free of the fixed
@@ -268,14 +313,18 @@ def one_spool(spool: str, work: Path, sandbox_url: str, args: argparse.Namespace
         rss_1m = max(rss2 + slope * (MILLION - n2), peak)
         how = (f"extrapolated from {n2:,}: {rss2:.0f} MB + {slope * 1e5:.1f} MB per 100k "
                f"(growth {n1:,} -> {n2:,})")
-    kind = "file + WAL" if not redis else "used_memory"
+    kind = ("file + WAL" if not redis else
+            f"MEMORY USAGE of the prefix's keys (used_memory grew {grown / max(n2, 1):,.0f} B "
+            f"an event, the shared Redis' other users included)")
+    unrouted = (f"; NOT all routed: {left1}/{left2} intake entries still in the spool at the "
+                f"two points, their bytes counted" if left1 or left2 else "")
     rows += [
         Row(spool, "spool bytes per queued event", per_event, "B", "<=", 1024,
             "<= 1 KB (1,024 B)",
             note=f"{kind} growth {n1:,} -> {n2:,} queued, 1 vendor (average over all "
-                 f"{n2:,}: {size2 / max(n2, 1):,.0f} B)"),
+                 f"{n2:,}: {size2 / max(n2, 1):,.0f} B){unrouted}"),
         Row(spool, "RSS with 1,000,000 queued", rss_1m, "MB", "<=", 150, "<= 150 MB",
-            note=how),
+            note=how + unrouted),
         Row(spool, "RSS peak under load (info)", load_rss[1], "MB", "<=", 150, "<= 150 MB",
             note="the forwarding relay after the loads above"),
     ]
@@ -310,6 +359,8 @@ def main() -> None:
     parser.add_argument("--queued", type=int, default=MILLION,
                         help="events queued for the bytes and RSS figures; below 1,000,000 "
                              "the RSS is extrapolated (said so in the table)")
+    parser.add_argument("--redis-queued", type=int, default=0,
+                        help="--queued for the Redis spool only (default: the same)")
     parser.add_argument("--settle", type=float, default=5.0,
                         help="seconds of retries against the down vendor before the RSS")
     parser.add_argument("--drain-timeout", type=float, default=300.0,
@@ -341,7 +392,10 @@ def main() -> None:
         for spool in spools:
             print(spool, flush=True)
             httpx.delete(f"{sandbox_url}/_sandbox/requests", timeout=30)
-            rows += one_spool(spool, work, sandbox_url, args)
+            try:
+                rows += one_spool(spool, work, sandbox_url, args)
+            except Exception as exc:  # the other spool's figures still count
+                print(f"  {spool}: failed: {type(exc).__name__}: {exc}", flush=True)
     finally:
         stop(sandbox)
     load_after = os.getloadavg()
