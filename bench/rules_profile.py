@@ -96,7 +96,7 @@ async def route_all(settings: Settings, profile: cProfile.Profile | None) -> flo
             in_loop.enable()
         spool.route_intake()
         while await pending(spool):
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.25)
         took = time.perf_counter() - began
         if in_loop is not None:
             in_loop.disable()
