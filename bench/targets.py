@@ -283,7 +283,9 @@ def one_spool(spool: str, work: Path, sandbox_url: str, args: argparse.Namespace
         began = time.perf_counter()
         left = 0
         for first in (0, half):
-            asyncio.run(post_range(port, first, half, args.connections))
+            # Bounded too: at least 200 events/s, or the run stops with what it has.
+            asyncio.run(asyncio.wait_for(post_range(port, first, half, args.connections),
+                                         timeout=120 + half * 20 / 200))
             waited, left = wait_routed(port, args.drain_timeout)
             time.sleep(args.settle)
             size = (prefix_bytes(prefix) if redis else
