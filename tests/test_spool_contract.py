@@ -65,8 +65,11 @@ class Backend:
         if self.kind == "sqlite":
             conn = sqlite3.connect(self.path)
             try:
-                return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 0")
-                           .fetchone()[0])
+                # Common-path work: one `work` row per message, a bit per vendor owed;
+                # retried, half-sent or replayed work: its own `outbox` row.
+                owed = sum(bin(r[0]).count("1") for r in conn.execute("SELECT owed FROM work"))
+                return owed + int(conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 0")
+                                  .fetchone()[0])
             finally:
                 conn.close()
         client = redis.Redis(host="127.0.0.1", port=REDIS_PORT, decode_responses=True)
