@@ -1146,8 +1146,8 @@ class SqliteSpool:
     async def prune(self, older_than: float, *, chunk: int = 2000) -> int:
         """Forget work finished (delivered, skipped or dead) before `older_than`, the messages
         no work refers to any more, the visitors not seen since (with their aliases and user
-        bindings) and the orders recorded before it; returns the work records removed
-        (`outbox` rows, common-path exchanges and `work` rows with nothing left).
+        bindings) and the orders recorded before it; returns the finished (message, vendor)
+        work forgotten (`outbox` rows, and the deliveries the `exchanges` removed recorded).
 
         Deletes go in chunks, each its own write, so a large backlog never holds the single
         writer (and with it every ingest answer) for long. Dedup remembers a messageId as long
@@ -1159,10 +1159,13 @@ class SqliteSpool:
                 "AND updated_at < ? LIMIT ?)",
                 (DELIVERED, SKIPPED, DEAD, older_than, chunk)).rowcount
 
-        def exchanges(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                "DELETE FROM exchanges WHERE id IN (SELECT id FROM exchanges WHERE at < ? "
-                "LIMIT ?)", (older_than, chunk)).rowcount
+        def exchanges(conn: sqlite3.Connection) -> tuple[int, int]:
+            # (rows, the (message, vendor) deliveries they recorded)
+            rows = conn.execute("SELECT id, count FROM exchanges WHERE at < ? ORDER BY id "
+                                "LIMIT ?", (older_than, chunk)).fetchall()
+            conn.executemany("DELETE FROM exchanges WHERE id = ?",
+                             [(r[0],) for r in rows]).close()
+            return len(rows), sum(r[1] for r in rows)
 
         def work(conn: sqlite3.Connection) -> int:
             # Nothing owed, and every exchange it names is gone (exchange ids only grow).
@@ -1216,9 +1219,15 @@ class SqliteSpool:
                 "LIMIT ?)", (older_than, chunk)).rowcount
 
         removed = 0
-        for finished in (outbox, exchanges, work):
-            while (count := await self._write(finished)) > 0:
-                removed += count
+        while (count := await self._write(outbox)) > 0:
+            removed += count
+        while True:
+            rows, deliveries = await self._write(exchanges)
+            if not rows:
+                break
+            removed += deliveries
+        while await self._write(work) > 0:
+            pass
         for step in (messages, visitors, orders, notes, answers):
             while await self._write(step) > 0:
                 pass
