@@ -114,9 +114,9 @@ CREATE TABLE IF NOT EXISTS exchanges (
 );
 CREATE INDEX IF NOT EXISTS exchanges_time ON exchanges (at);
 -- The exceptional (message, vendor[, part]) pairs. `seq` orders them among a visitor's work
--- as their creation would have: 2 × message for the whole event, 2 × (newest message when
--- made) + 1 for a part dead-lettered alone or a backfill claim (`work` rows count as
--- 2 × message).
+-- as their creation would have: 2 × message for the whole event (where its bit in `work`
+-- sorted), 2 × (newest message when made) + 1 for a part dead-lettered alone, so a replayed
+-- part comes after the work queued before it. (A backfill claim never reaches `due`.)
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY,
     message INTEGER NOT NULL REFERENCES messages(id),
