@@ -708,6 +708,7 @@ class SqliteSpool:
                 conn.execute("ROLLBACK TO route_row")
                 conn.execute("RELEASE route_row")
                 self._states.clear()
+                self._forget_vendors()  # a vendor index the row gave was rolled back with it
                 log.exception("rules stage: intake row %d could not be routed; kept as "
                               "failed", row_id)
                 conn.execute("UPDATE intake SET failed=? WHERE id=?",
