@@ -265,10 +265,24 @@ def delivered_in_spool(cfg: Path) -> dict[str, set[int]]:
     conn = sqlite3.connect(path)
     try:
         out: dict[str, set[int]] = {v: set() for v in ALL_VENDORS}
+
+        def product(data: bytes) -> int:
+            return int(orjson.loads(data)["message"]["properties"]["product_id"])
+
+        # Work that needed a row of its own (retried, half-sent): its outbox row says so.
         for vendor, data in conn.execute(
                 "SELECT o.vendor, m.data FROM outbox o JOIN messages m ON m.id = o.message "
                 "WHERE o.state = 1"):
-            out[vendor].add(int(orjson.loads(data)["message"]["properties"]["product_id"]))
+            out[vendor].add(product(data))
+        # Common-path work: the message's work row lists "vendor_index:state:exchange".
+        names = dict(conn.execute("SELECT idx, name FROM vendors"))
+        for done, data in conn.execute(
+                "SELECT w.done, m.data FROM work w JOIN messages m ON m.id = w.message "
+                "WHERE w.done IS NOT NULL"):
+            for entry in done.split():
+                index, state, _ = entry.split(":")
+                if state == "1":
+                    out[names[int(index)]].add(product(data))
         return out
     finally:
         conn.close()

@@ -413,9 +413,12 @@ def backfill_owns(created: bool, state: str | None) -> bool:
 class Spool(Protocol):
     """What ingest, delivery and the command line need from a spool backend.
 
-    Delivery work is one row per (event, vendor): `due` hands out rows whose time has come
-    without ever skipping ahead of a visitor's earlier row that waits for a retry, and the
-    `mark_*` calls record each row's fate. Every write is durable when its call returns.
+    Delivery work is one piece per (event, vendor), an `OutboxRow` to the caller whatever
+    the backend stores (SQLite: one `work` row per message with a bit per vendor owed, an
+    `outbox` row only for an exceptional pair, see `spool.sqlite`; Redis: one stream entry
+    per vendor). `due` hands out work whose time has come without ever skipping ahead of a
+    visitor's earlier work that waits for a retry, and the `mark_*` calls record each piece's
+    fate by its id. Every write is durable when its call returns.
     """
 
     #: What the spool keeps and how long (`runtime.retention_of` makes it from the settings).

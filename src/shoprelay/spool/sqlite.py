@@ -6,9 +6,19 @@ its messages, yet many concurrent requests share one fsync. Having a single writ
 the per-visitor state (cart, binding, session) a plain in-order fold, with no locking.
 
 Tables: `messages` (one row per accepted message, unique per site and messageId: the dedup),
-`outbox` (one row per message and vendor that should receive it: the delivery work, its
-attempts and its dead letters), `visitors` (per-visitor state), `aliases` (client anonymousId
-→ visitor id).
+`work` (one row per stored message that has delivery work: the vendors it is still owed, as a
+bit mask, and what became of it at the vendors that took it on the common path), `outbox` (only
+the exceptional (message, vendor) pairs: retried, half-sent, dead, a part dead-lettered alone,
+backfill claims, and everything an older file had), `exchanges` (one row per delivered or
+skipped request of the common path: its answer, shared by every message it carried),
+`vendors` (vendor name → bit index), `visitors` (per-visitor state), `aliases` (client
+anonymousId → visitor id).
+
+Work ids (`OutboxRow.id`, `DeadLetter.id`) name (message, vendor, part) without a row of their
+own: ``(part + 1) << 47 | message_rowid << 5 | vendor_index`` (part 0 for the whole event), see
+`work_id`. The common path writes nothing per vendor: `due` scans `work` past a per-(site,
+vendor) cursor for the vendor's bit, and delivering clears the bit; a pair that needs more
+(a retry, progress, a dead letter) is moved into `outbox` first, by the same id.
 """
 
 from __future__ import annotations
@@ -81,6 +91,40 @@ CREATE TABLE IF NOT EXISTS messages (
     data BLOB NOT NULL,
     UNIQUE (site, message_id)
 );
+-- One row per stored message with delivery work: `owed` has bit `vendors.idx` set while that
+-- vendor's work is on the common path (never tried); `done` lists the common path's fates,
+-- "vendor_index:state:exchange " each, `last_exchange` the newest (retention). A vendor that
+-- needs more than that (a retry, progress, a dead letter) has its bit cleared and a row in
+-- `outbox` instead. A row with nothing owed and nothing done is deleted at once.
+CREATE TABLE IF NOT EXISTS work (
+    message INTEGER PRIMARY KEY,
+    site TEXT NOT NULL,
+    owed INTEGER NOT NULL,
+    done TEXT,
+    last_exchange INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS vendors (
+    idx INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+);
+-- One row per common-path request answered (delivered) or skipped: its exchange once, however
+-- many messages it carried (`count`), for traces and the figures.
+CREATE TABLE IF NOT EXISTS exchanges (
+    id INTEGER PRIMARY KEY,
+    site TEXT NOT NULL,
+    vendor TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    at REAL NOT NULL,
+    count INTEGER NOT NULL DEFAULT 0,
+    status INTEGER,
+    request TEXT,
+    response TEXT
+);
+CREATE INDEX IF NOT EXISTS exchanges_time ON exchanges (at);
+-- The exceptional (message, vendor[, part]) pairs. `seq` orders them among a visitor's work
+-- as their creation would have: 2 × message for the whole event (where its bit in `work`
+-- sorted), 2 × (newest message when made) + 1 for a part dead-lettered alone, so a replayed
+-- part comes after the work queued before it. (A backfill claim never reaches `due`.)
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY,
     message INTEGER NOT NULL REFERENCES messages(id),
@@ -95,13 +139,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     updated_at REAL NOT NULL,
     status INTEGER,
     error TEXT,
-    response TEXT
+    response TEXT,
+    request TEXT,
+    part INTEGER,
+    seq INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (site, vendor, state, id);
--- Work waiting for a retry (next_at > 0 only after a failure): few rows, so the per-visitor
--- order check in `due` is a lookup, and inserting new work never touches this index.
-CREATE INDEX IF NOT EXISTS outbox_parked ON outbox (site, vendor, visitor_id, id)
-    WHERE state = 0 AND next_at > 0;
 CREATE INDEX IF NOT EXISTS outbox_done ON outbox (state, updated_at);
 CREATE TABLE IF NOT EXISTS visitors (
     site TEXT NOT NULL,
@@ -245,6 +287,93 @@ def _migrate(conn: sqlite3.Connection) -> None:
     # Replaced by the partial `outbox_parked`: it cost every insert and made `due` quadratic
     # in a visitor's backlog.
     conn.execute("DROP INDEX IF EXISTS outbox_visitor")
+    _migrate_to_work(conn)
+
+
+def _migrate_to_work(conn: sqlite3.Connection) -> None:
+    """A file from before the `work` table (one outbox row per message and vendor): its
+    never-tried pending rows become bits of one `work` row per message, in one transaction;
+    every other row stays in `outbox` as the exceptional pair it is, given its `seq`."""
+    if "seq" not in {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}:
+        conn.execute("ALTER TABLE outbox ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")
+    # By `seq`, not id: whole-event work sorts by its message, wherever its row was made.
+    conn.execute("DROP INDEX IF EXISTS outbox_due")
+    conn.execute("DROP INDEX IF EXISTS outbox_parked")
+    conn.execute("CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (site, vendor, state, seq)")
+    conn.execute("CREATE INDEX IF NOT EXISTS outbox_waiting ON outbox "
+                 "(site, vendor, visitor_id, seq) WHERE state = 0 AND next_at > 0")
+    if conn.execute("PRAGMA user_version").fetchone()[0] >= _WORK_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("UPDATE outbox SET seq = message * 2 WHERE part IS NULL AND state != ?",
+                     (BACKFILL,))
+        # A part or a backfill claim was made after every row before it: it sorts after the
+        # newest message those rows name (rare rows: a scan each is fine).
+        conn.execute(
+            "UPDATE outbox SET seq = 2 * COALESCE((SELECT MAX(o.message) FROM outbox o WHERE "
+            "o.id < outbox.id AND o.part IS NULL AND o.state != ?), message) + 1 "
+            "WHERE part IS NOT NULL OR state = ?", (BACKFILL, BACKFILL))
+        names = [r[0] for r in conn.execute("SELECT DISTINCT vendor FROM outbox ORDER BY vendor")]
+        known = dict(conn.execute("SELECT name, idx FROM vendors"))
+        for name in names:
+            if name not in known:
+                known[name] = len(known)
+                if known[name] >= _MAX_VENDORS:
+                    raise RuntimeError(f"spool: more than {_MAX_VENDORS} vendors")
+                conn.execute("INSERT INTO vendors (idx, name) VALUES (?, ?)",
+                             (known[name], name))
+        fresh = ("FROM outbox WHERE state = 0 AND attempts = 0 AND sent = 0 AND next_at = 0 "
+                 "AND part IS NULL AND error IS NULL")
+        owed: dict[int, list[Any]] = {}
+        for message, site, vendor in conn.execute(f"SELECT message, site, vendor {fresh}"):
+            entry = owed.setdefault(message, [site, 0])
+            entry[1] |= 1 << known[vendor]
+        conn.executemany("INSERT OR IGNORE INTO work (message, site, owed) VALUES (?, ?, ?)",
+                         [(m, site, bits) for m, (site, bits) in owed.items()])
+        conn.execute(f"DELETE {fresh}")
+        conn.execute(f"PRAGMA user_version = {_WORK_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    if owed:
+        log.info("spool: %d message(s) of queued work moved into one work row each",
+                 len(owed))
+
+
+#: `PRAGMA user_version` once the outbox was migrated to work rows.
+_WORK_VERSION = 1
+#: Vendors a file can name: `work.owed` and the work id keep a vendor in 5 bits.
+_MAX_VENDORS = 32
+_VENDOR_BITS, _MESSAGE_BITS = 5, 42
+_PART_SHIFT = _VENDOR_BITS + _MESSAGE_BITS
+#: Parts a work id can name (an event's requests: order lines, far fewer in practice).
+_MAX_PARTS = (1 << (63 - _PART_SHIFT)) - 1
+
+
+def work_id(message: int, vendor: int, part: int | None = None) -> int:
+    """The id of (message rowid, vendor index, part) work: no row needed to name it."""
+    slot = 0 if part is None else part + 1
+    if slot > _MAX_PARTS:
+        raise ValueError(f"part {part} past the {_MAX_PARTS} a work id can name")
+    return slot << _PART_SHIFT | message << _VENDOR_BITS | vendor
+
+
+def split_work_id(ident: int) -> tuple[int, int, int | None]:
+    """(message rowid, vendor index, part or None) of a work id."""
+    slot = ident >> _PART_SHIFT
+    return ((ident >> _VENDOR_BITS) & ((1 << _MESSAGE_BITS) - 1), ident & (_MAX_VENDORS - 1),
+            slot - 1 if slot else None)
+
+
+def _done_entries(done: str | None) -> dict[int, tuple[int, int]]:
+    """A work row's common-path fates: vendor index → (state, exchange id); the last wins."""
+    out: dict[int, tuple[int, int]] = {}
+    for entry in (done or "").split():
+        vendor, state, exchange = entry.split(":")
+        out[int(vendor)] = (int(state), int(exchange))
+    return out
 
 
 #: Delivery claims this process holds, by spool file: one per file, whichever spool object
@@ -330,6 +459,14 @@ class SqliteSpool:
         self._intake_added = False
         #: Writes refused for want of space (shoprelay.spool.disk): ingest answers 503.
         self._disk = DiskWatch(path)
+        #: Vendor name ↔ bit index (the `vendors` table), read by every thread.
+        self._vendor_index: dict[str, int] = {}
+        self._vendor_names: dict[int, str] = {}
+        self._vendors_lock = threading.Lock()
+        #: Per (site, vendor): no `work` row below this message owes the vendor its bit. Bits
+        #: are only ever cleared (new work gets a higher rowid), so a cursor found once stays
+        #: true: `due` scans from it instead of from the start of the backlog.
+        self._cursor: dict[tuple[str, str], int] = {}
 
     @property
     def disk_full(self) -> DiskState | None:
@@ -431,8 +568,9 @@ class SqliteSpool:
                 self._announce = False
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                # Cached visitor states may hold changes that were rolled back.
+                # Cached visitor states (and vendor indexes) may hold changes rolled back.
                 self._states.clear()
+                self._forget_vendors()
                 # No space: the callers hear it as such (a 503), and it is logged once a
                 # minute, not once per request.
                 told: BaseException = self._disk.failed(exc) if is_disk_full(exc) else exc
@@ -468,6 +606,7 @@ class SqliteSpool:
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
             self._states.clear()  # the op may have changed cached states
+            self._forget_vendors()
             return None, exc
         conn.execute("RELEASE op")
         if isinstance(result, sqlite3.Cursor):  # never let one leave the writer's thread
@@ -569,6 +708,7 @@ class SqliteSpool:
                 conn.execute("ROLLBACK TO route_row")
                 conn.execute("RELEASE route_row")
                 self._states.clear()
+                self._forget_vendors()  # a vendor index the row gave was rolled back with it
                 log.exception("rules stage: intake row %d could not be routed; kept as "
                               "failed", row_id)
                 conn.execute("UPDATE intake SET failed=? WHERE id=?",
@@ -628,6 +768,7 @@ class SqliteSpool:
             [(site, order_id, record.message_id, received_at,
               None if record.vendors is None else orjson.dumps(sorted(record.vendors)))
              for order_id, record in plan.orders.items()])
+        work: list[tuple[int | None, str, int]] = []
         for stored in plan.stored:
             event = stored.event
             cursor = conn.execute(
@@ -636,12 +777,12 @@ class SqliteSpool:
                 (site, event.message_id, stored.visitor_id, received_at,
                  orjson.dumps(event.to_dict())))
             if stored.vendors:
-                rowid = cursor.lastrowid
-                conn.executemany(
-                    "INSERT INTO outbox (message, site, vendor, visitor_id, created_at, "
-                    "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    [(rowid, site, v, stored.visitor_id, received_at, received_at)
-                     for v in stored.vendors])
+                owed = 0
+                for vendor in stored.vendors:
+                    owed |= 1 << self._vendor(conn, vendor)
+                work.append((cursor.lastrowid, site, owed))
+        if work:
+            conn.executemany("INSERT INTO work (message, site, owed) VALUES (?, ?, ?)", work)
         if plan.notes:
             conn.executemany("INSERT INTO notes (site, message_id, at, note, order_id) VALUES "
                              "(?, ?, ?, ?, ?)",
@@ -656,38 +797,129 @@ class SqliteSpool:
             self._announce = True
         return plan.result
 
+    # ---- vendors ---------------------------------------------------------------------------
+
+    def _remember(self, index: int, name: str) -> None:
+        with self._vendors_lock:
+            self._vendor_index[name], self._vendor_names[index] = index, name
+
+    def _forget_vendors(self) -> None:
+        with self._vendors_lock:
+            self._vendor_index.clear()
+            self._vendor_names.clear()
+
+    def _reload_vendors(self, conn: sqlite3.Connection) -> None:
+        for index, name in conn.execute("SELECT idx, name FROM vendors").fetchall():
+            self._remember(index, name)
+
+    def _vendor(self, conn: sqlite3.Connection, name: str) -> int:
+        """The vendor's bit index, given one now if it has none (in the writer only)."""
+        index = self._vendor_index.get(name)
+        if index is not None:
+            return index
+        row = conn.execute("SELECT idx FROM vendors WHERE name=?", (name,)).fetchone()
+        if row is None:
+            index = conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM vendors").fetchone()[0]
+            if index >= _MAX_VENDORS:
+                raise RuntimeError(f"spool: more than {_MAX_VENDORS} vendors in one file")
+            conn.execute("INSERT INTO vendors (idx, name) VALUES (?, ?)", (index, name)).close()
+        else:
+            index = row[0]
+        self._remember(index, name)
+        return int(index)
+
+    def _index_of(self, conn: sqlite3.Connection, name: str) -> int | None:
+        """The vendor's bit index, None if the file never had work for it (any thread)."""
+        if name not in self._vendor_index:
+            self._reload_vendors(conn)  # another process may have named it
+        return self._vendor_index.get(name)
+
+    def _name_of(self, conn: sqlite3.Connection, index: int) -> str:
+        if index not in self._vendor_names:
+            self._reload_vendors(conn)
+        try:
+            return self._vendor_names[index]
+        except KeyError:
+            raise KeyError(f"spool: no vendor has index {index} (a work id from elsewhere?)") \
+                from None
+
     # ---- delivery --------------------------------------------------------------------------
 
     async def due(self, site: str, vendor: str, now: float, limit: int) -> list[OutboxRow]:
-        """Pending work whose time has come, oldest first, skipping any visitor whose earlier
-        work is still waiting for a retry (a vendor receives each visitor's events in order)."""
+        """Pending work whose time has come, in visitor order (`seq`), skipping any visitor
+        whose earlier work is still waiting for a retry (a vendor receives each visitor's
+        events in order): the vendor's bits in `work` past its cursor, merged with its
+        pending `outbox` rows. One read transaction, so both halves see one moment."""
+        key = (site, vendor)
+
         def run(conn: sqlite3.Connection) -> list[OutboxRow]:
-            rows = conn.execute(
-                """
-                SELECT o.id, o.visitor_id, o.attempts, o.sent, o.created_at, m.data, o.error,
-                       o.part
-                FROM outbox o JOIN messages m ON m.id = o.message
-                WHERE o.site = ? AND o.vendor = ? AND o.state = 0 AND o.next_at <= ?
-                  AND NOT EXISTS (
-                    SELECT 1 FROM outbox p
-                    WHERE p.site = o.site AND p.vendor = o.vendor AND p.visitor_id = o.visitor_id
-                      AND p.state = 0 AND p.next_at > 0 AND p.id < o.id AND p.next_at > ?)
-                ORDER BY o.id LIMIT ?
-                """,
-                (site, vendor, now, now, limit),
-            ).fetchall()
-            return [
-                OutboxRow(id=r[0], site=site, vendor=vendor, visitor_id=r[1], attempts=r[2],
-                          sent=r[3], created_at=r[4],
-                          event=StoredEvent.from_dict(orjson.loads(r[5])), error=r[6] or "",
-                          part=r[7])
-                for r in rows
-            ]
+            index = self._index_of(conn, vendor)
+            if index is None:
+                return []
+            bit = 1 << index
+            picked: list[tuple[int, OutboxRow]] = []
+            conn.execute("BEGIN")
+            try:
+                low = self._cursor.get(key, 0)
+                first = conn.execute(
+                    "SELECT message FROM work WHERE message >= ? AND site = ? AND owed & ? "
+                    "ORDER BY message LIMIT 1", (low, site, bit)).fetchone()
+                if first is None:
+                    # None owed at all: later work can only be for a newer message.
+                    top = conn.execute("SELECT MAX(id) FROM messages").fetchone()[0] or 0
+                    self._cursor[key] = max(low, top + 1)
+                else:
+                    self._cursor[key] = first[0]
+                    for r in conn.execute(
+                            """
+                            SELECT w.message, m.visitor_id, m.received_at, m.data
+                            FROM work w JOIN messages m ON m.id = w.message
+                            WHERE w.message >= ? AND w.site = ? AND w.owed & ?
+                              AND NOT EXISTS (
+                                SELECT 1 FROM outbox p
+                                WHERE p.site = ? AND p.vendor = ? AND p.visitor_id = m.visitor_id
+                                  AND p.state = 0 AND p.next_at > 0 AND p.seq < w.message * 2
+                                  AND p.next_at > ?)
+                            ORDER BY w.message LIMIT ?
+                            """, (first[0], site, bit, site, vendor, now, limit)):
+                        picked.append((r[0] * 2, OutboxRow(
+                            id=work_id(r[0], index), site=site, vendor=vendor, visitor_id=r[1],
+                            attempts=0, sent=0, created_at=r[2],
+                            event=StoredEvent.from_dict(orjson.loads(r[3])))))
+                for r in conn.execute(
+                        """
+                        SELECT o.seq, o.message, o.part, o.visitor_id, o.attempts, o.sent,
+                               o.created_at, m.data, o.error
+                        FROM outbox o JOIN messages m ON m.id = o.message
+                        WHERE o.site = ? AND o.vendor = ? AND o.state = 0 AND o.next_at <= ?
+                          AND NOT EXISTS (
+                            SELECT 1 FROM outbox p
+                            WHERE p.site = o.site AND p.vendor = o.vendor
+                              AND p.visitor_id = o.visitor_id AND p.state = 0 AND p.next_at > 0
+                              AND p.seq < o.seq AND p.next_at > ?)
+                        ORDER BY o.seq, o.id LIMIT ?
+                        """, (site, vendor, now, now, limit)):
+                    picked.append((r[0], OutboxRow(
+                        id=work_id(r[1], index, r[2]), site=site, vendor=vendor,
+                        visitor_id=r[3], attempts=r[4], sent=r[5], created_at=r[6],
+                        event=StoredEvent.from_dict(orjson.loads(r[7])), error=r[8] or "",
+                        part=r[2])))
+            finally:
+                conn.execute("COMMIT")
+            picked.sort(key=lambda item: item[0])  # stable: a part after its event's row
+            return [row for _, row in picked[:limit]]
 
         return await self._read(run)
 
     async def next_due_at(self, site: str, vendor: str) -> float | None:
         def run(conn: sqlite3.Connection) -> float | None:
+            index = self._index_of(conn, vendor)
+            if index is None:
+                return None
+            if conn.execute("SELECT 1 FROM work WHERE message >= ? AND site = ? AND owed & ? "
+                            "LIMIT 1", (self._cursor.get((site, vendor), 0), site,
+                                        1 << index)).fetchone():
+                return 0.0
             row = conn.execute("SELECT MIN(next_at) FROM outbox WHERE site=? AND vendor=? "
                                "AND state=0", (site, vendor)).fetchone()
             return row[0] if row else None
@@ -703,69 +935,142 @@ class SqliteSpool:
 
         await self._write(run)
 
+    def _pair(self, conn: sqlite3.Connection, ident: int, now: float
+              ) -> tuple[int, str, int | None]:
+        """(message, vendor, part) of a work id, its `outbox` row made first if the work was
+        still a bit of its `work` row (in the writer: the pair now needs a row of its own)."""
+        message, index, part = split_work_id(ident)
+        vendor = self._name_of(conn, index)
+        if part is None and conn.execute(
+                "UPDATE work SET owed = owed & ~? WHERE message = ? AND owed & ?",
+                (1 << index, message, 1 << index)).rowcount:
+            conn.execute(
+                "INSERT OR IGNORE INTO outbox (message, site, vendor, visitor_id, created_at, "
+                "updated_at, seq) SELECT id, site, ?, visitor_id, received_at, ?, id * 2 "
+                "FROM messages WHERE id = ?", (vendor, now, message)).close()
+            conn.execute("DELETE FROM work WHERE message = ? AND owed = 0 AND done IS NULL",
+                         (message,)).close()
+        return message, vendor, part
+
+    def _update_pairs(self, conn: sqlite3.Connection, ids: list[int], sets: str,
+                      args: tuple[Any, ...], now: float) -> None:
+        rows = [(*args, *self._pair(conn, ident, now)) for ident in ids]
+        conn.executemany(f"UPDATE outbox SET {sets} WHERE message=? AND vendor=? AND part IS ?",
+                         rows).close()
+
     async def mark_done(self, ids: list[int], *, skipped: bool = False,
                         status: int | None = None, request: str = "",
                         response: str = "") -> None:
+        """Common-path work: its bit cleared and one `exchanges` row for the whole request,
+        named in each message's `done`; an `outbox` pair: its row updated as before."""
         now = time.time()
         state = SKIPPED if skipped else DELIVERED
         request, response = kept_exchange(state, request, response)
-        await self._write_many(
-            "UPDATE outbox SET state=?, status=?, attempts=attempts+1, updated_at=?, error=NULL, "
-            "request=?, response=? WHERE id=?",
-            [(state, status, now, request or None, response or None, i) for i in ids])
+
+        def run(conn: sqlite3.Connection) -> None:
+            exchanges: dict[tuple[str, int], list[int]] = {}
+            others: list[int] = []
+            for ident in ids:
+                message, index, part = split_work_id(ident)
+                row = None if part is not None else conn.execute(
+                    "SELECT site FROM work WHERE message = ? AND owed & ?",
+                    (message, 1 << index)).fetchone()
+                if row is None:
+                    others.append(ident)
+                else:
+                    exchanges.setdefault((row[0], index), []).append(message)
+            for (site, index), messages in exchanges.items():
+                cursor = conn.execute(
+                    "INSERT INTO exchanges (site, vendor, state, at, count, status, request, "
+                    "response) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (site, self._name_of(conn, index), state, now, len(messages), status,
+                     request or None, response or None))
+                exchange = cursor.lastrowid
+                cursor.close()
+                conn.executemany(
+                    "UPDATE work SET owed = owed & ~?, done = COALESCE(done, '') || ?, "
+                    "last_exchange = ? WHERE message = ?",
+                    [(1 << index, f"{index}:{state}:{exchange} ", exchange, m)
+                     for m in messages]).close()
+            if others:
+                self._update_pairs(conn, others, "state=?, status=?, attempts=attempts+1, "
+                                   "updated_at=?, error=NULL, request=?, response=?",
+                                   (state, status, now, request or None, response or None), now)
+
+        await self._write(run)
 
     async def mark_progress(self, row_id: int, sent: int) -> None:
-        await self._write_many("UPDATE outbox SET sent=?, updated_at=? WHERE id=?",
-                               [(sent, time.time(), row_id)])
+        now = time.time()
+        await self._write(lambda conn: self._update_pairs(
+            conn, [row_id], "sent=?, updated_at=?", (sent, now), now))
 
     async def mark_retry(self, ids: list[int], *, next_at: float, status: int | None,
                          error: str, request: str = "", response: str = "") -> None:
         now = time.time()
         request, response = kept_exchange(PENDING, request, response)
-        await self._write_many(
-            "UPDATE outbox SET attempts=attempts+1, next_at=?, status=?, error=?, updated_at=?, "
-            "request=?, response=? WHERE id=?",
-            [(next_at, status, error, now, request or None, response or None, i)
-             for i in ids])
+        await self._write(lambda conn: self._update_pairs(
+            conn, ids, "attempts=attempts+1, next_at=?, status=?, error=?, updated_at=?, "
+            "request=?, response=?",
+            (next_at, status, error, now, request or None, response or None), now))
 
     async def mark_dead(self, ids: list[int], *, status: int | None, error: str,
                         response: str = "", request: str = "") -> None:
         now = time.time()
         request, response = kept_exchange(DEAD, request, response)
-        await self._write_many(
-            "UPDATE outbox SET state=?, attempts=attempts+1, status=?, error=?, response=?, "
-            "request=?, updated_at=? WHERE id=?",
-            [(DEAD, status, error, response, request, now, i) for i in ids])
+        await self._write(lambda conn: self._update_pairs(
+            conn, ids, "state=?, attempts=attempts+1, status=?, error=?, response=?, "
+            "request=?, updated_at=?", (DEAD, status, error, response, request, now), now))
 
     async def mark_part_dead(self, row_id: int, part: int, *, status: int | None, error: str,
                              response: str = "", request: str = "") -> None:
-        """A row of its own for the part, beside the event's row (which goes on). Met twice
-        (a restart between this and the caller's progress), the first letter stands."""
+        """A row of its own for the part, beside the event's work (which goes on, as a bit
+        or as its own row). Met twice (a restart between this and the caller's progress),
+        the first letter stands: the unique `outbox_work` index ignores the second."""
         now = time.time()
         request, response = kept_exchange(DEAD, request, response)
 
         def run(conn: sqlite3.Connection) -> None:
+            message, index, _ = split_work_id(row_id)
+            vendor = self._name_of(conn, index)
+            work_id(message, index, part)  # a part a work id can name, or raise
+            # After every work row made so far, as a new row was before (`seq`).
+            seq = 2 * (conn.execute("SELECT MAX(id) FROM messages").fetchone()[0] or 0) + 1
+            letter = (DEAD, now, status, error, response, request, part, seq)
+            if conn.execute("SELECT 1 FROM work WHERE message = ? AND owed & ?",
+                            (message, 1 << index)).fetchone():
+                source = ("SELECT id, site, ?, visitor_id, ?, 1, 0, 0, received_at, ?, ?, ?, "
+                          "?, ?, ?, ? FROM messages WHERE id = ?")
+                args: tuple[Any, ...] = (vendor, *letter, message)
+            else:
+                source = ("SELECT message, site, vendor, visitor_id, ?, attempts + 1, 0, 0, "
+                          "created_at, ?, ?, ?, ?, ?, ?, ? FROM outbox WHERE message = ? AND "
+                          "vendor = ? AND part IS NULL")
+                args = (*letter, message, vendor)
             conn.execute(
                 "INSERT OR IGNORE INTO outbox (message, site, vendor, visitor_id, state, "
                 "attempts, sent, next_at, created_at, updated_at, status, error, response, "
-                "request, part) SELECT message, site, vendor, visitor_id, ?, attempts + 1, 0, "
-                "0, created_at, ?, ?, ?, ?, ?, ? FROM outbox WHERE id = ?",
-                (DEAD, now, status, error, response, request, part, row_id)).close()
+                "request, part, seq) " + source, args).close()
 
         await self._write(run)
 
     # ---- dead letters, statistics, retention ------------------------------------------------
 
-    @staticmethod
-    def _letters(where: LetterFilter) -> tuple[str, list[Any]]:
-        """`where` as the condition on outbox rows (alias `o`) that are dead letters."""
+    def _letters(self, conn: sqlite3.Connection, where: LetterFilter
+                 ) -> tuple[str, list[Any]]:
+        """`where` as the condition on outbox rows (alias `o`) that are dead letters (only
+        `outbox` holds them: a pair is moved there before it is marked dead). A dead letter's
+        id is a work id, no column: it names the row by (message, vendor, part)."""
         sql = "o.state = ?"
         args: list[Any] = [DEAD]
         for column, value in (("o.site", where.site), ("o.vendor", where.vendor),
-                              ("o.id", where.dead_id), ("o.status", where.status)):
+                              ("o.status", where.status)):
             if value is not None:
                 sql += f" AND {column} = ?"
                 args.append(value)
+        if where.dead_id is not None:
+            message, index, part = split_work_id(where.dead_id)
+            sql += " AND o.message = ? AND o.vendor = ? AND o.part IS ?"
+            args += [message, self._vendor_names_or(conn, index), part]
         if where.since is not None:
             sql += " AND o.updated_at >= ?"
             args.append(where.since)
@@ -774,19 +1079,20 @@ class SqliteSpool:
     async def dead_letters(self, where: LetterFilter | None = None, *,
                            vendor: str | None = None, since: float | None = None,
                            dead_id: int | None = None) -> list[DeadLetter]:
-        condition, args = self._letters(LetterFilter.given(where, vendor=vendor, since=since,
-                                                           dead_id=dead_id))
+        chosen = LetterFilter.given(where, vendor=vendor, since=since, dead_id=dead_id)
 
         def run(conn: sqlite3.Connection) -> list[DeadLetter]:
-            sql = ("SELECT o.id, o.site, o.vendor, o.visitor_id, o.attempts, o.status, o.error, "
-                   "o.response, o.updated_at, m.data, o.request, o.part FROM outbox o "
+            condition, args = self._letters(conn, chosen)
+            sql = ("SELECT o.message, o.site, o.vendor, o.visitor_id, o.attempts, o.status, "
+                   "o.error, o.response, o.updated_at, m.data, o.request, o.part FROM outbox o "
                    "JOIN messages m ON m.id = o.message WHERE " + condition)
             return [
-                DeadLetter(id=r[0], site=r[1], vendor=r[2], visitor_id=r[3], attempts=r[4],
+                DeadLetter(id=work_id(r[0], self._index_of(conn, r[2]) or 0, r[11]),
+                           site=r[1], vendor=r[2], visitor_id=r[3], attempts=r[4],
                            status=r[5], error=r[6] or "", response=r[7] or "", failed_at=r[8],
                            event=StoredEvent.from_dict(orjson.loads(r[9])), request=r[10] or "",
                            part=r[11])
-                for r in conn.execute(sql + " ORDER BY o.id", args).fetchall()
+                for r in conn.execute(sql + " ORDER BY o.seq, o.id", args).fetchall()
             ]
 
         return await self._read(run)
@@ -794,10 +1100,10 @@ class SqliteSpool:
     async def replay(self, where: LetterFilter | None = None, *, vendor: str | None = None,
                      dead_id: int | None = None) -> int:
         """Put dead letters back in the queue (attempts and progress reset)."""
-        condition, args = self._letters(LetterFilter.given(where, vendor=vendor,
-                                                           dead_id=dead_id))
+        chosen = LetterFilter.given(where, vendor=vendor, dead_id=dead_id)
 
         def run(conn: sqlite3.Connection) -> int:
+            condition, args = self._letters(conn, chosen)
             sql = ("UPDATE outbox AS o SET state=?, attempts=0, sent=0, next_at=0, "
                    "created_at=?, error=NULL WHERE " + condition)
             count = conn.execute(sql, [PENDING, time.time(), *args]).rowcount
@@ -810,11 +1116,27 @@ class SqliteSpool:
     async def stats(self) -> SpoolStats:
         def run(conn: sqlite3.Connection) -> SpoolStats:
             stats = SpoolStats()
-            for vendor, state, count, oldest in conn.execute(
-                "SELECT vendor, state, COUNT(*), MIN(created_at) FROM outbox "
-                "GROUP BY vendor, state"
-            ):
-                stats.add(vendor, state, count, oldest)
+            counts: dict[tuple[str, int], list[Any]] = {}
+
+            def count(vendor: str, state: int, n: int, oldest: float | None) -> None:
+                entry = counts.setdefault((vendor, state), [0, None])
+                entry[0] += n or 0
+                if oldest is not None and (entry[1] is None or oldest < entry[1]):
+                    entry[1] = oldest
+
+            for vendor, state, n, oldest in conn.execute(
+                    "SELECT vendor, state, COUNT(*), MIN(created_at) FROM outbox "
+                    "GROUP BY vendor, state"):
+                count(vendor, state, n, oldest)
+            for vendor, state, n in conn.execute(
+                    "SELECT vendor, state, SUM(count) FROM exchanges GROUP BY vendor, state"):
+                count(vendor, state, n, None)
+            for (_, index), (n, first) in self._owed(conn).items():
+                oldest = conn.execute("SELECT received_at FROM messages WHERE id=?",
+                                      (first,)).fetchone()
+                count(self._name_of(conn, index), PENDING, n, oldest[0] if oldest else None)
+            for (vendor, state), (n, oldest) in sorted(counts.items()):
+                stats.add(vendor, state, n, oldest)
             stats.messages = conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
             pending, oldest, failed = conn.execute(
                 "SELECT SUM(result IS NULL AND failed IS NULL), MIN(CASE WHEN result IS NULL "
@@ -827,6 +1149,31 @@ class SqliteSpool:
 
         return await self._read(run)
 
+    @staticmethod
+    def _owed(conn: sqlite3.Connection) -> dict[tuple[str, int], tuple[int, int]]:
+        """Common-path queue per (site, vendor index): (count, first message), one pass over
+        `work` grouped by site and bit mask (few distinct masks)."""
+        out: dict[tuple[str, int], tuple[int, int]] = {}
+        for site, owed, n, first in conn.execute(
+                "SELECT site, owed, COUNT(*), MIN(message) FROM work WHERE owed != 0 "
+                "GROUP BY site, owed").fetchall():
+            index = 0
+            while owed:
+                if owed & 1:
+                    before = out.get((site, index))
+                    out[site, index] = (n, first) if before is None else (
+                        before[0] + n, min(before[1], first))
+                owed >>= 1
+                index += 1
+        return out
+
+    def _vendor_names_or(self, conn: sqlite3.Connection, index: int) -> str:
+        """A vendor's name by index, or a name no row has (an id from another file)."""
+        try:
+            return self._name_of(conn, index)
+        except KeyError:
+            return f"\x00unknown-{index}"
+
     def file_bytes(self) -> int:
         """The spool's size on disk: the database file and its write-ahead log."""
         total = 0
@@ -838,7 +1185,8 @@ class SqliteSpool:
     async def prune(self, older_than: float, *, chunk: int = 2000) -> int:
         """Forget what the retention's cut says (`Retention.cut`: finished work, messages no
         work refers to any more, visitors with their aliases and user bindings, orders, notes,
-        unread answers); returns the outbox rows removed.
+        unread answers); returns the finished (message, vendor) work forgotten (`outbox` rows,
+        and the deliveries the `exchanges` removed recorded).
 
         Deletes go in chunks, each its own write, so a large backlog never holds the single
         writer (and with it every ingest answer) for long. Dedup remembers a messageId as long
@@ -851,14 +1199,33 @@ class SqliteSpool:
                 "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state IN (?, ?, ?) "
                 "AND updated_at < ? LIMIT ?)", (*FINISHED, cut.finished, chunk)).rowcount
 
+        def exchanges(conn: sqlite3.Connection) -> tuple[int, int]:
+            # (rows, the (message, vendor) deliveries they recorded)
+            rows = conn.execute("SELECT id, count FROM exchanges WHERE at < ? ORDER BY id "
+                                "LIMIT ?", (cut.finished, chunk)).fetchall()
+            conn.executemany("DELETE FROM exchanges WHERE id = ?",
+                             [(r[0],) for r in rows]).close()
+            return len(rows), sum(r[1] for r in rows)
+
+        def work(conn: sqlite3.Connection) -> int:
+            # Nothing owed, and every exchange it names is gone (exchange ids only grow).
+            return conn.execute(
+                "DELETE FROM work WHERE message IN (SELECT message FROM work WHERE owed = 0 "
+                "AND last_exchange < COALESCE((SELECT MIN(id) FROM exchanges), 9e18) LIMIT ?)",
+                (chunk,)).rowcount
+
         def messages(conn: sqlite3.Connection) -> int:
-            # Every message below the lowest message any outbox row still names has no work
-            # left: a range on the primary key, not a scan per message. (Not the message of
-            # the lowest outbox id: a part dead-lettered alone or a backfill claim is a newer
-            # row for an older message.) `outbox_work` leads with `message`: MIN is a seek.
+            # Every message below the lowest message any work (a `work` row or an outbox row)
+            # still names has no work left: a range on the primary key, not a scan per
+            # message. (Not the message of the lowest outbox id: a part dead-lettered alone
+            # or a backfill claim is a newer row for an older message.) `outbox_work` leads
+            # with `message`: MIN is a seek. The newest message always stays: its rowid is
+            # never given again, which `due`'s cursors rely on.
             return conn.execute(
                 "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE id < "
-                "COALESCE((SELECT MIN(message) FROM outbox), 9e18) "
+                "MIN(COALESCE((SELECT MIN(message) FROM outbox), 9e18), "
+                "COALESCE((SELECT MIN(message) FROM work), 9e18), "
+                "COALESCE((SELECT MAX(id) FROM messages), 0)) "
                 "AND received_at < ? LIMIT ?)", (cut.finished, chunk)).rowcount
 
         def visitors(conn: sqlite3.Connection) -> int:
@@ -894,6 +1261,13 @@ class SqliteSpool:
         removed = 0
         while (count := await self._write(outbox)) > 0:
             removed += count
+        while True:
+            rows, deliveries = await self._write(exchanges)
+            if not rows:
+                break
+            removed += deliveries
+        while await self._write(work) > 0:
+            pass
         for step in (messages, visitors, orders, notes, answers):
             while await self._write(step) > 0:
                 pass
@@ -961,8 +1335,35 @@ class SqliteSpool:
             "SELECT at, note FROM notes WHERE site=? AND message_id=? ORDER BY at",
             (site, message_id))]
 
+    def _common(self, conn: sqlite3.Connection, message: int, received_at: float
+                ) -> list[WorkRecord]:
+        """A message's common-path work (its `work` row) as `work_record`s: each fate with
+        the exchange it names (gone past retention: the state alone), then the queued bits."""
+        row = conn.execute("SELECT owed, done FROM work WHERE message=?", (message,)).fetchone()
+        if row is None:
+            return []
+        out: list[WorkRecord] = []
+        for index, (state, exchange) in _done_entries(row[1]).items():
+            found = conn.execute("SELECT status, request, response, at FROM exchanges "
+                                 "WHERE id=?", (exchange,)).fetchone()
+            status, request, response, at = found if found is not None else (None, "", "", 0.0)
+            out.append(work_record(self._name_of(conn, index), state_name(state), attempts=1,
+                                   status=status, request=request or "",
+                                   response=response or "", updated_at=at))
+        owed, index = row[0], 0
+        while owed:
+            if owed & 1:
+                out.append(work_record(self._name_of(conn, index), state_name(PENDING),
+                                       updated_at=received_at))
+            owed >>= 1
+            index += 1
+        return out
+
     def _record(self, conn: sqlite3.Connection, site: str, row: Any) -> MessageRecord:
+        # The common path first: a vendor's outbox row, where it has one, is the newer word.
         rows: list[tuple[int | None, WorkRecord]] = [
+            (None, record) for record in self._common(conn, row[0], row[3])]
+        rows += [
             (r[9], work_record(r[0], state_name(r[1]), attempts=r[2], next_at=r[3],
                                status=r[4], error=r[5] or "", request=r[6] or "",
                                response=r[7] or "", updated_at=r[8]))
@@ -983,9 +1384,10 @@ class SqliteSpool:
                 "ORDER BY id LIMIT ?", (site, cursor, since, until, limit)).fetchall()
             items = []
             for r in rows:
-                vendors = {v: state_name(st) for v, st in conn.execute(
+                vendors = {w.vendor: w.state for w in self._common(conn, r[0], r[3])}
+                vendors.update({v: state_name(st) for v, st in conn.execute(
                     "SELECT vendor, state FROM outbox WHERE message=? AND part IS NULL",
-                    (r[0],))}
+                    (r[0],))})
                 items.append(HistoryItem(r[1], r[2], r[3],
                                          StoredEvent.from_dict(orjson.loads(r[4])), vendors))
             return items, (rows[-1][0] if rows else cursor)
@@ -999,21 +1401,37 @@ class SqliteSpool:
         def run(conn: sqlite3.Connection) -> list[str]:
             now = time.time()
             mine: list[str] = []
+            index = self._vendor(conn, vendor)
             for item in items:
                 row = conn.execute("SELECT id FROM messages WHERE site=? AND message_id=?",
                                    (site, item.message_id)).fetchone()
                 if row is None:
                     continue  # pruned meanwhile
-                cursor = conn.execute(
-                    "INSERT OR IGNORE INTO outbox (message, site, vendor, visitor_id, state, "
-                    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (row[0], site, vendor, item.visitor_id, BACKFILL, now, now))
-                created, state = cursor.rowcount > 0, None
-                cursor.close()
-                if not created:
-                    found = conn.execute("SELECT state FROM outbox WHERE message=? AND "
-                                         "vendor=? AND part IS NULL", (row[0], vendor)).fetchone()
-                    state = None if found is None else state_name(found[0])
+                # The live path's work for the vendor on the common path (a bit still owed,
+                # or a fate in `done`) has no outbox row: its state is read from `work`.
+                common = conn.execute("SELECT owed, done FROM work WHERE message=?",
+                                      (row[0],)).fetchone()
+                live: str | None = None
+                if common is not None:
+                    done = _done_entries(common[1])
+                    if common[0] >> index & 1:
+                        live = state_name(PENDING)
+                    elif index in done:
+                        live = state_name(done[index][0])
+                if live is not None:
+                    created, state = False, live
+                else:
+                    cursor = conn.execute(
+                        "INSERT OR IGNORE INTO outbox (message, site, vendor, visitor_id, "
+                        "state, created_at, updated_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (row[0], site, vendor, item.visitor_id, BACKFILL, now, now, row[0] * 2))
+                    created, state = cursor.rowcount > 0, None
+                    cursor.close()
+                    if not created:
+                        found = conn.execute(
+                            "SELECT state FROM outbox WHERE message=? AND vendor=? AND "
+                            "part IS NULL", (row[0], vendor)).fetchone()
+                        state = None if found is None else state_name(found[0])
                 if backfill_owns(created, state):
                     mine.append(item.message_id)
             return mine
@@ -1036,8 +1454,9 @@ class SqliteSpool:
         await self._write(run)
 
     async def vendor_figures(self, now: float) -> list[VendorFigures]:
-        """Three grouped queries on the indexes delivery already keeps (outbox_due for the
-        queue, outbox_done for the last hour's fates, outbox_parked for retries)."""
+        """Grouped queries on the indexes delivery already keeps: the common-path queue from
+        `work` (grouped by bit mask), its fates from `exchanges` (by time), and the
+        exceptional pairs from `outbox` (outbox_pending, outbox_done, outbox_waiting)."""
         hour, minute = now - FIGURE_HOUR, now - FIGURE_MINUTE
 
         def run(conn: sqlite3.Connection) -> list[VendorFigures]:
@@ -1046,12 +1465,29 @@ class SqliteSpool:
             def of(site: str, vendor: str) -> VendorFigures:
                 return figures.setdefault((site, vendor), VendorFigures(site, vendor))
 
+            for (site, index), (count, first) in self._owed(conn).items():
+                row = of(site, self._name_of(conn, index))
+                row.queued += count
+                oldest = conn.execute("SELECT received_at FROM messages WHERE id=?",
+                                      (first,)).fetchone()
+                if oldest is not None:
+                    row.oldest_queued_at = oldest[0]
+            for site, vendor, count, recent, last in conn.execute(
+                    "SELECT site, vendor, SUM(count), SUM(CASE WHEN at >= ? THEN count END), "
+                    "MAX(at) FROM exchanges WHERE at >= ? AND state = ? GROUP BY site, vendor",
+                    (minute, hour, DELIVERED)):
+                row = of(site, vendor)
+                row.delivered_hour += count or 0
+                row.sent_minute += recent or 0
+                row.last_delivered_at = last
             for site, vendor, count, oldest, parked, next_retry in conn.execute(
                     "SELECT site, vendor, COUNT(*), MIN(created_at), SUM(next_at > ?), "
                     "MIN(CASE WHEN next_at > ? THEN next_at END) FROM outbox WHERE state = 0 "
                     "GROUP BY site, vendor", (now, now)):
                 row = of(site, vendor)
-                row.queued, row.oldest_queued_at = count, oldest
+                row.queued += count
+                if row.oldest_queued_at is None or oldest < row.oldest_queued_at:
+                    row.oldest_queued_at = oldest
                 row.retry_waiting, row.next_retry_at = parked or 0, next_retry
             for site, vendor, state, count, recent, retried, last in conn.execute(
                     "SELECT site, vendor, state, COUNT(*), SUM(updated_at >= ?), "
@@ -1062,7 +1498,8 @@ class SqliteSpool:
                 row.sent_minute += recent or 0
                 row.retried_hour += retried or 0
                 if state == DELIVERED:
-                    row.delivered_hour, row.last_delivered_at = count, last
+                    row.delivered_hour += count
+                    row.last_delivered_at = max(last, row.last_delivered_at or 0.0)
                 else:
                     row.dead_hour = count
             for site, vendor, count, recent in conn.execute(
