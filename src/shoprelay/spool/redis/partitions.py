@@ -82,8 +82,9 @@ class Partition:
     stream: str
     lease: str
     #: The (site, vendor) stream of the layout before, while it still has entries: read
-    #: first (it is older), deleted once drained.
+    #: first (it is older; its entries come first in the buffer), deleted once drained.
     legacy: str | None = None
+    legacy_unread: bool = True
     #: False until every entry pending at other consumers was claimed (then new ones are read).
     ready: bool = False
     next_claim: float = 0.0
@@ -225,7 +226,8 @@ class Partitions:
         buffered = sum(len(p.entries) for p in ready)
         if ready and buffered < limit * 2:
             # A partition's stream of the layout before is read until empty, then its new one.
-            by_stream = {(p.legacy or p.stream): p for p in ready}
+            by_stream = {(p.legacy if p.legacy and p.legacy_unread else p.stream): p
+                         for p in ready}
             reply = await self._ctx.redis.xreadgroup(
                 vendor, self._ctx.proc_id, dict.fromkeys(by_stream, ">"), count=limit)
             # decode_responses=True: ids and fields are str (redis-py types them bytes | str).
@@ -238,13 +240,16 @@ class Partitions:
                                    with_state=False)
             for stream, part in by_stream.items():
                 if stream == part.legacy and stream not in got:
-                    await self._drained(queue, part)
+                    part.legacy_unread = False
+        for part in ready:
+            if part.legacy and not part.legacy_unread:
+                await self._drained(queue, part)
         return ready
 
     async def _drained(self, queue: Queue, part: Partition) -> None:
-        """A stream of the layout before with nothing unread: once nothing of it is pending
-        either (all claimed here first, so: nothing of it buffered), it is deleted and the
-        partition's new stream is read from then on."""
+        """A stream of the layout before with nothing unread (the new stream is read from
+        then on): once nothing of it is pending either (all claimed here first, so: nothing
+        of it buffered), it is deleted."""
         legacy = part.legacy
         if legacy is None or any(key[0] == legacy for key in part.entries):
             return
