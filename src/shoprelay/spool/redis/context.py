@@ -35,16 +35,17 @@ class RedisContext:
     async def ensure_groups(self, pairs: Iterable[tuple[str, str]]) -> None:
         """Create the vendors' consumer groups on these streams unless they exist, before an
         entry naming the vendor is written there: `prune` trims an entry only once every
-        group is past it, so a group made later (from id 0) would find entries meant for it
-        already gone. Known pairs cost nothing (the streams are never deleted while the
-        relay runs; `delete_all` forgets them)."""
+        group is past it, so a group made later would find entries meant for it already gone.
+        A new group starts at the stream's end ("$"): nothing before it names its vendor, so
+        a vendor added to a running relay does not read the stream's history. Known pairs
+        cost nothing (the streams are never deleted while the relay runs; `delete_all`
+        forgets them)."""
         new = [pair for pair in dict.fromkeys(pairs) if pair not in self.grouped]
         if not new:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream, vendor in new:
-                # From id 0: entries added before any process delivered are not skipped.
-                pipe.xgroup_create(stream, vendor, id="0", mkstream=True)
+                pipe.xgroup_create(stream, vendor, id="$", mkstream=True)
             results = await pipe.execute(raise_on_error=False)
         for outcome in results:
             if isinstance(outcome, Exception) and "BUSYGROUP" not in str(outcome):
