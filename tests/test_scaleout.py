@@ -83,16 +83,21 @@ def pending_at(prefix: str, pid: int) -> dict[str, set[int]]:
     client = redis.Redis.from_url(URL, decode_responses=True)
     out: dict[str, set[int]] = {v: set() for v in ALL_VENDORS}
     try:
+        # One stream per partition, one consumer group per vendor (spool/redis/keys.py).
         for stream in client.scan_iter(match=f"{prefix}q:shop:*"):
-            vendor = stream.split(":")[-2]
-            for consumer in client.xinfo_consumers(stream, vendor):
-                if f":{pid}:" not in consumer["name"]:
-                    continue
-                for p in client.xpending_range(stream, vendor, "-", "+", 100_000,
-                                               consumername=consumer["name"]):
-                    [(_, fields)] = client.xrange(stream, p["message_id"], p["message_id"])
-                    event = orjson.loads(client.get(fields["e"]))
-                    out[vendor].add(int(event["message"]["properties"]["product_id"]))
+            for group in client.xinfo_groups(stream):
+                vendor = group["name"]
+                for consumer in client.xinfo_consumers(stream, vendor):
+                    if f":{pid}:" not in consumer["name"]:
+                        continue
+                    for p in client.xpending_range(stream, vendor, "-", "+", 100_000,
+                                                   consumername=consumer["name"]):
+                        [(_, fields)] = client.xrange(stream, p["message_id"],
+                                                      p["message_id"])
+                        if vendor not in fields["d"].split(","):
+                            continue  # read to be skipped: not this vendor's work
+                        event = orjson.loads(client.get(fields["e"]))
+                        out[vendor].add(int(event["message"]["properties"]["product_id"]))
         return out
     finally:
         client.close()

@@ -334,6 +334,33 @@ def test_prune_forgets_finished_work_and_keeps_queued(backend: Backend) -> None:
     run(backend, scenario)
 
 
+def test_each_vendors_progress_on_one_event_is_its_own(backend: Backend) -> None:
+    """One stored event for two vendors: a retry at one holds back neither the other's copy
+    nor its later work, and the other finishing (and being pruned) loses nothing of the
+    first's."""
+    async def scenario(spool: Spool) -> None:
+        await spool.ingest("s", [view(1), view(2)], BROWSER)
+        first = await due(spool)
+        assert [r.event.message_id for r in first] == ["m1", "m2"]
+        later = time.time() + 3600
+        await spool.mark_retry([first[0].id], next_at=later, status=503, error="busy")
+        assert await due(spool) == []  # m2 waits behind m1's retry at Go Shops
+        others = await due(spool, "alana")
+        assert [r.event.message_id for r in others] == ["m1", "m2"]
+        assert {r.id for r in others}.isdisjoint(r.id for r in first)
+        await spool.mark_done([r.id for r in others])
+        await asyncio.sleep(0.01)
+        await spool.prune(time.time())
+        stats = await spool.stats()
+        assert stats.counts["goshops"]["queued"] == 2
+        assert stats.counts.get("alana", {}).get("queued", 0) == 0
+        assert await due(spool, "alana") == []
+        again = await due(spool, now=later + 1)
+        assert [(r.event.message_id, r.attempts) for r in again] == [("m1", 1), ("m2", 0)]
+
+    run(backend, scenario)
+
+
 def test_prune_forgets_visitors_not_seen_within_retention(backend: Backend) -> None:
     """A visitor not seen for longer than the retention is forgotten with its alias and user
     binding (queued work carries its own enrichment), so the store stays bounded."""

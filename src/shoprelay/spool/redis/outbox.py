@@ -1,7 +1,8 @@
 """Delivery's side of the Redis spool: due work from the held partitions, and each row's fate.
 
-- **Fates.** Delivered: XACK. Retry: stays pending, with next_at in its hash. Dead: XACK plus
-  a dead-letter record (hash by id + time-sorted zset); replay XADDs it again.
+- **Fates.** Delivered: XACK by the vendor's group (the `ACK` script, which also counts the
+  entry off `queued`). Retry: stays pending, with next_at in its hash. Dead: XACK plus a
+  dead-letter record (hash by id + time-sorted zset); replay XADDs it again.
 - **Traces.** Each fate also sets the vendor's field in the message's trace hash (state and
   last exchange), in the same transaction: one HSET more per row.
 """
@@ -24,7 +25,7 @@ from shoprelay.spool.base import (
 )
 from shoprelay.spool.redis.context import RedisContext
 from shoprelay.spool.redis.deadletters import keep_letter
-from shoprelay.spool.redis.keys import site_of, vendor_of
+from shoprelay.spool.redis.keys import ACK
 from shoprelay.spool.redis.partitions import Entry, Partitions
 
 log = logging.getLogger("shoprelay.spool")
@@ -94,10 +95,15 @@ class Outbox:
 
     async def _ack(self, entry: Entry) -> None:
         async with self._ctx.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(entry.stream, vendor_of(entry.stream), entry.entry_id)
-            pipe.delete(self._ctx.k("work", str(entry.work_id)))
+            self._acknowledge(pipe, entry)
             await pipe.execute()
         self._partitions.forget(entry)
+
+    def _acknowledge(self, pipe: Any, entry: Entry) -> None:
+        """Queue the entry's XACK by its vendor's group (counted off `queued` if it was still
+        pending) and the removal of its retry state on `pipe`."""
+        pipe.eval(ACK, 2, *entry.ack_args(self._ctx.k("queued")))
+        pipe.delete(self._ctx.k("work", str(entry.work_id)))
 
     def _trace(self, pipe: Any, entry: Entry, fate: dict[str, Any],
                part: int | None = None) -> None:
@@ -106,7 +112,7 @@ class Outbox:
         `spool.redis.trace.vendor_figures`)."""
         now = time.time()
         part = entry.part if part is None else part
-        site, vendor = site_of(entry.stream), vendor_of(entry.stream)
+        site, vendor = entry.site, entry.vendor
         kind = "retried" if fate["s"] == "queued" else fate["s"]
         minute = self._ctx.k("hc", str(int(now // 60)))
         pipe.hincrby(minute, f"{site}|{vendor}|{kind}", 1)
@@ -138,14 +144,12 @@ class Outbox:
         entries = self._partitions.entries(ids)
         if not entries:
             return
-        k = self._ctx.k
-        counts = k("counts")
+        counts = self._ctx.k("counts")
         state = "skipped" if skipped else "delivered"
         async with self._ctx.redis.pipeline(transaction=True) as pipe:
             for entry in entries:
-                pipe.xack(entry.stream, vendor_of(entry.stream), entry.entry_id)
-                pipe.delete(k("work", str(entry.work_id)))
-                pipe.hincrby(counts, f"{vendor_of(entry.stream)}:{state}", 1)
+                self._acknowledge(pipe, entry)
+                pipe.hincrby(counts, f"{entry.vendor}:{state}", 1)
                 self._trace(pipe, entry, {"s": state, "a": entry.attempts + 1, "st": status,
                                           "rq": request, "rs": response})
             await pipe.execute()
@@ -187,8 +191,8 @@ class Outbox:
         format `deadletters` reads, the whole event with it, so a replay needs nothing else;
         with its count and its trace field."""
         keep_letter(pipe, self._ctx, dead_id=dead_id,
-                    site=entry.event.site if entry.event else site_of(entry.stream),
-                    vendor=vendor_of(entry.stream), visitor=entry.visitor,
+                    site=entry.event.site if entry.event else entry.site,
+                    vendor=entry.vendor, visitor=entry.visitor,
                     attempts=entry.attempts + 1, status=status, error=error,
                     response=response, request=request, failed_at=now,
                     event_key=entry.event_key, event=entry.event, part=part)
@@ -204,13 +208,11 @@ class Outbox:
             return
         now = time.time()
         await self._load_events(entries)
-        k = self._ctx.k
         async with self._ctx.redis.pipeline(transaction=True) as pipe:
             for entry in entries:
                 self._keep_dead(pipe, entry, entry.work_id, entry.part, now, status=status,
                                 error=error, response=response, request=request)
-                pipe.xack(entry.stream, vendor_of(entry.stream), entry.entry_id)
-                pipe.delete(k("work", str(entry.work_id)))
+                self._acknowledge(pipe, entry)
             await pipe.execute()
         for entry in entries:
             self._partitions.forget(entry)
