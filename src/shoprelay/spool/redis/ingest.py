@@ -29,12 +29,12 @@ from shoprelay.rules import (
     RequestContext,
     UserBinding,
 )
-from shoprelay.spool.base import IngestResult
+from shoprelay.spool.base import PENDING, STATE_NAMES, IngestResult
 from shoprelay.spool.redis.context import RedisContext
 from shoprelay.spool.redis.keys import COMMIT
 
 #: A message's trace field for a vendor before delivery has touched it.
-_QUEUED = orjson.dumps({"s": "queued"})
+_QUEUED = orjson.dumps({"s": STATE_NAMES[PENDING]})
 
 #: Given the fold's result: more operations (COMMIT's format) for the same transaction.
 Finish = Callable[[IngestResult], list[Any]]

@@ -18,8 +18,13 @@ from redis.exceptions import WatchError
 
 from shoprelay.events import StoredEvent
 from shoprelay.spool.base import (
+    DEAD,
+    DELIVERED,
     FIGURE_HOUR,
     FIGURE_MINUTE,
+    PENDING,
+    SKIPPED,
+    STATE_NAMES,
     OutboxRow,
     trace_exchange,
 )
@@ -113,11 +118,11 @@ class Outbox:
         now = time.time()
         part = entry.part if part is None else part
         site, vendor = entry.site, entry.vendor
-        kind = "retried" if fate["s"] == "queued" else fate["s"]
+        kind = "retried" if fate["s"] == STATE_NAMES[PENDING] else fate["s"]
         minute = self._ctx.k("hc", str(int(now // 60)))
         pipe.hincrby(minute, f"{site}|{vendor}|{kind}", 1)
         pipe.expire(minute, int(FIGURE_HOUR * 2) + 60)
-        if kind != "skipped":
+        if kind != STATE_NAMES[SKIPPED]:
             # The last minute's answers, one member per work row at its latest answer (as a
             # SQLite row's updated_at): exact to the second, trimmed here to that minute.
             answered = self._ctx.k("hm", site, vendor)
@@ -127,7 +132,7 @@ class Outbox:
             pipe.expire(answered, int(FIGURE_MINUTE) + 60)
         fate["rq"], fate["rs"] = trace_exchange(fate.get("rq") or "", fate.get("rs") or "")
         last = self._ctx.k("hl", site, vendor)
-        if fate["s"] == "delivered":
+        if fate["s"] == STATE_NAMES[DELIVERED]:
             pipe.hset(last, "ok", repr(now))
         elif fate.get("e"):
             pipe.hset(last, mapping={"error": fate["e"], "error_at": repr(now)})
@@ -145,7 +150,7 @@ class Outbox:
         if not entries:
             return
         counts = self._ctx.k("counts")
-        state = "skipped" if skipped else "delivered"
+        state = STATE_NAMES[SKIPPED if skipped else DELIVERED]
         async with self._ctx.redis.pipeline(transaction=True) as pipe:
             for entry in entries:
                 self._acknowledge(pipe, entry)
@@ -180,9 +185,9 @@ class Outbox:
                                         "next_at": repr(next_at), "status": status or 0,
                                         "error": entry.error})
                 pipe.expire(key, self._ctx.event_ttl or 86400 * 30)
-                self._trace(pipe, entry, {"s": "queued", "a": entry.attempts, "n": next_at,
-                                          "st": status, "e": entry.error, "rq": request,
-                                          "rs": response})
+                self._trace(pipe, entry, {"s": STATE_NAMES[PENDING], "a": entry.attempts,
+                                          "n": next_at, "st": status, "e": entry.error,
+                                          "rq": request, "rs": response})
             await pipe.execute()
 
     def _keep_dead(self, pipe: Any, entry: Entry, dead_id: int, part: int | None, now: float,
@@ -196,7 +201,7 @@ class Outbox:
                     attempts=entry.attempts + 1, status=status, error=error,
                     response=response, request=request, failed_at=now,
                     event_key=entry.event_key, event=entry.event, part=part)
-        self._trace(pipe, entry, {"s": "dead", "a": entry.attempts + 1, "st": status,
+        self._trace(pipe, entry, {"s": STATE_NAMES[DEAD], "a": entry.attempts + 1, "st": status,
                                   "e": error, "rq": request, "rs": response},
                     part=part)
 
