@@ -74,7 +74,11 @@ class Backend:
                 conn.close()
         client = redis.Redis(host="127.0.0.1", port=REDIS_PORT, decode_responses=True)
         try:
-            return sum(int(client.xlen(key)) for key in client.scan_iter(f"{self.prefix}q:*"))
+            # The `queued` counter (per SITE|VENDOR, see `spool.redis.keys`), not a SCAN of
+            # the streams: a SCAN walks the whole shared keyspace and blocks the event loop
+            # that calls this from `on_new_work`.
+            counts = client.hvals(f"{self.prefix}queued")
+            return sum(max(0, int(n)) for n in counts)
         finally:
             client.close()
 
