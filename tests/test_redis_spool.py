@@ -268,6 +268,43 @@ def test_retention_trims_only_finished_entries(prefix: str) -> None:
     run(scenario)
 
 
+def test_a_stream_of_the_layout_before_drains_first_then_goes(prefix: str) -> None:
+    """Work queued by a relay before one entry per message (a (site, vendor) stream, entries
+    without a vendor list) is delivered before newer work of the same partition, and its
+    stream is deleted once drained."""
+    async def scenario() -> None:
+        spool = make(prefix, router=lambda e: ["goshops"], partitions=1)
+        redis = spool.redis
+        try:
+            await spool.ingest("s", [view(1)], CTX)
+            # Rewrite m1's entry as the code before 2026-12-03 wrote it.
+            stream = spool.stream_key("s", "goshops", 0)
+            [(entry_id, fields)] = await redis.xrange(stream)
+            old = f"{prefix}q:s:goshops:p0"
+            await redis.xadd(old, {k: v for k, v in fields.items() if k != "d"})
+            await redis.xgroup_create(old, "goshops", id="0")
+            await redis.sadd(f"{prefix}queues", old)
+            await redis.xdel(stream, entry_id)
+            await redis.hincrby(f"{prefix}queued", "s|goshops", -1)
+            await spool.ingest("s", [view(2)], CTX)
+            assert (await spool.stats()).counts["goshops"]["queued"] == 2
+            rows: list[Any] = []
+            for _ in range(5):
+                rows = await spool.due("s", "goshops", time.time(), 100)
+                if len(rows) == 2:
+                    break
+            assert [r.event.message_id for r in rows] == ["m1", "m2"]
+            await spool.mark_done([r.id for r in rows])
+            for _ in range(3):
+                assert await spool.due("s", "goshops", time.time(), 100) == []
+            assert not await redis.exists(old)
+            assert (await spool.stats()).counts["goshops"]["queued"] == 0
+        finally:
+            await spool.aclose()
+
+    run(scenario)
+
+
 def test_shared_limiter_holds_across_two_clients(prefix: str) -> None:
     """Two limiters on one key (two processes): at most 10 starts in any 0.5 s window."""
     async def scenario() -> None:

@@ -3,8 +3,9 @@
 Selected by `spool = "redis://host:port/db"`. Every process ingests and delivers; Redis holds
 everything that must be shared. One module per job, each with its part of the design:
 
-- `keys`: where everything is kept (the work: partition streams, their groups and entries,
-  the retry hashes), key naming and the Lua scripts;
+- `keys`: where everything is kept (the work: one entry per stored message in a site's
+  partition stream, one consumer group per vendor beside it, the retry hashes; and the layout
+  before, still drained), key naming and the Lua scripts;
 - `ingest`: one optimistic transaction per request (WATCH, fold, MULTI/EXEC);
 - `intake`: the request path's one append, and the rules stage that folds it (per intake
   partition, through `ingest`'s transaction);
@@ -134,7 +135,9 @@ class RedisSpool:
         return self._keys.k(*parts)
 
     def stream_key(self, site: str, vendor: str, partition: int) -> str:
-        return self._keys.stream_key(site, vendor, partition)
+        """The stream a vendor's work on this partition is read from: the site's partition
+        stream, shared by every vendor (each reads it through its own group; see `keys`)."""
+        return self._keys.stream_key(site, partition)
 
     def partition_of(self, visitor: str) -> int:
         return self._keys.partition_of(visitor)

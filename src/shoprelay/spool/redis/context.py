@@ -3,7 +3,7 @@ identity, the lease time and the TTLs, and the new-work callback."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -29,6 +29,28 @@ class RedisContext:
     #: Called after new work was committed (here or, via pub/sub, in another process).
     #: Looked up at each call: the forwarder sets it on the spool after the parts exist.
     on_new_work: Callable[[], None] = field(default=lambda: None)
+    #: (stream, vendor) pairs whose consumer group this process made sure of.
+    grouped: set[tuple[str, str]] = field(default_factory=set)
 
     def k(self, *parts: str) -> str:
         return self.keys.k(*parts)
+
+    async def ensure_groups(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Create the vendors' consumer groups on these streams unless they exist, before an
+        entry naming the vendor is written there: `prune` trims an entry only once every
+        group is past it, so a group made later would find entries meant for it already gone.
+        A new group starts at the stream's end ("$"): nothing before it names its vendor, so
+        a vendor added to a running relay does not read the stream's history. Known pairs
+        cost nothing (the streams are never deleted while the relay runs; `delete_all`
+        forgets them)."""
+        new = [pair for pair in dict.fromkeys(pairs) if pair not in self.grouped]
+        if not new:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, vendor in new:
+                pipe.xgroup_create(stream, vendor, id="$", mkstream=True)
+            results = await pipe.execute(raise_on_error=False)
+        for outcome in results:
+            if isinstance(outcome, Exception) and "BUSYGROUP" not in str(outcome):
+                raise outcome
+        self.grouped.update(new)

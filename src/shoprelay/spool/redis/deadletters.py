@@ -2,7 +2,8 @@
 
 A dead letter is a JSON record in the `dead` hash (by work id, written by `Outbox.mark_dead`
 with the whole event in it) and its failure time in the `dead:time` sorted set. Replay XADDs
-the event to its visitor's partition again as new work and removes the record.
+the event to its visitor's partition again as new work (an entry naming the letter's vendor
+alone) and removes the record.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from shoprelay.spool.base import (
     letter_exchange,
 )
 from shoprelay.spool.redis.context import RedisContext
+from shoprelay.spool.redis.keys import queued_field
 
 
 def keep_letter(pipe: Any, ctx: RedisContext, *, dead_id: int, site: str, vendor: str,
@@ -94,16 +96,18 @@ class DeadLetters:
                     if not await pipe.hexists(dead_key, member):
                         continue
                     work_id = int(await pipe.incr(k("seq")))
-                    site, visitor = record["site"], record["visitor_id"]
-                    stream = ctx.keys.stream_key(site, record["vendor"],
-                                                 ctx.keys.partition_of(visitor))
+                    site, visitor, vendor = (record["site"], record["visitor_id"],
+                                             record["vendor"])
+                    stream = ctx.keys.stream_key(site, ctx.keys.partition_of(visitor))
+                    await ctx.ensure_groups([(stream, vendor)])
                     pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
                     pipe.set(record["event_key"], orjson.dumps(record["event"]),
                              ex=ctx.event_ttl)
                     # A part letter's entry carries its index: only that request is sent.
+                    # An entry for the letter's vendor alone (see `keys`).
                     fields: dict[FieldT, EncodableT] = {
                         "w": work_id, "e": record["event_key"], "v": visitor,
-                        "t": repr(time.time())}
+                        "t": repr(time.time()), "d": vendor}
                     if record.get("part") is not None:
                         fields["p"] = int(record["part"])
                     pipe.xadd(stream, fields)
@@ -112,15 +116,15 @@ class DeadLetters:
                     event = StoredEvent.from_dict(record["event"])
                     part = record.get("part")
                     trace = k("tr", site, event.message_id)
-                    pipe.hset(trace, record["vendor"] if part is None
-                              else f"{record['vendor']}#{part}",
+                    pipe.hset(trace, vendor if part is None else f"{vendor}#{part}",
                               orjson.dumps({"s": STATE_NAMES[PENDING], "a": 0,
                                             "t": time.time()}))
                     pipe.expire(trace, ctx.event_ttl or 86400 * 30)
+                    pipe.hincrby(k("queued"), queued_field(site, vendor), 1)
                     pipe.hdel(dead_key, member)
                     pipe.zrem(time_key, member)
-                    pipe.hincrby(k("counts"), f"{record['vendor']}:dead", -1)
-                    pipe.sadd(k("queues"), stream)
+                    pipe.hincrby(k("counts"), f"{vendor}:dead", -1)
+                    pipe.sadd(k("streams"), stream)
                     pipe.publish(k("wake"), site)
                     await pipe.execute()
                 except WatchError:

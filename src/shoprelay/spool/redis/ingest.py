@@ -29,12 +29,12 @@ from shoprelay.rules import (
     RequestContext,
     UserBinding,
 )
-from shoprelay.spool.base import IngestResult
+from shoprelay.spool.base import PENDING, STATE_NAMES, IngestResult
 from shoprelay.spool.redis.context import RedisContext
 from shoprelay.spool.redis.keys import COMMIT
 
 #: A message's trace field for a vendor before delivery has touched it.
-_QUEUED = orjson.dumps({"s": "queued"})
+_QUEUED = orjson.dumps({"s": STATE_NAMES[PENDING]})
 
 #: Given the fold's result: more operations (COMMIT's format) for the same transaction.
 Finish = Callable[[IngestResult], list[Any]]
@@ -179,6 +179,8 @@ class Ingest:
         for order_id, record in plan.orders.items():
             ops += ("S", k("ord", site, order_id), record.to_json(), dedup_ttl)
         streams: set[str] = set()
+        groups: set[tuple[str, str]] = set()
+        queued = k("queued")
         stamp = repr(received_at)
         for stored in plan.stored:
             event = stored.event
@@ -189,14 +191,19 @@ class Ingest:
                     # For traces and backfill: the visitor's and the site's timelines.
                     "Z", k("vm", site, stored.visitor_id), stamp, event.message_id, event_ttl,
                     "Z", k("hist", site), stamp, str(event_id), 0)
-            partition = ctx.keys.partition_of(stored.visitor_id)
+            if not stored.vendors:
+                continue
+            # One entry for all its vendors (see `keys`): the i-th vendor's work id is
+            # work_id + i, so the ids stay one per (event, vendor) as `OutboxRow.id` needs.
+            work_id, next_id = next_id, next_id + len(stored.vendors)
+            stream = ctx.keys.stream_key(site, ctx.keys.partition_of(stored.visitor_id))
+            streams.add(stream)
+            groups.update((stream, vendor) for vendor in stored.vendors)
+            ops += ("X", stream, work_id, event_key, stored.visitor_id, stamp,
+                    ",".join(stored.vendors), queued, site)
             trace = k("tr", site, event.message_id)
             for vendor in stored.vendors:
-                work_id, next_id = next_id, next_id + 1
-                stream = ctx.keys.stream_key(site, vendor, partition)
-                streams.add(stream)
-                ops += ("X", stream, work_id, event_key, stored.visitor_id, stamp,
-                        "F", trace, vendor, _QUEUED, event_ttl)
+                ops += ("F", trace, vendor, _QUEUED, event_ttl)
         for message_id, note, noted_order in plan.notes:
             ops += ("L", k("note", site, message_id),
                     orjson.dumps([received_at, note]), event_ttl)
@@ -205,10 +212,11 @@ class Ingest:
         if plan.stored:
             ops += ("H", k("counts"), "messages", len(plan.stored))
         for stream in streams:
-            ops += ("A", k("queues"), stream)
+            ops += ("A", k("streams"), stream)
         if streams:
             ops += ("P", k("wake"), site)
         ops += extra
+        await ctx.ensure_groups(groups)
         pipe.multi()
         if ops:
             pipe.eval(COMMIT, 0, *ops)

@@ -1,18 +1,35 @@
 """Where the Redis spool keeps what: key naming, stream ids, and the Lua scripts.
 
-- **Work.** Per (site, vendor) a fixed number of partition streams; a visitor always hashes to
-  the same partition, so its events are in one stream in the order they were accepted. Each
-  stream has a consumer group named after the vendor; entries carry the work id (an INCR
-  counter, the `OutboxRow.id`), the event key and the visitor. Retry state lives in a small
-  hash per work id, written only when a row is retried or half-sent.
+- **Work: one entry per stored message, each vendor's progress beside it.** Per site a fixed
+  number of partition streams `q:SITE:pN`; a visitor always hashes to the same partition, so
+  its events are in one stream in the order they were accepted. Each stored event is one
+  entry there, naming the vendors it is for (`d`, comma-separated, in routing order) and the
+  first of its work ids (`w`: the work of the i-th vendor named is `w + i`, the `OutboxRow.id`),
+  with the event key (`e`), the visitor (`v`), the arrival time (`t`) and, for a replayed part
+  letter, the part (`p`). Every vendor has a consumer group of its own on the stream (named
+  after the vendor): its last-delivered id and pending list *are* that vendor's progress, kept
+  beside the one entry. A group reading an entry that does not name its vendor acknowledges
+  it at once (`partitions`). The group of every vendor an entry names exists before the entry
+  is written (`RedisContext.ensure_groups`), so `prune` trims an entry (XTRIM MINID) only once
+  every group is past it. `queued` (hash, field SITE|VENDOR) counts the entries naming a
+  vendor and not yet acknowledged by its group, written in the same script as each XADD and
+  each XACK (`ACK`): the queue figures without reading the streams. Retry state lives in a
+  small hash per work id, written only when a row is retried or half-sent.
+- **Before (until 2026-12-03): one stream per (site, vendor, partition)**, `q:SITE:VENDOR:pN`,
+  each event XADDed once per vendor. Such streams, listed in `queues`, are still read by the
+  holder of the (site, vendor, partition) lease before the new stream's entries (they are
+  older, so each visitor's order holds), and deleted once drained; nothing writes them now.
 
 Every key starts with the spool's prefix (`redis_prefix`, default "shoprelay:"):
 
 - `st:SITE:VISITOR` visitor state (JSON), `alias:SITE:ANONYMOUS_ID` and `user:SITE:USER_ID`
   the visitor they belong to; `msg:SITE:MESSAGE_ID` and `ord:SITE:ORDER_ID` dedup keys;
   `ev:SITE:ID` a stored event (JSON);
-- `q:SITE:VENDOR:pN` a partition stream (group = VENDOR), `queues` the set of every stream,
-  `lease:SITE:VENDOR:pN` the partition's lease (value = the holder's `proc_id`);
+- `q:SITE:pN` a partition stream (one group per vendor), `streams` the set of them, `queued`
+  the per (site, vendor) count of entries not yet acknowledged, `pruned` each (stream,
+  vendor)'s last entry `prune` counted as forgotten (field STREAM|VENDOR); `q:SITE:VENDOR:pN` and
+  `queues` the layout before (above), read until empty;
+  `lease:SITE:VENDOR:pN` a vendor's lease on a partition (value = the holder's `proc_id`);
 - `work:ID` a work id's retry state, `seq` the id counter, `counts` the state counters;
 - `dead` dead-letter records by work id, `dead:time` their failure times;
 - `tr:SITE:MESSAGE_ID` a message's trace (hash: vendor → its work's state and last exchange),
@@ -48,7 +65,8 @@ end
 return 0
 """
 #: An ingest's writes, as a flat list of operations (run inside MULTI, after the WATCH check):
-#: S key value ttl (SET, ttl 0 = none) | X stream work event visitor time (XADD) |
+#: S key value ttl (SET, ttl 0 = none) | X stream work event visitor time vendors queued site
+#: (XADD, and HINCRBY of the `queued` hash's field SITE|VENDOR for each vendor) |
 #: H key field n (HINCRBY) | A key member (SADD) | P channel message (PUBLISH) |
 #: F key field value ttl (HSET) | Z key score member ttl (ZADD) | L key value ttl (RPUSH) |
 #: K stream group id (XACK) | D stream id (XDEL);
@@ -66,8 +84,11 @@ while i <= n do
     i = i + 4
   elseif op == 'X' then
     redis.call('XADD', ARGV[i + 1], '*', 'w', ARGV[i + 2], 'e', ARGV[i + 3], 'v', ARGV[i + 4],
-               't', ARGV[i + 5])
-    i = i + 6
+               't', ARGV[i + 5], 'd', ARGV[i + 6])
+    for vendor in string.gmatch(ARGV[i + 6], '[^,]+') do
+      redis.call('HINCRBY', ARGV[i + 7], ARGV[i + 8] .. '|' .. vendor, 1)
+    end
+    i = i + 9
   elseif op == 'H' then
     redis.call('HINCRBY', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
     i = i + 4
@@ -107,6 +128,43 @@ return 1
 """
 
 
+#: Acknowledge one entry for one group; when it was still pending there (a second XACK of the
+#: same entry, e.g. after a lost lease, returns 0), count it off `queued` (KEYS[2], field
+#: ARGV[3]; none for an entry of the streams before).
+ACK = """
+local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if n == 1 and ARGV[3] ~= '' then
+  redis.call('HINCRBY', KEYS[2], ARGV[3], -1)
+end
+return n
+"""
+
+#: Count a vendor's entries (those whose `d` names ARGV[1]) on a stream (KEYS[1]) after its
+#: mark (field ARGV[3] of KEYS[2]) and before id ARGV[2], at most ARGV[4] entries, and move
+#: the mark to the last entry looked at: {entries of the vendor, entries looked at}.
+PRUNED = """
+local mark = redis.call('HGET', KEYS[2], ARGV[3])
+local from = '-'
+if mark then from = '(' .. mark end
+local entries = redis.call('XRANGE', KEYS[1], from, '(' .. ARGV[2], 'COUNT', ARGV[4])
+local n = 0
+for _, entry in ipairs(entries) do
+  local fields = entry[2]
+  for j = 1, #fields, 2 do
+    if fields[j] == 'd' then
+      for vendor in string.gmatch(fields[j + 1], '[^,]+') do
+        if vendor == ARGV[1] then n = n + 1 end
+      end
+    end
+  end
+end
+if #entries > 0 then
+  redis.call('HSET', KEYS[2], ARGV[3], entries[#entries][1])
+end
+return {n, #entries}
+"""
+
+
 class KeySpace:
     """The names of one spool's keys: its prefix and its number of partitions per queue."""
 
@@ -117,7 +175,12 @@ class KeySpace:
     def k(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
-    def stream_key(self, site: str, vendor: str, partition: int) -> str:
+    def stream_key(self, site: str, partition: int) -> str:
+        """A site's partition stream: one entry per stored message, one group per vendor."""
+        return self.k("q", site, f"p{partition}")
+
+    def legacy_key(self, site: str, vendor: str, partition: int) -> str:
+        """A (site, vendor) partition stream of the layout before, read until empty."""
         return self.k("q", site, vendor, f"p{partition}")
 
     def partition_of(self, visitor: str) -> int:
@@ -126,12 +189,26 @@ class KeySpace:
 
 
 def vendor_of(stream: str) -> str:
-    """The vendor of a partition stream's key (also the name of its consumer group)."""
+    """The vendor of a legacy (site, vendor) stream's key (also the name of its group)."""
     return stream.split(":")[-2]
 
 
 def site_of(stream: str) -> str:
+    """The site of a legacy (site, vendor) stream's key."""
     return stream.split(":")[-3]
+
+
+def queued_field(site: str, vendor: str) -> str:
+    """A (site, vendor)'s field in the `queued` hash."""
+    return f"{site}|{vendor}"
+
+
+def names(entry_vendors: str, vendor: str) -> int | None:
+    """Where `vendor` is among an entry's vendors (`d`), or None if the entry is not for it."""
+    for index, name in enumerate(entry_vendors.split(",")):
+        if name == vendor:
+            return index
+    return None
 
 
 def id_time(entry_id: str) -> float:

@@ -1,7 +1,12 @@
 """Looking after the Redis spool: statistics, retention, old consumer names, wiping a prefix.
 
-- **Retention.** `prune` trims each stream by MINID (never past an unacknowledged or unread
-  entry) and drops old dead letters; events, dedup keys and work hashes carry TTLs.
+- **Retention.** `prune` trims each stream by MINID (never past an entry some vendor's group
+  has not acknowledged or not read) and drops old dead letters; events, dedup keys and work
+  hashes carry TTLs.
+- **Queue figures.** Per (site, vendor) the `queued` counter (see `keys`), and the oldest
+  queued entry from the vendor's group on each partition stream: its first pending entry, or
+  the first unread one naming the vendor among the next `_LOOK_AHEAD` (past them, the first
+  unread entry's time: an upper bound on the age).
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ from redis.exceptions import ResponseError
 
 from shoprelay.spool.base import FINISHED, PENDING, STATE_NAMES, PruneCut, SpoolStats
 from shoprelay.spool.redis.context import RedisContext
-from shoprelay.spool.redis.keys import id_key, id_time, site_of, vendor_of
+from shoprelay.spool.redis.keys import PRUNED, id_key, id_time, names, site_of, vendor_of
+
+#: Unread entries looked at for a vendor's oldest queued one (most entries name most vendors).
+_LOOK_AHEAD = 200
 
 
 class Maintenance:
@@ -24,9 +32,25 @@ class Maintenance:
     def __init__(self, ctx: RedisContext) -> None:
         self._ctx = ctx
 
-    async def _streams(self) -> list[str]:
+    async def _streams(self, key: str = "queues") -> list[str]:
+        """The streams of the layout before (`queues`) or the partition streams (`streams`)."""
         # decode_responses=True: the members are str (redis-py types them bytes | str).
-        return sorted(cast(set[str], await self._ctx.redis.smembers(self._ctx.k("queues"))))
+        return sorted(cast(set[str], await self._ctx.redis.smembers(self._ctx.k(key))))
+
+    async def _groups(self, stream: str) -> list[dict[str, Any]]:
+        try:
+            return await self._ctx.redis.xinfo_groups(stream)
+        except ResponseError:  # no such stream
+            return []
+
+    async def _queued(self) -> dict[tuple[str, str], int]:
+        """The `queued` counter per (site, vendor)."""
+        raw = cast(dict[str, str], await self._ctx.redis.hgetall(self._ctx.k("queued")))
+        out: dict[tuple[str, str], int] = {}
+        for name, value in raw.items():
+            site, _, vendor = name.rpartition("|")
+            out[(site, vendor)] = max(0, int(value))
+        return out
 
     async def _group(self, stream: str) -> dict[str, Any] | None:
         try:
@@ -40,9 +64,10 @@ class Maintenance:
         return None
 
     async def queues(self) -> list[tuple[str, str, int, float | None]]:
-        """(site, vendor, queued, oldest queued time) per partition stream."""
+        """(site, vendor, queued, oldest queued time): per (site, vendor) on the partition
+        streams, and per stream of the layout before still there."""
+        out = await self._shared_queues()
         redis = self._ctx.redis
-        out: list[tuple[str, str, int, float | None]] = []
         for stream in await self._streams():
             vendor = vendor_of(stream)
             group = await self._group(stream)
@@ -67,6 +92,33 @@ class Maintenance:
             out.append((site_of(stream), vendor, waiting,
                         id_time(first) if waiting and first else None))
         return out
+
+    async def _shared_queues(self) -> list[tuple[str, str, int, float | None]]:
+        redis = self._ctx.redis
+        queued = await self._queued()
+        oldest: dict[tuple[str, str], float] = {}
+        for stream in await self._streams("streams"):
+            site = stream.split(":")[-2]
+            for group in await self._groups(stream):
+                vendor = str(group["name"])
+                if not queued.get((site, vendor)):
+                    continue
+                first: str | None = None
+                if int(group["pending"]):
+                    summary = await redis.xpending(stream, vendor)
+                    first = cast(str | None, summary.get("min"))
+                after = cast(list[tuple[str, dict[str, str]]],
+                             await redis.xrange(stream, f"({group['last-delivered-id']}", "+",
+                                                count=_LOOK_AHEAD))
+                unread = next((entry_id for entry_id, fields in after
+                               if names(fields.get("d", ""), vendor) is not None),
+                              after[-1][0] if len(after) == _LOOK_AHEAD else None)
+                for entry_id in (first, unread):
+                    if entry_id is not None:
+                        at = id_time(entry_id)
+                        oldest[(site, vendor)] = min(oldest.get((site, vendor), at), at)
+        return [(site, vendor, count, oldest.get((site, vendor)) if count else None)
+                for (site, vendor), count in sorted(queued.items())]
 
     async def stats(self) -> SpoolStats:
         redis = self._ctx.redis
@@ -98,6 +150,8 @@ class Maintenance:
         older_than = cut.finished
         cutoff = (int(older_than * 1000), 0)
         removed = 0
+        for stream in await self._streams("streams"):
+            removed += await self._trim_shared(stream, cutoff)
         for stream in await self._streams():
             vendor = vendor_of(stream)
             group = await self._group(stream)
@@ -131,6 +185,64 @@ class Maintenance:
             removed += len(chunk)
         return removed
 
+    async def _trim_shared(self, stream: str, cutoff: tuple[int, int]) -> int:
+        """Forget each vendor's finished deliveries on a partition stream, then trim it up to
+        the first entry some vendor's group still needs; returns the deliveries forgotten.
+
+        A vendor's delivery of an entry is finished and forgotten once the entry is older
+        than the cutoff and below everything that vendor's group has pending or not read (as
+        a (site, vendor) stream was trimmed before); `PRUNED` counts them, once each, from the
+        vendor's mark in `pruned`. The entry itself goes with the last of its vendors. A
+        group with nothing pending whose vendor has nothing queued on the site (a vendor taken
+        out of the configuration, say) holds nothing back: every entry naming it was
+        acknowledged. The stream's last id is read before the counters, so an entry added
+        meanwhile is above every bound."""
+        redis = self._ctx.redis
+        try:
+            info = await redis.xinfo_stream(stream)
+        except ResponseError:  # no such stream
+            return 0
+        last = id_key(str(info["last-generated-id"]))
+        groups = await self._groups(stream)
+        if not groups:
+            return 0
+        queued = await self._queued()
+        site = stream.split(":")[-2]
+        top = min(cutoff, (last[0], last[1] + 1))
+        bound = top
+        forgotten = 0
+        for group in groups:
+            vendor = str(group["name"])
+            pending = int(group["pending"])
+            await self._forget_consumers(stream, vendor)
+            own = top
+            delivered = id_key(str(group["last-delivered-id"]))
+            own = min(own, (delivered[0], delivered[1] + 1))
+            if pending:
+                summary = await redis.xpending(stream, vendor)
+                if summary.get("min"):
+                    own = min(own, id_key(summary["min"]))
+            if own > (0, 0):
+                forgotten += await self._count_pruned(stream, vendor, own)
+            if pending or queued.get((site, vendor)):
+                bound = min(bound, own)
+        if bound > (0, 0):
+            # Exact trimming: "~" would keep whole macro nodes, i.e. an unknown amount.
+            await redis.xtrim(stream, minid=f"{bound[0]}-{bound[1]}", approximate=False)
+        return forgotten
+
+    async def _count_pruned(self, stream: str, vendor: str, below: tuple[int, int]) -> int:
+        """The vendor's entries on the stream from its mark up to `below`, in chunks (each
+        moves the mark on, so no entry is counted twice)."""
+        count = 0
+        while True:
+            found, seen = await self._ctx.redis.eval(
+                PRUNED, 2, stream, self._ctx.k("pruned"), vendor, f"{below[0]}-{below[1]}",
+                f"{stream}|{vendor}", 2000)
+            count += int(found)
+            if int(seen) < 2000:
+                return count
+
     async def _forget_consumers(self, stream: str, vendor: str) -> None:
         """Every process start is a new consumer name; drop the names of processes gone for
         a day that hold nothing (a consumer with pending entries is kept until they are
@@ -146,6 +258,7 @@ class Maintenance:
         """Remove every key under this spool's prefix (tests and tools; never the relay)."""
         removed = 0
         redis = self._ctx.redis
+        self._ctx.grouped.clear()
         async for key in redis.scan_iter(match=self._ctx.keys.prefix + "*", count=1000):
             removed += int(await redis.delete(key))
         return removed

@@ -1,7 +1,8 @@
 """Delivery's side of the Redis spool: due work from the held partitions, and each row's fate.
 
-- **Fates.** Delivered: XACK. Retry: stays pending, with next_at in its hash. Dead: XACK plus
-  a dead-letter record (hash by id + time-sorted zset); replay XADDs it again.
+- **Fates.** Delivered: XACK by the vendor's group (the `ACK` script, which also counts the
+  entry off `queued`). Retry: stays pending, with next_at in its hash. Dead: XACK plus a
+  dead-letter record (hash by id + time-sorted zset); replay XADDs it again.
 - **Traces.** Each fate also sets the vendor's field in the message's trace hash (state and
   last exchange), in the same transaction: one HSET more per row.
 """
@@ -17,14 +18,19 @@ from redis.exceptions import WatchError
 
 from shoprelay.events import StoredEvent
 from shoprelay.spool.base import (
+    DEAD,
+    DELIVERED,
     FIGURE_HOUR,
     FIGURE_MINUTE,
+    PENDING,
+    SKIPPED,
+    STATE_NAMES,
     OutboxRow,
     trace_exchange,
 )
 from shoprelay.spool.redis.context import RedisContext
 from shoprelay.spool.redis.deadletters import keep_letter
-from shoprelay.spool.redis.keys import site_of, vendor_of
+from shoprelay.spool.redis.keys import ACK
 from shoprelay.spool.redis.partitions import Entry, Partitions
 
 log = logging.getLogger("shoprelay.spool")
@@ -94,10 +100,15 @@ class Outbox:
 
     async def _ack(self, entry: Entry) -> None:
         async with self._ctx.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(entry.stream, vendor_of(entry.stream), entry.entry_id)
-            pipe.delete(self._ctx.k("work", str(entry.work_id)))
+            self._acknowledge(pipe, entry)
             await pipe.execute()
         self._partitions.forget(entry)
+
+    def _acknowledge(self, pipe: Any, entry: Entry) -> None:
+        """Queue the entry's XACK by its vendor's group (counted off `queued` if it was still
+        pending) and the removal of its retry state on `pipe`."""
+        pipe.eval(ACK, 2, *entry.ack_args(self._ctx.k("queued")))
+        pipe.delete(self._ctx.k("work", str(entry.work_id)))
 
     def _trace(self, pipe: Any, entry: Entry, fate: dict[str, Any],
                part: int | None = None) -> None:
@@ -106,12 +117,12 @@ class Outbox:
         `spool.redis.trace.vendor_figures`)."""
         now = time.time()
         part = entry.part if part is None else part
-        site, vendor = site_of(entry.stream), vendor_of(entry.stream)
-        kind = "retried" if fate["s"] == "queued" else fate["s"]
+        site, vendor = entry.site, entry.vendor
+        kind = "retried" if fate["s"] == STATE_NAMES[PENDING] else fate["s"]
         minute = self._ctx.k("hc", str(int(now // 60)))
         pipe.hincrby(minute, f"{site}|{vendor}|{kind}", 1)
         pipe.expire(minute, int(FIGURE_HOUR * 2) + 60)
-        if kind != "skipped":
+        if kind != STATE_NAMES[SKIPPED]:
             # The last minute's answers, one member per work row at its latest answer (as a
             # SQLite row's updated_at): exact to the second, trimmed here to that minute.
             answered = self._ctx.k("hm", site, vendor)
@@ -121,7 +132,7 @@ class Outbox:
             pipe.expire(answered, int(FIGURE_MINUTE) + 60)
         fate["rq"], fate["rs"] = trace_exchange(fate.get("rq") or "", fate.get("rs") or "")
         last = self._ctx.k("hl", site, vendor)
-        if fate["s"] == "delivered":
+        if fate["s"] == STATE_NAMES[DELIVERED]:
             pipe.hset(last, "ok", repr(now))
         elif fate.get("e"):
             pipe.hset(last, mapping={"error": fate["e"], "error_at": repr(now)})
@@ -138,14 +149,12 @@ class Outbox:
         entries = self._partitions.entries(ids)
         if not entries:
             return
-        k = self._ctx.k
-        counts = k("counts")
-        state = "skipped" if skipped else "delivered"
+        counts = self._ctx.k("counts")
+        state = STATE_NAMES[SKIPPED if skipped else DELIVERED]
         async with self._ctx.redis.pipeline(transaction=True) as pipe:
             for entry in entries:
-                pipe.xack(entry.stream, vendor_of(entry.stream), entry.entry_id)
-                pipe.delete(k("work", str(entry.work_id)))
-                pipe.hincrby(counts, f"{vendor_of(entry.stream)}:{state}", 1)
+                self._acknowledge(pipe, entry)
+                pipe.hincrby(counts, f"{entry.vendor}:{state}", 1)
                 self._trace(pipe, entry, {"s": state, "a": entry.attempts + 1, "st": status,
                                           "rq": request, "rs": response})
             await pipe.execute()
@@ -176,9 +185,9 @@ class Outbox:
                                         "next_at": repr(next_at), "status": status or 0,
                                         "error": entry.error})
                 pipe.expire(key, self._ctx.event_ttl or 86400 * 30)
-                self._trace(pipe, entry, {"s": "queued", "a": entry.attempts, "n": next_at,
-                                          "st": status, "e": entry.error, "rq": request,
-                                          "rs": response})
+                self._trace(pipe, entry, {"s": STATE_NAMES[PENDING], "a": entry.attempts,
+                                          "n": next_at, "st": status, "e": entry.error,
+                                          "rq": request, "rs": response})
             await pipe.execute()
 
     def _keep_dead(self, pipe: Any, entry: Entry, dead_id: int, part: int | None, now: float,
@@ -187,12 +196,12 @@ class Outbox:
         format `deadletters` reads, the whole event with it, so a replay needs nothing else;
         with its count and its trace field."""
         keep_letter(pipe, self._ctx, dead_id=dead_id,
-                    site=entry.event.site if entry.event else site_of(entry.stream),
-                    vendor=vendor_of(entry.stream), visitor=entry.visitor,
+                    site=entry.event.site if entry.event else entry.site,
+                    vendor=entry.vendor, visitor=entry.visitor,
                     attempts=entry.attempts + 1, status=status, error=error,
                     response=response, request=request, failed_at=now,
                     event_key=entry.event_key, event=entry.event, part=part)
-        self._trace(pipe, entry, {"s": "dead", "a": entry.attempts + 1, "st": status,
+        self._trace(pipe, entry, {"s": STATE_NAMES[DEAD], "a": entry.attempts + 1, "st": status,
                                   "e": error, "rq": request, "rs": response},
                     part=part)
 
@@ -204,13 +213,11 @@ class Outbox:
             return
         now = time.time()
         await self._load_events(entries)
-        k = self._ctx.k
         async with self._ctx.redis.pipeline(transaction=True) as pipe:
             for entry in entries:
                 self._keep_dead(pipe, entry, entry.work_id, entry.part, now, status=status,
                                 error=error, response=response, request=request)
-                pipe.xack(entry.stream, vendor_of(entry.stream), entry.entry_id)
-                pipe.delete(k("work", str(entry.work_id)))
+                self._acknowledge(pipe, entry)
             await pipe.execute()
         for entry in entries:
             self._partitions.forget(entry)

@@ -1,7 +1,8 @@
 """Which process delivers which partition: heartbeat, leases, balancing, claiming, buffering.
 
-- **Order across processes.** A process delivers from a partition only while it holds the
-  partition's lease (SET NX PX, renewed in the background). Each process aims at a fair share
+- **Order across processes.** A process delivers a vendor's work from a partition stream
+  (read through the vendor's consumer group) only while it holds that (site, vendor,
+  partition)'s lease (SET NX PX, renewed in the background). Each process aims at a fair share
   (ceil(partitions / live processes), live ones known from a heartbeat sorted set), so the work
   spreads and one visitor's events are always sent by one process, one after another.
   On taking a partition the process first claims every entry the previous holder read and did
@@ -10,6 +11,10 @@
   sent again first (at-least-once; duplicates only for requests in flight), never after a
   later event of the same visitor. A process giving a partition up (rebalance, SIGTERM) marks
   its pending entries long idle (XCLAIM IDLE) so the next holder takes them at once.
+
+- **One entry, many vendors.** Each vendor's group reads every entry of the stream; an entry
+  that does not name the vendor is acknowledged as it is read (one XACK per read), an entry
+  that does becomes that vendor's work `w + i` (see `keys`).
 
 The entries read from the held partitions are buffered here (in stream order, with their retry
 state) until the outbox acknowledges them; new work committed anywhere is announced on the
@@ -30,7 +35,7 @@ from redis.typing import StreamIdT
 
 from shoprelay.events import StoredEvent
 from shoprelay.spool.redis.context import RedisContext
-from shoprelay.spool.redis.keys import RELEASE, RENEW, id_key, id_time
+from shoprelay.spool.redis.keys import RELEASE, RENEW, id_key, id_time, names, queued_field
 
 log = logging.getLogger("shoprelay.spool")
 
@@ -40,9 +45,11 @@ StreamEntry = tuple[str, dict[str, str]]
 
 @dataclass(slots=True)
 class Entry:
-    """One stream entry (one event's work for one vendor) buffered by the partition holder."""
+    """One vendor's work on a stream entry (one event), buffered by the partition holder."""
 
     work_id: int
+    site: str
+    vendor: str
     stream: str
     entry_id: str
     visitor: str
@@ -55,6 +62,18 @@ class Entry:
     event: StoredEvent | None = None
     #: One request of the event (a dead-lettered part, replayed): its index; None: whole.
     part: int | None = None
+    #: From a (site, vendor) stream of the layout before: not counted in `queued`.
+    legacy: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Where it is in its partition's buffer (two streams may hold one entry id)."""
+        return self.stream, self.entry_id
+
+    def ack_args(self, queued: str) -> list[str]:
+        """KEYS and ARGV of the `ACK` script for this entry."""
+        return [self.stream, queued, self.vendor, self.entry_id,
+                "" if self.legacy else queued_field(self.site, self.vendor)]
 
 
 @dataclass(slots=True)
@@ -62,11 +81,19 @@ class Partition:
     number: int
     stream: str
     lease: str
+    #: The (site, vendor) stream of the layout before, while it still has entries: read
+    #: first (it is older; its entries come first in the buffer), deleted once drained.
+    legacy: str | None = None
+    legacy_unread: bool = True
     #: False until every entry pending at other consumers was claimed (then new ones are read).
     ready: bool = False
     next_claim: float = 0.0
-    #: Buffered entries in stream order (entry id → entry).
-    entries: dict[str, Entry] = field(default_factory=dict)
+    #: Buffered entries in stream order ((stream, entry id) → entry).
+    entries: dict[tuple[str, str], Entry] = field(default_factory=dict)
+
+    @property
+    def streams(self) -> list[str]:
+        return [self.stream] if self.legacy is None else [self.legacy, self.stream]
 
 
 @dataclass(slots=True)
@@ -75,6 +102,8 @@ class Queue:
     vendor: str
     held: dict[int, Partition] = field(default_factory=dict)
     next_balance: float = 0.0
+    #: Partitions whose stream of the layout before may still hold entries.
+    legacy: set[int] = field(default_factory=set)
 
 
 class Partitions:
@@ -196,32 +225,55 @@ class Partitions:
         ready = [p for p in queue.held.values() if p.ready]
         buffered = sum(len(p.entries) for p in ready)
         if ready and buffered < limit * 2:
+            # A partition's stream of the layout before is read until empty, then its new one.
+            by_stream = {(p.legacy if p.legacy and p.legacy_unread else p.stream): p
+                         for p in ready}
             reply = await self._ctx.redis.xreadgroup(
-                vendor, self._ctx.proc_id, {p.stream: ">" for p in ready}, count=limit)
-            by_stream = {p.stream: p for p in ready}
+                vendor, self._ctx.proc_id, dict.fromkeys(by_stream, ">"), count=limit)
             # decode_responses=True: ids and fields are str (redis-py types them bytes | str).
             read = cast(list[tuple[str, list[StreamEntry]]] | None, reply)
+            got = set()
             for stream, entries in read or []:
-                await self._buffer(by_stream[stream], entries, with_state=False)
+                if entries:
+                    got.add(stream)
+                await self._buffer(queue, by_stream[stream], stream, entries,
+                                   with_state=False)
+            for stream, part in by_stream.items():
+                if stream == part.legacy and stream not in got:
+                    part.legacy_unread = False
+        for part in ready:
+            if part.legacy and not part.legacy_unread:
+                await self._drained(queue, part)
         return ready
+
+    async def _drained(self, queue: Queue, part: Partition) -> None:
+        """A stream of the layout before with nothing unread (the new stream is read from
+        then on): once nothing of it is pending either (all claimed here first, so: nothing
+        of it buffered), it is deleted."""
+        legacy = part.legacy
+        if legacy is None or any(key[0] == legacy for key in part.entries):
+            return
+        async with self._ctx.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(legacy)
+            pipe.srem(self._ctx.k("queues"), legacy)
+            await pipe.execute()
+        log.info("redis spool: %s (the layout before) is drained and deleted", legacy)
+        part.legacy = None
+        queue.legacy.discard(part.number)
 
     async def _queue(self, site: str, vendor: str) -> Queue:
         queue = self.queues.get((site, vendor))
         if queue is None:
-            keys = self._ctx.keys
-            async with self._ctx.redis.pipeline(transaction=False) as pipe:
+            keys, redis = self._ctx.keys, self._ctx.redis
+            streams = [keys.stream_key(site, n) for n in range(keys.partitions)]
+            await self._ctx.ensure_groups((stream, vendor) for stream in streams)
+            await redis.sadd(self._ctx.k("streams"), *streams)
+            async with redis.pipeline(transaction=False) as pipe:
                 for n in range(keys.partitions):
-                    # From id 0: entries added before any process delivered are not skipped.
-                    pipe.xgroup_create(keys.stream_key(site, vendor, n), vendor, id="0",
-                                       mkstream=True)
-                results = await pipe.execute(raise_on_error=False)
-            for outcome in results:
-                if isinstance(outcome, Exception) and "BUSYGROUP" not in str(outcome):
-                    raise outcome
-            await self._ctx.redis.sadd(self._ctx.k("queues"),
-                                       *(keys.stream_key(site, vendor, n)
-                                         for n in range(keys.partitions)))
-            queue = self.queues[(site, vendor)] = Queue(site, vendor)
+                    pipe.exists(keys.legacy_key(site, vendor, n))
+                old = await pipe.execute()
+            queue = self.queues[(site, vendor)] = Queue(
+                site, vendor, legacy={n for n, there in enumerate(old) if there})
         return queue
 
     def _drop(self, queue: Queue, number: int, *, in_flight: bool = False) -> None:
@@ -233,9 +285,9 @@ class Partitions:
             for entry in part.entries.values():
                 self.rows.pop(entry.work_id, None)
 
-    async def _mine(self, part: Partition, vendor: str) -> list[str]:
-        """The ids of the partition's entries pending at this process's consumer."""
-        pending = await self._ctx.redis.xpending_range(part.stream, vendor, min="-", max="+",
+    async def _mine(self, stream: str, vendor: str) -> list[str]:
+        """The ids of the stream's entries pending at this process's consumer of `vendor`."""
+        pending = await self._ctx.redis.xpending_range(stream, vendor, min="-", max="+",
                                                        count=100_000,
                                                        consumername=self._ctx.proc_id)
         # decode_responses=True: the ids are str (redis-py types them bytes | str | int).
@@ -246,11 +298,12 @@ class Partitions:
         are marked long idle first, so its XAUTOCLAIM takes them without waiting."""
         ctx = self._ctx
         part = queue.held[number]
-        ids = await self._mine(part, queue.vendor)
-        for start in range(0, len(ids), 1000):
-            batch: list[StreamIdT] = [*ids[start:start + 1000]]  # typed: list is invariant
-            await ctx.redis.xclaim(part.stream, queue.vendor, ctx.proc_id, 0, batch,
-                                   idle=ctx.lease_ms * 100, justid=True)
+        for stream in part.streams:
+            ids = await self._mine(stream, queue.vendor)
+            for start in range(0, len(ids), 1000):
+                batch: list[StreamIdT] = [*ids[start:start + 1000]]  # typed: list is invariant
+                await ctx.redis.xclaim(stream, queue.vendor, ctx.proc_id, 0, batch,
+                                       idle=ctx.lease_ms * 100, justid=True)
         await ctx.redis.eval(RELEASE, 1, part.lease, ctx.proc_id)
         self._drop(queue, number)
         await ctx.redis.publish(ctx.k("wake"), queue.site)  # someone may take it now
@@ -278,8 +331,10 @@ class Partitions:
                 break
             lease = ctx.k("lease", queue.site, queue.vendor, f"p{number}")
             if await ctx.redis.set(lease, ctx.proc_id, nx=True, px=ctx.lease_ms):
+                legacy = (ctx.keys.legacy_key(queue.site, queue.vendor, number)
+                          if number in queue.legacy else None)
                 queue.held[number] = Partition(
-                    number, ctx.keys.stream_key(queue.site, queue.vendor, number), lease)
+                    number, ctx.keys.stream_key(queue.site, number), lease, legacy)
 
     async def _claim(self, queue: Queue, part: Partition, now: float) -> None:
         """Take over what the previous holders left unacknowledged; ready when none is left."""
@@ -287,10 +342,25 @@ class Partitions:
             return
         part.next_claim = now + 0.2
         ctx = self._ctx
+        others = False
+        for stream in part.streams:
+            claimed = await self._claim_stream(queue, part, stream)
+            if claimed:
+                await self._buffer(queue, part, stream, claimed, with_state=True)
+                log.info("redis spool: took over %d unacknowledged entr(ies) of %s for %s",
+                         len(claimed), stream, queue.vendor)
+            summary = await ctx.redis.xpending(stream, queue.vendor)
+            others = others or any(c["name"] != ctx.proc_id and int(c["pending"]) > 0
+                                   for c in (summary.get("consumers") or []))
+        part.ready = not others
+
+    async def _claim_stream(self, queue: Queue, part: Partition,
+                            stream: str) -> list[StreamEntry]:
+        ctx = self._ctx
         claimed: list[StreamEntry] = []
         cursor = "0-0"
         while True:
-            reply = await ctx.redis.xautoclaim(part.stream, queue.vendor, ctx.proc_id,
+            reply = await ctx.redis.xautoclaim(stream, queue.vendor, ctx.proc_id,
                                                min_idle_time=ctx.lease_ms,
                                                start_id=cursor, count=500)
             cursor, entries = reply[0], reply[1]
@@ -299,34 +369,39 @@ class Partitions:
                 break
         # Our own unacknowledged entries that are not buffered (the partition was lost and
         # taken back) are ours to send too, idle or not.
-        mine = await self._mine(part, queue.vendor)
+        mine = await self._mine(stream, queue.vendor)
         taken = {entry_id for entry_id, _ in claimed}
-        lost = [entry_id for entry_id in mine if entry_id not in part.entries
+        lost = [entry_id for entry_id in mine if (stream, entry_id) not in part.entries
                 and entry_id not in taken]
         for start in range(0, len(lost), 1000):
             batch: list[StreamIdT] = [*lost[start:start + 1000]]  # typed: list is invariant
-            more = await ctx.redis.xclaim(part.stream, queue.vendor, ctx.proc_id, 0, batch)
+            more = await ctx.redis.xclaim(stream, queue.vendor, ctx.proc_id, 0, batch)
             claimed.extend(cast(list[StreamEntry], more))  # decode_responses=True: str
-        if claimed:
-            await self._buffer(part, claimed, with_state=True)
-            log.info("redis spool: took over %d unacknowledged entr(ies) of %s",
-                     len(claimed), part.stream)
-        summary = await ctx.redis.xpending(part.stream, queue.vendor)
-        others = [c for c in (summary.get("consumers") or []) if c["name"] != ctx.proc_id
-                  and int(c["pending"]) > 0]
-        part.ready = not others
+        return claimed
 
-    async def _buffer(self, part: Partition, entries: list[StreamEntry],
-                      *, with_state: bool) -> None:
+    async def _buffer(self, queue: Queue, part: Partition, stream: str,
+                      entries: list[StreamEntry], *, with_state: bool) -> None:
         new: list[Entry] = []
+        others: list[StreamIdT] = []
+        legacy = stream == part.legacy
         for entry_id, fields in entries:
-            if entry_id in part.entries or not fields:
+            if (stream, entry_id) in part.entries or not fields:
                 continue
-            entry = Entry(work_id=int(fields["w"]), stream=part.stream, entry_id=entry_id,
-                          visitor=fields.get("v", ""), event_key=fields["e"],
+            work_id = int(fields["w"])
+            if not legacy:
+                index = names(fields.get("d", ""), queue.vendor)
+                if index is None:
+                    others.append(entry_id)  # another vendor's event: nothing to do here
+                    continue
+                work_id += index
+            entry = Entry(work_id=work_id, site=queue.site, vendor=queue.vendor, stream=stream,
+                          entry_id=entry_id, visitor=fields.get("v", ""),
+                          event_key=fields["e"],
                           created_at=float(fields.get("t") or id_time(entry_id)),
-                          part=int(fields["p"]) if fields.get("p") else None)
+                          part=int(fields["p"]) if fields.get("p") else None, legacy=legacy)
             new.append(entry)
+        if others:
+            await self._ctx.redis.xack(stream, queue.vendor, *others)
         if with_state and new:
             # Claimed entries may have been tried before: their retry state is in Redis.
             async with self._ctx.redis.pipeline(transaction=False) as pipe:
@@ -341,12 +416,13 @@ class Partitions:
                     entry.error = state.get("error", "")
         if with_state:
             # Claimed entries come before anything read new: keep the buffer in stream order.
+            # (The stream of the layout before is older: its entries come first.)
             merged = list(part.entries.values()) + new
-            merged.sort(key=lambda e: id_key(e.entry_id))
-            part.entries = {e.entry_id: e for e in merged}
+            merged.sort(key=lambda e: (not e.legacy, id_key(e.entry_id)))
+            part.entries = {e.key: e for e in merged}
         else:
             for entry in new:
-                part.entries[entry.entry_id] = entry
+                part.entries[entry.key] = entry
         for entry in new:
             self.rows[entry.work_id] = entry
 
@@ -367,8 +443,8 @@ class Partitions:
     def forget(self, entry: Entry) -> None:
         """Unbuffer an entry whose fate was recorded (acknowledged)."""
         self.rows.pop(entry.work_id, None)
-        for queue in self.queues.values():
-            for part in queue.held.values():
-                if part.stream == entry.stream:
-                    part.entries.pop(entry.entry_id, None)
-                    return
+        queue = self.queues.get((entry.site, entry.vendor))
+        for part in queue.held.values() if queue is not None else ():
+            if entry.key in part.entries:
+                del part.entries[entry.key]
+                return
