@@ -7,6 +7,7 @@ every vendor's body repeats, so what a sandbox received can be counted per event
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -20,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 from servers import free_port, serve, wait_for
 
 from shoprelay import settings as settings_module
 from shoprelay.app import create_app
 from shoprelay.delivery.forwarder import DeliveryOptions
+from shoprelay.runtime import close_spool, open_spool
 from shoprelay.sandbox import create_app as create_sandbox_app
 from shoprelay.sandbox import demo_vendor_settings
 from shoprelay.vendors import VENDORS
@@ -227,3 +230,28 @@ def settle(sandbox_url: str, vendors: list[str], quiet: float = 0.5) -> None:
         now = snapshot()
         if now != last:
             last, since = now, time.monotonic()
+
+
+# ---- what the spool and the CLI tell ------------------------------------------------------
+
+def dead_letters(settings_file: Path) -> list[Any]:
+    """Every dead letter, read through the spool the settings file names."""
+    settings = settings_module.load(settings_file)
+
+    async def read() -> list[Any]:
+        spool = open_spool(settings)
+        spool.start()
+        try:
+            return await spool.dead_letters()
+        finally:
+            await close_spool(spool)
+
+    return asyncio.run(read())
+
+
+def vendors_status(settings_file: Path) -> tuple[int, list[dict[str, Any]]]:
+    """`shoprelay vendors status --json`: its exit code and rows."""
+    done = subprocess.run([sys.executable, "-m", "shoprelay", "vendors", "status", "--config",
+                           str(settings_file), "--json"], capture_output=True, timeout=60)
+    assert done.stdout, done.stderr
+    return done.returncode, orjson.loads(done.stdout)

@@ -9,7 +9,6 @@ events together with the vendor's count; nothing raised out of a delivery round.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import httpx
 import pytest
 from servers import wait_for
 from test_delivery_support import (
+    dead_letters,
     delivered,
     fault,
     post,
@@ -32,26 +32,11 @@ from test_delivery_support import (
     write_settings,
 )
 
-from shoprelay import settings as settings_module
 from shoprelay.delivery.forwarder import DeliveryOptions
-from shoprelay.runtime import close_spool, open_spool
 
 OPTIONS = DeliveryOptions(idle_poll=0.1, first_retry=0.2, max_retry=1.0, timeout=5.0,
                           probe_first=0.2, probe_max=0.5)
 
-
-def dead_letters(settings_file: Path) -> list[Any]:
-    settings = settings_module.load(settings_file)
-
-    async def read() -> list[Any]:
-        spool = open_spool(settings)
-        spool.start()
-        try:
-            return await spool.dead_letters()
-        finally:
-            await close_spool(spool)
-
-    return asyncio.run(read())
 
 
 def order(message_id: str, lines: list[int], visitor: str = "buyer") -> dict[str, Any]:

@@ -9,10 +9,7 @@ event. Go Shops: "401: Unauthorized x-api-key ausente o inválido".
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -22,42 +19,23 @@ import pytest
 from servers import wait_for
 from test_delivery_support import (
     clear_faults,
+    dead_letters,
     fault,
     post,
     records,
     relay,
     sandbox,
+    vendors_status,
     view,
     wait_delivered,
     write_settings,
 )
 
-from shoprelay import settings as settings_module
 from shoprelay.delivery.forwarder import DeliveryOptions
-from shoprelay.runtime import close_spool, open_spool
 
 OPTIONS = DeliveryOptions(idle_poll=0.1, first_retry=0.2, max_retry=1.0, timeout=5.0,
                           probe_first=0.2, probe_max=0.5)
 
-
-def dead_letters(settings_file: Path) -> list:
-    settings = settings_module.load(settings_file)
-
-    async def read() -> list:
-        spool = open_spool(settings)
-        spool.start()
-        try:
-            return await spool.dead_letters()
-        finally:
-            await close_spool(spool)
-
-    return asyncio.run(read())
-
-
-def vendors_status(settings_file: Path) -> tuple[int, list[dict]]:
-    done = subprocess.run([sys.executable, "-m", "shoprelay", "vendors", "status", "--config",
-                           str(settings_file), "--json"], capture_output=True, timeout=60)
-    return done.returncode, orjson.loads(done.stdout)
 
 
 #: /readyz says more than ready or not only to the admin token.

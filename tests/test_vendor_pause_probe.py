@@ -9,9 +9,6 @@ event, so nothing else reached the vendor until it expired after 24 hours.
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +19,7 @@ from conftest import REDIS_URL
 from servers import wait_for
 from test_delivery_support import (
     clear_faults,
+    dead_letters,
     delivered,
     fault,
     post,
@@ -33,10 +31,11 @@ from test_delivery_support import (
     wait_delivered,
     write_settings,
 )
+from test_delivery_support import (
+    vendors_status as status_rows,
+)
 
-from shoprelay import settings as settings_module
 from shoprelay.delivery.forwarder import DeliveryOptions
-from shoprelay.runtime import close_spool, open_spool
 
 OPTIONS = DeliveryOptions(idle_poll=0.1, first_retry=0.2, max_retry=1.0, timeout=5.0,
                           probe_first=0.2, probe_max=0.5)
@@ -46,25 +45,11 @@ TOKEN = "probe-admin-token-0123456789"
 POISON = 666013
 
 
-def dead_letters(settings_file: Path) -> list[Any]:
-    settings = settings_module.load(settings_file)
-
-    async def read() -> list[Any]:
-        spool = open_spool(settings)
-        spool.start()
-        try:
-            return await spool.dead_letters()
-        finally:
-            await close_spool(spool)
-
-    return asyncio.run(read())
-
 
 def vendors_status(settings_file: Path) -> tuple[int, dict[str, dict[str, Any]]]:
-    done = subprocess.run([sys.executable, "-m", "shoprelay", "vendors", "status", "--config",
-                           str(settings_file), "--json"], capture_output=True, timeout=60)
-    assert done.stdout, done.stderr
-    return done.returncode, {row["vendor"]: row for row in orjson.loads(done.stdout)}
+    """`vendors status --json`, its rows by vendor."""
+    code, rows = status_rows(settings_file)
+    return code, {row["vendor"]: row for row in rows}
 
 
 def ready(url: str) -> dict[str, Any]:
