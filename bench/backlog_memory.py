@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import os
 import platform
 import sys
@@ -52,15 +51,17 @@ def batch(n: int, visitor: int) -> bytes:
     return b'{"writeKey":"' + WRITE_KEY.encode() + b'","batch":[' + b",".join(events) + b"]}"
 
 
-async def post_all(port: int, requests: int, connections: int) -> None:
-    counter = itertools.count()
+async def post_all(port: int, requests: int, connections: int, first: int = 0) -> None:
+    """`batch` requests numbered `first` to `first + requests - 1` (unique messageIds), over
+    `connections` keep-alive connections sharing one count; any non-2xx answer stops it."""
+    numbers = iter(range(first, first + requests))
 
     async def worker() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         head = (f"POST /v1/batch HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: {UA}\r\n"
                 f"Content-Type: application/json\r\n").encode()
         try:
-            while (n := next(counter)) < requests:
+            for n in numbers:
                 body = batch(n, 0)
                 writer.write(head + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
                              + body)

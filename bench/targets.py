@@ -40,13 +40,12 @@ from pathlib import Path
 
 import httpx
 
-from bench.backlog_memory import batch, redis_used
+from bench.backlog_memory import post_all, redis_used
 from bench.ingest import (
     LIMITS,
     PY,
     REDIS_URL,
     ROOT,
-    UA,
     free_port,
     intake_pending,
     load,
@@ -100,30 +99,7 @@ def fmt(value: float, unit: str) -> str:
 async def post_range(port: int, first: int, requests: int, connections: int) -> None:
     """bench/backlog_memory.py's 20-event requests number `first` to `first + requests - 1`
     (unique messageIds, 2,000 visitors), over `connections` keep-alive connections."""
-    numbers = iter(range(first, first + requests))
-
-    async def worker() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        head = (f"POST /v1/batch HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: {UA}\r\n"
-                f"Content-Type: application/json\r\n").encode()
-        try:
-            for n in numbers:
-                body = batch(n, 0)
-                writer.write(head + b"Content-Length: " + str(len(body)).encode()
-                             + b"\r\n\r\n" + body)
-                status = await reader.readline()
-                length = 0
-                while (line := await reader.readline()) not in (b"\r\n", b""):
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                if length:
-                    await reader.readexactly(length)
-                if status[9:10] != b"2":
-                    raise SystemExit(f"refused: {status!r}")
-        finally:
-            writer.close()
-
-    await asyncio.gather(*(worker() for _ in range(connections)))
+    await post_all(port, requests, connections, first=first)
 
 
 def wait_routed(port: int, timeout: float) -> tuple[float, int]:
