@@ -98,10 +98,7 @@ def open_spool(settings: Settings) -> Spool:
 
     def policy(site: str) -> SitePolicy:
         found = settings.sites.get(site)
-        if found is None:
-            return SitePolicy()
-        return SitePolicy(order_source=found.order_source,
-                          identify_secret=found.identify_secret)
+        return SitePolicy() if found is None else SitePolicy.of(found)
 
     if is_redis(relay.spool):
         from shoprelay.spool.redis import RedisSpool  # redis-py only when it is used

@@ -213,9 +213,8 @@ class Ingest:
                 # The shop's backend hears the fold's answer (an order already reported).
                 dropped = result.dropped
             else:
-                dropped = early_refusals(SitePolicy(order_source=site.order_source,
-                                                    identify_secret=site.identify_secret),
-                                         context.source, accepted, received_at)
+                dropped = early_refusals(SitePolicy.of(site), context.source, accepted,
+                                         received_at)
         for rejection in checked.rejected:
             self.metrics.rejected.labels(rejection.code).inc()
         if checked.rejected:

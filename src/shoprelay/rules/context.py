@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import orjson
 
@@ -84,6 +85,17 @@ class RequestContext:
                    new_visitor=data.get("n"))
 
 
+class PolicySource(Protocol):
+    """What a site's settings (`settings.SiteSettings`) offer the policy, named here so the
+    rules need not import the settings."""
+
+    @property
+    def order_source(self) -> str: ...
+
+    @property
+    def identify_secret(self) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SitePolicy:
     """The site settings the rules read (kept apart from `Settings` so the rules stay pure)."""
@@ -93,3 +105,8 @@ class SitePolicy:
     #: signature under this secret, not expired (`early.identify_signature`, rendered into
     #: the page by the shop's backend); emails and phones count only from the backend or signed.
     identify_secret: str = ""
+
+    @classmethod
+    def of(cls, site: PolicySource) -> SitePolicy:
+        """The policy a site's settings set (the request path and the rules stage alike)."""
+        return cls(order_source=site.order_source, identify_secret=site.identify_secret)
