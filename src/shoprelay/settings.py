@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import ipaddress
 import os
 import re
 import tomllib
@@ -29,6 +30,7 @@ ORDER_SOURCES = ("first", "server")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PATH_PREFIX = re.compile(r"(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+")
 _FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+_HOST_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +146,10 @@ class SiteSettings:
     #: Who serves the site's recommendation blocks when an event does not say (CONTRACT §4):
     #: a vendor table name, or "" (then a block without `recommendation_vendor` is no one's).
     recommendation_vendor: str = ""
+    #: The visitor cookie's `Domain` (e.g. "shop.example" for a relay at t.shop.example
+    #: serving www.shop.example), so the shop's pages and backend share it; "" = host-only
+    #: (the relay's host). Set only on answers to a host it covers (docs/deploy.md).
+    cookie_domain: str = ""
     vendors: dict[str, VendorConfig] = field(default_factory=dict)
 
 
@@ -242,6 +248,8 @@ def parse(
                 problems.append(Problem(f"{where}.allowed_origins[{i}]",
                                         f"not an origin (scheme://host[:port]): {origin!r}"))
         site.allowed_origins = [o.rstrip("/") for o in site.allowed_origins]
+        if site.cookie_domain:
+            site.cookie_domain = _cookie_domain(site, f"{where}.cookie_domain", problems)
         site.vendors = _vendors(vendor_tables, f"{where}.vendors", problems)
         if site.recommendation_vendor and site.recommendation_vendor not in VENDORS:
             problems.append(Problem(f"{where}.recommendation_vendor",
@@ -296,6 +304,65 @@ def _reused_keys(relay: RelaySettings | None, sites: dict[str, SiteSettings]) ->
                                        "secret or a token reused elsewhere is as public as "
                                        "that use)"))
     return problems
+
+
+def domain_matches(host: str | None, domain: str) -> bool:
+    """RFC 6265's domain-match: a cookie for `domain` is kept for, and sent to, `host`."""
+    return host is not None and (host == domain or host.endswith("." + domain))
+
+
+def _cookie_domain(site: SiteSettings, key: str, problems: list[Problem]) -> str:
+    """The site's `cookie_domain`, normalised as browsers read it (lower case, a leading dot
+    ignored: RFC 6265 5.2.3), or "" with a problem when no browser would keep the cookie
+    or the shop's own pages would never share it."""
+    raw = site.cookie_domain
+    value = raw.strip().lower()
+    value = value[1:] if value.startswith(".") else value
+    reason = ""
+    if any(c in value for c in ":/?#@[]"):
+        reason = "a host name only, without scheme, port or path"
+    elif not value.isascii():
+        reason = "must be ASCII: write an internationalised name in its xn-- form"
+    elif _is_ip(value):
+        reason = "an IP address cannot carry a Domain cookie (browsers keep it host-only)"
+    elif "." not in value:
+        reason = ("needs at least two labels (shop.example): browsers refuse a cookie for a "
+                  "whole top-level domain")
+    elif len(value) > 253 or not all(_HOST_LABEL.fullmatch(label)
+                                     for label in value.split(".")):
+        reason = "not a host name (letters, digits and - in dot-separated labels)"
+    elif value.rsplit(".", 1)[1].isdigit():
+        reason = "not a host name (a top-level domain is never all digits)"
+    if not reason and site.allowed_origins and not any(
+            domain_matches(urlsplit(o).hostname, value) for o in site.allowed_origins):
+        reason = (f"covers none of allowed_origins ({', '.join(site.allowed_origins)}): the "
+                  "shop's pages would never share the cookie")
+    if reason:
+        problems.append(Problem(key, f"{reason}, got {raw!r}"))
+        return ""
+    return value
+
+
+def site_warnings(site: SiteSettings) -> list[Problem]:
+    """What works but is likely not what was meant (`check-config` prints them, exit 0)."""
+    warnings: list[Problem] = []
+    if site.cookie_domain:
+        for i, origin in enumerate(site.allowed_origins):
+            if not domain_matches(urlsplit(origin).hostname, site.cookie_domain):
+                warnings.append(Problem(
+                    f"sites.{site.name}.allowed_origins[{i}]",
+                    f"{origin} is not under cookie_domain {site.cookie_domain!r}: to the "
+                    "relay it is another site, so its requests carry no visitor cookie "
+                    "(SameSite=Lax) and its visitors are kept apart by anonymousId only"))
+    return warnings
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _vendors(tables: Any, where: str, problems: list[Problem]) -> dict[str, VendorConfig]:

@@ -21,6 +21,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from shoprelay.vendors import VENDORS
 
     for site in loaded.sites.values():
+        for problem in settings_module.site_warnings(site):
+            print(f"{args.file}: warning: {problem}", file=sys.stderr)
         for name, config in site.vendors.items():
             if not config.enabled:
                 continue

@@ -69,8 +69,9 @@ class VisitorCookie:
     def value_for(self, visitor_id: str, site: str) -> str:
         return self._signer(site).sign(visitor_id).decode("ascii")
 
-    def header(self, visitor_id: str, site: str, *, secure: bool) -> str:
-        """A Set-Cookie header value."""
+    def header(self, visitor_id: str, site: str, *, secure: bool, domain: str = "") -> str:
+        """A Set-Cookie header value; with `domain`, the cookie is also the shop's other
+        hosts' under it (without, browsers keep it for the answering host alone)."""
         parts = [
             f"{self.name}={self.value_for(visitor_id, site)}",
             "Path=/",
@@ -78,6 +79,8 @@ class VisitorCookie:
             "HttpOnly",
             "SameSite=Lax",
         ]
+        if domain:
+            parts.append(f"Domain={domain}")
         if secure:
             parts.append("Secure")
         return "; ".join(parts)

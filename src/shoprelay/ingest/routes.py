@@ -39,7 +39,7 @@ from shoprelay.ingest.validation import (
 from shoprelay.operate.debugger import DebugBus
 from shoprelay.operate.metrics import Metrics
 from shoprelay.rules import IngestResult, RequestContext, SitePolicy, early_refusals
-from shoprelay.settings import Settings, SiteSettings
+from shoprelay.settings import Settings, SiteSettings, domain_matches
 from shoprelay.spool.base import Spool
 from shoprelay.spool.disk import SpoolFull
 from shoprelay.vendors import VENDORS
@@ -249,7 +249,8 @@ class Ingest:
         if visitor and not server and not no_consent:
             response.headers.append("Set-Cookie",
                                     self.cookie.header(visitor, site.name,
-                                                       secure=self._is_https(request)))
+                                                       secure=self._is_https(request),
+                                                       domain=_cookie_domain(site, request)))
         response.headers["Cache-Control"] = "no-store"
         return response
 
@@ -408,6 +409,15 @@ def _fanout(site: SiteSettings) -> dict[str, int]:
             for name in VENDORS[vendor].handles:
                 counts[name] = counts.get(name, 0) + 1
     return counts
+
+
+def _cookie_domain(site: SiteSettings, request: Request) -> str:
+    """The site's cookie domain when it covers the host this request was sent to, else ""
+    (host-only): browsers drop a cookie whose Domain does not cover the answering host, so a
+    relay also reached another way (its address, a second name) still keeps its visitors."""
+    if site.cookie_domain and domain_matches(request.url.hostname, site.cookie_domain):
+        return site.cookie_domain
+    return ""
 
 
 def _peer(request: Request) -> str | None:
