@@ -241,6 +241,7 @@ def subdomain_deployment(tmp_path: Path, cookie_domain: str) -> Iterator[Deploym
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """conftest's Chromium, resolving every *.shop.test name to 127.0.0.1."""
     args = [*CHROMIUM_ARGS, "--host-resolver-rules=MAP *.shop.test 127.0.0.1",
             f"--user-agent={USER_AGENT}"]
     with sync_playwright() as playwright:
@@ -312,3 +313,22 @@ def test_without_cookie_domain_the_cookie_stays_on_the_relay_host(tmp_path: Path
         assert len({visitor for visitor, _ in shop.wait_stored(2)}) == 1
         assert shop.shop_saw == [None, None]  # never the shop's own server's
         context.close()
+
+
+@pytest.mark.browser
+def test_turning_cookie_domain_on_keeps_every_visitor(tmp_path: Path, browser: Browser) -> None:
+    """A shop that starts host-only and adds cookie_domain later: the browser's host-only
+    cookie is read, re-issued for the domain with the same value, and the visitor stays one."""
+    context = browser.new_context()
+    with subdomain_deployment(tmp_path, "") as shop:
+        assert view(context, f"{shop.shop_origin}/home") == (200, "")
+    (before,) = [c for c in context.cookies() if c["name"] == "sc"]
+    with subdomain_deployment(tmp_path, "shop.test") as shop:  # the same spool and secret
+        assert view(context, f"{shop.shop_origin}/product") == (200, "")
+        assert view(context, f"{shop.shop_origin}/cart") == (200, "")
+        cookies = sorted((c["domain"], c["value"]) for c in context.cookies()
+                         if c["name"] == "sc")
+        assert cookies == [(".shop.test", before["value"]), ("t.shop.test", before["value"])]
+        assert shop.shop_saw == [None, before["value"]]
+        assert len({visitor for visitor, _ in shop.wait_stored(3)}) == 1
+    context.close()
