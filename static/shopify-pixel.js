@@ -149,7 +149,7 @@ function newId() {
 }
 const visitor = visitorId();
 
-function message(event, type, name, properties, anonymousId) {
+function message(event, type, name, properties, anonymousId, consentThen) {
   const doc = (event.context && event.context.document) || {};
   const location = doc.location || {};
   const page = {
@@ -161,7 +161,7 @@ function message(event, type, name, properties, anonymousId) {
     type: type, messageId: event.id, timestamp: event.timestamp, anonymousId: anonymousId,
     properties: clean(properties),
     context: clean({
-      page: clean(page), userAgent: nav.userAgent, locale: nav.language, consent: consent,
+      page: clean(page), userAgent: nav.userAgent, locale: nav.language, consent: consentThen,
       library: { name: "shoprelay-shopify-pixel", version: "1" },
       shopify: { clientId: event.clientId, event: event.name },
     }),
@@ -245,13 +245,17 @@ for (const name of Object.keys(MAPPING)) {
   analytics.subscribe(name, (event) => {
     const mapped = MAPPING[name](event.data || {});
     if (!mapped) return;
-    visitor.then((id) => enqueue(message(event, mapped[0], mapped[1], mapped[2], id),
+    const consentThen = consent;  // as it was when the event happened, not when it is sent
+    visitor.then((id) => enqueue(message(event, mapped[0], mapped[1], mapped[2], id, consentThen),
                                  name === "checkout_completed"));
   });
 }
-analytics.subscribe("visitorConsentCollected", (event) => {
-  consent = consentOf(event.customerPrivacy) || consent;
-});
+// A shopper who answers the consent banner without a page load.
+if (typeof customerPrivacy !== "undefined" && customerPrivacy.subscribe) {
+  customerPrivacy.subscribe("visitorConsentCollected", (event) => {
+    consent = consentOf(event.customerPrivacy) || consent;
+  });
+}
 visitor.then((id) => { retryKept(); identifyOnce(id); });
 
 // A logged-in customer: one identify per visitor and customer (the relay treats the id as

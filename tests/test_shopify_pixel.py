@@ -86,9 +86,11 @@ const browser = {
   sessionStorage: storage("sessionStorage"),
 };
 const subscribers = {};
-const analytics = {
-  subscribe: (name, callback) => { (subscribers[name] = subscribers[name] || []).push(callback); },
+const subscribe = (name, callback) => {
+  (subscribers[name] = subscribers[name] || []).push(callback);
 };
+const analytics = { subscribe: subscribe };
+const customerPrivacy = { subscribe: subscribe };  // its one event: visitorConsentCollected
 const init = __INIT__;
 function replay(events) {
   for (const event of events) for (const cb of subscribers[event.name] || []) cb(event);
@@ -139,10 +141,14 @@ def cart_line(item: dict[str, Any], quantity: int) -> dict[str, Any]:
                                      "currencyCode": "EUR"}}}
 
 
-def init_data(customer: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"context": context("/", "Home"),
-            "customerPrivacy": {"analyticsProcessingAllowed": True, "marketingAllowed": True,
-                                "preferencesProcessingAllowed": True, "saleOfDataAllowed": True},
+def privacy(marketing: bool) -> dict[str, bool]:
+    return {"analyticsProcessingAllowed": True, "marketingAllowed": marketing,
+            "preferencesProcessingAllowed": True, "saleOfDataAllowed": marketing}
+
+
+def init_data(customer: dict[str, Any] | None = None, marketing: bool = True
+              ) -> dict[str, Any]:
+    return {"context": context("/", "Home"), "customerPrivacy": privacy(marketing),
             "data": {"customer": customer,
                      "cart": {"id": CART_ID, "totalQuantity": 0, "lines": [],
                               "cost": {"totalAmount": {"amount": 0, "currencyCode": "EUR"}}},
@@ -390,6 +396,23 @@ def test_a_failed_send_is_kept_and_sent_from_the_next_page(
     everything = stored(tmp_path, 4)
     assert set(everything) == {e["id"] for e in BROWSING[:4]}
     wait_for(lambda: page.evaluate("localStorage.getItem('_shoprelay_queue')") == "[]")
+
+
+def test_declined_marketing_is_stored_but_not_sent_until_the_shopper_agrees(
+        stack: Stack, host_url: str, page: Page, tmp_path: Path) -> None:
+    page.goto(host_url)
+    consent_given = {"name": "visitorConsentCollected", "customerPrivacy": privacy(True)}
+    # Declined on load; the product page view before the banner's answer, the cart after it.
+    load(page, pixel_code(stack), init_data(marketing=False),
+         [BROWSING[2], consent_given, BROWSING[4]])
+    everything = stored(tmp_path, 2)
+    viewed, added = everything[BROWSING[2]["id"]][1], everything[BROWSING[4]["id"]][1]
+    assert viewed["context"]["consent"]["marketing"] is False
+    assert added["context"]["consent"]["marketing"] is True
+    # A visitor's events are delivered in order: once the addition arrived, the view was
+    # decided, and it was not sent.
+    calls = [r["path"] for r in stack.wait_received("advisable", 1)]
+    assert calls == ["/advisable/v1/cart_additions"]
 
 
 # ---- what the vendor sandboxes received --------------------------------------------------------
