@@ -8,6 +8,7 @@ const VISITOR = "_shoprelay_aid";       // first-party cookie on the shop's doma
 const QUEUE = "_shoprelay_queue";       // events a failed send keeps for the next page
 const KEPT = 100;                       // at most this many are kept (the newest)
 const TWO_YEARS = 63072000;
+const LIBRARY = { name: "shoprelay-shopify-pixel", version: "1" };
 
 // Shopify names things "gid://shopify/Product/123"; vendors and the order webhook use "123".
 function plainId(value) {
@@ -162,7 +163,7 @@ function message(event, type, name, properties, anonymousId, consentThen) {
     properties: clean(properties),
     context: clean({
       page: clean(page), userAgent: nav.userAgent, locale: nav.language, consent: consentThen,
-      library: { name: "shoprelay-shopify-pixel", version: "1" },
+      library: LIBRARY,
       shopify: { clientId: event.clientId, event: event.name },
     }),
   };
@@ -274,7 +275,7 @@ async function identifyOnce(anonymousId) {
     userId: userId, timestamp: new Date().toISOString(),
     traits: clean({ email: c.email || undefined, phone: c.phone || undefined,
                     name: name || undefined }),
-    context: clean({ consent: consent, library: { name: "shoprelay-shopify-pixel", version: "1" } }),
+    context: clean({ consent: consent, library: LIBRARY }),
   }));
   try { await browser.localStorage.setItem("_shoprelay_uid", marker); } catch (e) { /* again */ }
 }
