@@ -262,12 +262,30 @@ def test_the_relay_serves_the_pixel_with_its_address_and_the_sites_key(stack: St
     assert f"const RELAY = {json.dumps(stack.relay_url)};" in code
     assert f"const WRITE_KEY = {json.dumps(WRITE_KEY)};" in code
     assert "__SHOPRELAY" not in code and "NOTE for the relay's operator" not in code
-    response = httpx.get(f"{stack.relay_url}/shopify-pixel.js", params={"key": WRITE_KEY})
+    response = httpx.get(f"{stack.relay_url}/shopify-pixel.js", params={"key": WRITE_KEY},
+                         headers={"X-Forwarded-Host": "evil.example",
+                                  "X-Forwarded-Proto": "https"})
     assert response.headers["content-type"].startswith("text/javascript")
+    # No trusted proxy: forwarded headers do not choose where shoppers' events go.
+    assert f"const RELAY = {json.dumps(stack.relay_url)};" in response.text
     unknown = httpx.get(f"{stack.relay_url}/shopify-pixel.js", params={"key": "pk_nope"})
     assert unknown.status_code == 404 and "write key" in unknown.text
     missing = httpx.get(f"{stack.relay_url}/shopify-pixel.js")
     assert missing.status_code == 400 and "?key=WRITE_KEY" in missing.text
+
+
+def test_behind_a_trusted_proxy_the_pixel_names_the_public_address(tmp_path: Path) -> None:
+    def behind_proxy(table: dict[str, Any]) -> None:
+        allow_sandboxed_frames(table)
+        table["relay"] |= {"trusted_proxies": ["127.0.0.1"], "path_prefix": "/sr"}
+
+    with relay_stack(tmp_path, vendors=["goshops"], adjust=behind_proxy) as proxied:
+        response = httpx.get(f"{proxied.relay_url}/sr/shopify-pixel.js",
+                             params={"key": WRITE_KEY},
+                             headers={"X-Forwarded-Host": "shop.example",
+                                      "X-Forwarded-Proto": "https"})
+        assert response.status_code == 200, response.text
+        assert 'const RELAY = "https://shop.example/sr";' in response.text
 
 
 def test_a_site_that_does_not_accept_sandboxed_frames_is_told_in_the_pixel(
