@@ -60,12 +60,14 @@ function consentOf(privacy) {
 }
 
 function pageName(path) {
-  if (path === "/" || path === "") return "Home";
-  if (path === "/cart") return "Cart";
-  if (path.startsWith("/checkouts") || path.startsWith("/checkout")) return "Checkout";
-  if (path.includes("/products/")) return "Product";
-  if (path.includes("/collections/")) return "Category";
-  if (path.startsWith("/search")) return "Search";
+  // Markets put a locale in front: "/de", "/de-ch/cart", "/fr/products/…".
+  const bare = path.replace(/^\/[a-z]{2}(-[a-z]{2})?(?=\/|$)/i, "");
+  if (bare === "/" || bare === "") return "Home";
+  if (bare === "/cart") return "Cart";
+  if (bare.startsWith("/checkout")) return "Checkout";
+  if (bare.includes("/products/")) return "Product";
+  if (bare.includes("/collections/")) return "Category";
+  if (bare.startsWith("/search")) return "Search";
   return undefined;
 }
 
