@@ -86,6 +86,18 @@ def test_short_secret_bad_origin_and_unknown_event() -> None:
                     "sites.a.vendors.retailrocket.events"}
 
 
+def test_null_is_the_one_origin_that_is_no_url() -> None:
+    """"null" (sandboxed frames: a Shopify custom pixel) is taken; look-alikes are not."""
+    table = {"relay": {"secret": "s" * 32},
+             "sites": {"a": {"write_key": "wk", "allowed_origins": ["https://a.example", "null"]}}}
+    assert parse(table).sites["a"].allowed_origins == ["https://a.example", "null"]
+    table["sites"]["a"]["allowed_origins"] = ["NULL", "null/"]
+    with pytest.raises(SettingsError) as caught:
+        parse(table)
+    assert {p.key for p in caught.value.problems} == {"sites.a.allowed_origins[0]",
+                                                      "sites.a.allowed_origins[1]"}
+
+
 def test_not_toml_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="not valid TOML"):
         load(write(tmp_path, "[relay\nsecret="))

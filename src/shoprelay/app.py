@@ -31,7 +31,7 @@ from shoprelay.runtime import (
     visitor_cookie,
 )
 from shoprelay.settings import Settings
-from shoprelay.tracker import TrackerScript
+from shoprelay.tracker import ShopifyPixel, TrackerScript
 
 log = logging.getLogger("shoprelay")
 
@@ -51,6 +51,7 @@ def create_app(settings: Settings, *, delivery: DeliveryOptions | None = None,
     bus = DebugBus()
     ingest = Ingest(settings, spool, cookie, metrics, bus)
     tracker = TrackerScript()
+    pixel = ShopifyPixel(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -88,6 +89,7 @@ def create_app(settings: Settings, *, delivery: DeliveryOptions | None = None,
                             lambda: getattr(app.state, "forwarder", None), api_document())
     app.router.routes.extend([*ingest.routes(),
                               *tracker.routes(relay.path_prefix, relay.tracker_file),
+                              *pixel.routes(),
                               *operations.routes()])
     app.add_middleware(RequestIdMiddleware)
     app.state.settings = settings

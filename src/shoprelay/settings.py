@@ -26,6 +26,9 @@ from shoprelay.vendors.base import VendorConfig
 #: Who speaks for a site's orders (the `order_source` site setting): the first copy that
 #: arrives, or the shop's backend alone (the rules hold a browser copy back).
 ORDER_SOURCES = ("first", "server")
+#: What a browser sends as `Origin` from a sandboxed frame (a Shopify custom pixel): a site
+#: lists it in `allowed_origins` to take such frames' events (docs/platforms-pixel.md).
+OPAQUE_ORIGIN = "null"
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PATH_PREFIX = re.compile(r"(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+")
@@ -244,9 +247,12 @@ def parse(
                                     '"server" needs a server_key: no order would reach '
                                     "a vendor"))
         for i, origin in enumerate(site.allowed_origins):
+            if origin == OPAQUE_ORIGIN:
+                continue
             if not _is_url(origin) or urlsplit(origin).path not in ("", "/"):
                 problems.append(Problem(f"{where}.allowed_origins[{i}]",
-                                        f"not an origin (scheme://host[:port]): {origin!r}"))
+                                        f"not an origin (scheme://host[:port], or "
+                                        f'"{OPAQUE_ORIGIN}"): {origin!r}'))
         site.allowed_origins = [o.rstrip("/") for o in site.allowed_origins]
         if site.cookie_domain:
             site.cookie_domain = _cookie_domain(site, f"{where}.cookie_domain", problems)
