@@ -210,6 +210,18 @@ def stored_visitor(stack: Stack, message_id: str) -> str:
         conn.close()
 
 
+def stored_event(stack: Stack, message_id: str) -> dict[str, Any]:
+    conn = routed_db(stack.settings.relay.spool.removeprefix("sqlite://"))
+    try:
+        row = conn.execute("SELECT data FROM messages WHERE message_id=?",
+                           (message_id,)).fetchone()
+        assert row is not None, f"{message_id} is not stored"
+        data: dict[str, Any] = orjson.loads(row[0])
+        return data
+    finally:
+        conn.close()
+
+
 def test_a_signed_shopify_order_reaches_every_vendor_on_the_shoppers_visitor(
         tmp_path: Path) -> None:
     with relay_stack(tmp_path, adjust=webhook_settings) as stack:
@@ -234,6 +246,25 @@ def test_a_signed_shopify_order_reaches_every_vendor_on_the_shoppers_visitor(
                      purchases(stack, v, "632910392") and v == "advisable", timeout=20)
         assert (stored_visitor(stack, f"shopify:order:{ORDER_ID}")
                 == stored_visitor(stack, "pixel-cs"))
+        event = stored_event(stack, f"shopify:order:{ORDER_ID}")
+        assert event["enrichment"]["source"] == "server"
+        assert event["enrichment"]["user_id"] == "115310627314723954"
+        assert event["enrichment"]["ip"] == "216.191.105.146"
+        assert "ip" not in event["message"]["context"]
+        assert event["message"]["context"]["webhook"]["delivery_id"] == (
+            "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043")
+
+
+def test_ip_truncate_holds_for_the_address_a_webhook_names(tmp_path: Path) -> None:
+    def truncating(table: dict[str, Any]) -> None:
+        webhook_settings(table)
+        table["sites"]["demo"]["ip_truncate"] = True
+
+    with relay_stack(tmp_path, adjust=truncating, forward=False) as stack:
+        assert post_shopify(stack, fixture("shopify_orders_paid.json")).json()["stored"] == 1
+        event = stored_event(stack, f"shopify:order:{ORDER_ID}")
+        assert event["enrichment"]["ip"] == "216.191.105.0"
+        assert "216.191.105.146" not in json.dumps(event)
 
 
 def test_a_bad_or_missing_signature_is_401_and_stores_nothing(tmp_path: Path) -> None:

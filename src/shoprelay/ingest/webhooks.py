@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from shoprelay.events import stored_user_agent
 from shoprelay.ingest.encoding import content_encoding, read_body
 from shoprelay.ingest.platforms import Delivery, Malformed, shopify, signature_ok, woocommerce
 from shoprelay.ingest.routes import Ingest, ip_of, truncate_ip
@@ -130,18 +131,20 @@ class Webhooks:
 
     async def _store(self, site: SiteSettings, delivery: Delivery) -> Response:
         assert delivery.message is not None
-        received_at = time.time()
-        checked = check_messages([delivery.message], received_at=received_at, server=True)
+        # The shopper's address and browser, as the platform saw them, are kept as the
+        # event's enrichment (truncated with `ip_truncate`), not in the stored message.
+        context = delivery.message["context"]
+        ip = ip_of(context.pop("ip")) if isinstance(context.get("ip"), str) else None
+        agent = context.pop("userAgent", None)
+        checked = check_messages([delivery.message], received_at=time.time(), server=True)
         if checked.rejected:
             return self._refused(400, f"not an order: {checked.rejected[0].error}",
                                  "bad_request", site)
         message = checked.accepted[0]
-        context = message.get("context") or {}
-        ip = ip_of(context["ip"]) if isinstance(context.get("ip"), str) else None
-        agent = context.get("userAgent") if isinstance(context.get("userAgent"), str) else None
         request_context = RequestContext(
             source="server", ip=truncate_ip(ip) if site.ip_truncate else ip,
-            user_agent=agent, bot=False, consent={0: None},
+            user_agent=stored_user_agent(agent if isinstance(agent, str) else None),
+            bot=False, consent={0: None},
             # "": the message names no visitor; the fold finds it (docs/platforms.md).
             hints=[""])
         try:
