@@ -753,7 +753,9 @@ Shopify order webhook</button></form>{result}"""
         # Refreshes the tables only, not the page: a full reload every 2 s would itself
         # send a page message each time and flood what the page is there to show.
         body = f"""<h1>What vendors received</h1>
-<p class="muted">Newest first, refreshed every 2 s. Refused requests are red.</p>
+<p class="muted">Newest first, refreshed every 2 s. Refused requests are red. An order as a
+Shopify store reports it: <a href="/demo/platform" data-testid="vendors-platform">the platform
+page</a>.</p>
 <div id="vendors" data-testid="vendors">{vendor_tables(data, error)}</div>
 <script>setInterval(function(){{fetch('/demo/vendors/fragment').then(function(r){{return r.text()}})
 .then(function(h){{document.getElementById('vendors').innerHTML=h}}).catch(function(){{}})}},2000)</script>"""
