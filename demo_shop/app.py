@@ -13,6 +13,7 @@ scripts run, and it replays the queue in order once it is.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -57,6 +58,34 @@ def user_hash(secret: str, user_id: str, now: float) -> str:
     digest = hmac.new(secret.encode(), f"{user_id}.{expires}".encode(),
                       hashlib.sha256).hexdigest()
     return f"{expires}.{digest}"
+
+
+def shopify_signature(secret: str, raw: bytes) -> str:
+    """`X-Shopify-Hmac-Sha256` as Shopify computes it: base64 of HMAC-SHA256 of the raw body."""
+    return base64.b64encode(hmac.new(secret.encode(), raw, hashlib.sha256).digest()).decode()
+
+
+def shopify_order(order_id: int, lines: list[tuple[Product, int]], *, cart_token: str,
+                  email: str | None, customer_id: str | None) -> dict[str, Any]:
+    """A Shopify `orders/paid` body (the REST Admin API order, the fields the relay reads)
+    for the demo cart, as Shopify would post it after the shopper paid."""
+    subtotal = round(sum(p.price * q for p, q in lines), 2)
+    now = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    order: dict[str, Any] = {
+        "id": order_id, "admin_graphql_api_id": f"gid://shopify/Order/{order_id}",
+        "name": f"#{order_id % 100000}", "order_number": order_id % 100000,
+        "email": email, "currency": CURRENCY, "financial_status": "paid", "test": False,
+        "created_at": now, "processed_at": now, "cart_token": cart_token,
+        "checkout_token": secrets.token_hex(16), "subtotal_price": f"{subtotal:.2f}",
+        "total_price": f"{subtotal:.2f}", "total_tax": "0.00", "total_discounts": "0.00",
+        "line_items": [{"id": order_id * 10 + i, "product_id": p.id,
+                        "variant_id": p.variant_ids[0] if p.variant_ids else p.id,
+                        "sku": p.sku, "title": p.name, "price": f"{p.price:.2f}",
+                        "quantity": q} for i, (p, q) in enumerate(lines)],
+    }
+    if customer_id:
+        order["customer"] = {"id": customer_id, "email": email}
+    return order
 
 
 def new_cart_id() -> str:
@@ -105,6 +134,10 @@ class ShopState:
     orders: dict[str, Order] = field(default_factory=dict)
     #: The site's `identify_secret` ("" = none): the login page's identify is then signed.
     identify_secret: str = ""
+    #: The site's `shopify_webhook_secret` ("" = none) and name: the platform page signs a
+    #: Shopify order webhook with it and posts it to the relay's /webhooks/shopify/<site>.
+    shopify_webhook_secret: str = ""
+    site: str = "demo"
 
 
 @contextlib.asynccontextmanager
@@ -312,13 +345,16 @@ def create_app(
     sandbox_url: str,
     sandbox_transport: httpx.AsyncBaseTransport | None = None,
     identify_secret: str = "",
+    shopify_webhook_secret: str = "",
+    site: str = "demo",
 ) -> Starlette:
     """The demo shop, with `relay_app` answering every path the shop does not (`/s.js`, `/v1/*`).
 
     `sandbox_transport` lets tests answer the vendors page's sandbox fetch in-process.
     """
     state = ShopState(write_key, sandbox_url.rstrip("/"), sandbox_transport,
-                      identify_secret=identify_secret)
+                      identify_secret=identify_secret,
+                      shopify_webhook_secret=shopify_webhook_secret, site=site)
 
     def session_of(request: Request) -> Session:
         sid = request.cookies.get(SESSION_COOKIE, "")
@@ -596,6 +632,51 @@ def create_app(
 <button data-testid="login-submit">Log in</button></form>"""
         return page(session, title="Log in", page_name="Login", body=body)
 
+    async def platform(request: Request) -> Response:
+        """The demo shop as a Shopify store: the order is reported by Shopify's `orders/paid`
+        webhook, signed with the site's secret, not by the page (docs/platforms.md)."""
+        session = session_of(request)
+        if not state.shopify_webhook_secret:
+            return not_found(session, "the demo site has no shopify_webhook_secret")
+        lines = session.cart() or [(PRODUCTS[i], 1) for i in RECOMMENDED[:2]]
+        result = ""
+        if request.method == "POST":
+            order = shopify_order(int(time.time() * 1000), lines, cart_token=session.cart_id,
+                                  email=session.email, customer_id=session.user_id)
+            raw = json.dumps(order).encode()
+            url = f"{str(request.base_url).rstrip('/')}/webhooks/shopify/{quote(state.site)}"
+            try:
+                async with httpx.AsyncClient(timeout=10.0) as client:
+                    answer = await client.post(url, content=raw, headers={
+                        "Content-Type": "application/json", "X-Shopify-Topic": "orders/paid",
+                        "X-Shopify-Hmac-Sha256": shopify_signature(
+                            state.shopify_webhook_secret, raw),
+                        "X-Shopify-Webhook-Id": secrets.token_hex(8),
+                        "X-Shopify-Shop-Domain": "demo-shop.myshopify.com"})
+                told = f"{answer.status_code} {answer.text}"
+            except httpx.HTTPError as exc:
+                told = f"{type(exc).__name__}: {exc}"
+            if session.lines:
+                # Paid: the shopper's next cart is a new one, as after the shop's checkout.
+                session.lines = {}
+                session.cart_id = new_cart_id()
+            result = (f'<h2>Sent</h2><p>Order <strong data-testid="platform-order-id">'
+                      f'{order["id"]}</strong>, the relay answered:</p>'
+                      f'<pre data-testid="platform-answer">{escape(told)}</pre>'
+                      '<p><a href="/demo/vendors" data-testid="platform-vendors">See it reach '
+                      "the vendors →</a></p>")
+        items = "".join(f"<li>{q} × {escape(p.name)} — {money(p.price * q)}</li>"
+                        for p, q in lines)
+        body = f"""<h1>The shop as a Shopify store</h1>
+<p class="muted">A Shopify store reports its orders with no code of its own: Shopify posts
+<code>orders/paid</code> to the relay's <code>/webhooks/shopify/{escape(state.site)}</code>,
+signed with the site's <code>shopify_webhook_secret</code>. The button sends what Shopify
+would for this cart; the order finds your visitor by the cart token your cart events
+carried.</p><ul data-testid="platform-lines">{items}</ul>
+<form method="post" action="/demo/platform"><button data-testid="platform-send">Send a paid
+Shopify order webhook</button></form>{result}"""
+        return page(session, title="Platform", page_name="Platform", body=body)
+
     async def fetch_vendor_requests() -> tuple[dict[str, list[dict[str, Any]]] | None, str]:
         try:
             async with httpx.AsyncClient(transport=state.sandbox_transport, timeout=3.0) as client:
@@ -672,7 +753,9 @@ def create_app(
         # Refreshes the tables only, not the page: a full reload every 2 s would itself
         # send a page message each time and flood what the page is there to show.
         body = f"""<h1>What vendors received</h1>
-<p class="muted">Newest first, refreshed every 2 s. Refused requests are red.</p>
+<p class="muted">Newest first, refreshed every 2 s. Refused requests are red. An order as a
+Shopify store reports it: <a href="/demo/platform" data-testid="vendors-platform">the platform
+page</a>.</p>
 <div id="vendors" data-testid="vendors">{vendor_tables(data, error)}</div>
 <script>setInterval(function(){{fetch('/demo/vendors/fragment').then(function(r){{return r.text()}})
 .then(function(h){{document.getElementById('vendors').innerHTML=h}}).catch(function(){{}})}},2000)</script>"""
@@ -727,6 +810,7 @@ visitor {escape(str(trace["visitor_id"]))}</p>
         Route("/thanks/{order_id}", thanks),
         Route("/login", login, methods=["GET", "POST"]),
         Route("/demo/vendors", vendors),
+        Route("/demo/platform", platform, methods=["GET", "POST"]),
         Route("/demo/vendors/fragment", vendors_fragment),
         Route("/demo/trace/{message_id}", trace_page),
         # Pages in the shapes other storefronts describe themselves in (auto-capture).

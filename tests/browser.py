@@ -61,6 +61,7 @@ def shop_stack(tmp_path: Path, vendors: list[str] | None = None,
                                  forward_bots=True, identify_secret=identify_secret)
         relay = create_app(settings, delivery=DeliveryOptions(idle_poll=0.2))
         shop = create_shop_app(relay, write_key=DEMO_WRITE_KEY, sandbox_url=sandbox_url,
-                               identify_secret=identify_secret)
+                               identify_secret=identify_secret, shopify_webhook_secret=(
+                                   settings.sites["demo"].shopify_webhook_secret))
         stack.enter_context(serve(shop, port=port))
         yield ShopStack(shop_url, sandbox_url, relay)

@@ -6,6 +6,7 @@ import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ from starlette.testclient import TestClient
 
 from demo_shop.app import create_app, user_id_for
 from demo_shop.catalog import CATEGORIES, PRODUCTS
+from shoprelay.demo import DEMO_WRITE_KEY
 
 WRITE_KEY = "pk_demo"
 SNIPPET = f'<script async src="/s.js" data-key="{WRITE_KEY}"></script>'
@@ -286,3 +288,47 @@ def test_a_failing_relay_startup_stops_the_shop() -> None:
     app = create_app(relay, write_key=WRITE_KEY, sandbox_url="http://sandbox.test")
     with pytest.raises(RuntimeError, match="spool is read-only"), TestClient(app):
         pass
+
+
+def test_the_platform_page_sends_a_signed_shopify_order_that_reaches_the_vendors(
+        tmp_path: Path) -> None:
+    """Issue 21 item 5: the demo shop as a Shopify store. The order is the webhook's, found
+    on the shopper's visitor by the cart token the cart events carried."""
+    import sqlite3
+
+    from browser import shop_stack
+    from servers import wait_for
+
+    with shop_stack(tmp_path, vendors=["goshops", "retailrocket"]) as stack:
+        shopper = httpx.Client(base_url=stack.shop_url)
+        assert shopper.get("/").status_code == 200
+        cart = shopper.post("/cart/add", json={"product_id": 103, "quantity": 2}).json()
+        # What the page's tracker sends for that click (the shop's cart id as `cart_id`).
+        tracked = shopper.post("/v1/batch", json={"writeKey": DEMO_WRITE_KEY, "batch": [
+            {"type": "track", "event": "Product Added", "messageId": "add-1", "properties": {
+                "product_id": 103, "price": PRODUCTS[103].price, "quantity": 2,
+                "cart_id": cart["cart_id"]}}]})
+        assert tracked.status_code == 200, tracked.text
+        page = shopper.get("/demo/platform")
+        assert page.status_code == 200 and PRODUCTS[103].name in page.text
+        sent = shopper.post("/demo/platform")
+        assert sent.status_code == 200
+        order_id = re.search(r'data-testid="platform-order-id">(\d+)<', sent.text)
+        assert order_id is not None, sent.text
+        assert "200 " in sent.text and "&quot;stored&quot;:1" in sent.text
+        assert 'href="/demo/vendors"' in sent.text
+        wait_for(lambda: any(order_id.group(1) in json.dumps(r)
+                             for r in stack.received("goshops")), timeout=20)
+        wait_for(lambda: any(order_id.group(1) in json.dumps(r)
+                             for r in stack.received("retailrocket")), timeout=20)
+        conn = sqlite3.connect(tmp_path / "spool.db")
+        try:
+            visitors = dict(conn.execute(
+                "SELECT message_id, visitor_id FROM messages WHERE message_id IN (?, ?)",
+                ("add-1", f"shopify:order:{order_id.group(1)}")).fetchall())
+        finally:
+            conn.close()
+        assert len(visitors) == 2 and len(set(visitors.values())) == 1
+        # Paid: the next cart is a new one.
+        assert shopper.post("/cart/add", json={"product_id": 105}).json()["cart_id"] != (
+            cart["cart_id"])

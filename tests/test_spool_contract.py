@@ -189,6 +189,52 @@ def test_server_messages_find_the_visitor_a_user_is_bound_to(backend: Backend) -
     run(backend, scenario)
 
 
+def test_a_server_order_naming_no_visitor_is_linked_by_token_then_email(
+        backend: Backend) -> None:
+    """An order webhook names no visitor: its customer's binding wins, then the visitor that
+    first carried its checkout or cart token, then the user bound under its email; with none
+    a new visitor, which its tokens then name (docs/platforms.md, "Which visitor")."""
+    async def scenario(spool: Spool) -> None:
+        server = RequestContext(source="server", hints=[""])
+        shopper, other, mailer = "a" * 32, "b" * 32, "c" * 32
+        checkout = track("Checkout Started", "cs-1", None, checkout_id="tok-1")
+        await spool.ingest("s", [checkout], RequestContext(cookie_visitor=shopper))
+        # A later visitor carrying the same token does not take it over.
+        await spool.ingest("s", [dict(checkout, messageId="cs-2")],
+                           RequestContext(cookie_visitor=other))
+        order = track("Order Completed", "wh-1", None, order_id="1", total=3,
+                      checkout_id="tok-1", cart_id="cart-9")
+        order["userId"] = "cust-1"
+        assert (await spool.ingest("s", [order], server)).visitor_id == shopper
+        # The customer is now bound to the shopper: their next order finds them by it.
+        again = track("Order Completed", "wh-2", None, order_id="2", total=3)
+        again["userId"] = "cust-1"
+        assert (await spool.ingest("s", [again], server)).visitor_id == shopper
+        # The binding wins over a token another visitor carried.
+        await spool.ingest("s", [track("Cart Viewed", "cv-1", None, cart_id="cart-o")],
+                           RequestContext(cookie_visitor=other))
+        third = track("Order Completed", "wh-3", None, order_id="3", total=3,
+                      cart_id="cart-o")
+        third["userId"] = "cust-1"
+        assert (await spool.ingest("s", [third], server)).visitor_id == shopper
+        # A guest order without token: the user bound under its email (as compared).
+        identify = {"type": "identify", "messageId": "id-m", "userId": "m@example.com"}
+        await spool.ingest("s", [identify], RequestContext(cookie_visitor=mailer))
+        guest = track("Order Completed", "wh-4", None, order_id="4", total=3,
+                      email=" M@Example.com")
+        assert (await spool.ingest("s", [guest], server)).visitor_id == mailer
+        # Nothing known: a new visitor, and its token names it for the next delivery.
+        lone = track("Order Completed", "wh-5", None, order_id="5", total=3,
+                     checkout_id="tok-new")
+        first = await spool.ingest("s", [lone], server)
+        assert first.visitor_id not in (shopper, other, mailer)
+        update = track("Order Completed", "wh-6", None, order_id="6", total=3,
+                       checkout_id="tok-new")
+        assert (await spool.ingest("s", [update], server)).visitor_id == first.visitor_id
+
+    run(backend, scenario)
+
+
 def test_visitor_state_folds_in_arrival_order_across_requests(backend: Backend) -> None:
     async def scenario(spool: Spool) -> None:
         add = track("Product Added", "add-1", product_id="p1", price=5, quantity=1)

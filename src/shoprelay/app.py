@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from shoprelay.delivery.forwarder import DeliveryOptions
 from shoprelay.ingest.openapi import document as api_document
 from shoprelay.ingest.routes import Ingest
+from shoprelay.ingest.webhooks import Webhooks
 from shoprelay.operate.debugger import DebugBus
 from shoprelay.operate.logs import RequestIdMiddleware
 from shoprelay.operate.metrics import Metrics
@@ -87,7 +88,7 @@ def create_app(settings: Settings, *, delivery: DeliveryOptions | None = None,
     app = Starlette(lifespan=lifespan)
     operations = Operations(settings, spool, metrics, bus,
                             lambda: getattr(app.state, "forwarder", None), api_document())
-    app.router.routes.extend([*ingest.routes(),
+    app.router.routes.extend([*ingest.routes(), *Webhooks(ingest).routes(),
                               *tracker.routes(relay.path_prefix, relay.tracker_file),
                               *pixel.routes(),
                               *operations.routes()])

@@ -27,7 +27,8 @@ DEMO_WRITE_KEY = "pk_demo_shop"
 def demo_table(*, shop_origin: str, sandbox_url: str, spool_file: str,
                vendors: list[str] | None = None, secret: str | None = None,
                forward_bots: bool = False, admin_token: str = "",
-               identify_secret: str = "") -> dict[str, Any]:
+               identify_secret: str = "",
+               shopify_webhook_secret: str | None = None) -> dict[str, Any]:
     """The demo's settings as a TOML-shaped table (tests adjust it before parsing)."""
     return {
         "relay": {"secret": secret or secrets.token_hex(16), "spool": f"sqlite://{spool_file}",
@@ -38,6 +39,9 @@ def demo_table(*, shop_origin: str, sandbox_url: str, spool_file: str,
                   "ingest_per_ip_per_minute": 0},
         "sites": {"demo": {"write_key": DEMO_WRITE_KEY, "allowed_origins": [shop_origin],
                            "forward_bots": forward_bots, "identify_secret": identify_secret,
+                           # The demo shop's platform page signs Shopify order webhooks.
+                           "shopify_webhook_secret": (shopify_webhook_secret
+                                                      or secrets.token_hex(16)),
                            "vendors": demo_vendor_settings(sandbox_url, vendors)}},
     }
 
@@ -60,7 +64,8 @@ async def run_demo(*, host: str = "127.0.0.1", port: int = 8900, sandbox_port: i
     settings = demo_settings(shop_origin=shop_url, sandbox_url=sandbox_url,
                              spool_file=str(directory / "spool.db"), admin_token=token)
     relay = create_app(settings)
-    shop = create_shop_app(relay, write_key=DEMO_WRITE_KEY, sandbox_url=sandbox_url)
+    shop = create_shop_app(relay, write_key=DEMO_WRITE_KEY, sandbox_url=sandbox_url,
+                           shopify_webhook_secret=settings.sites["demo"].shopify_webhook_secret)
     servers = [
         uvicorn.Server(uvicorn.Config(create_sandbox_app(), host=host, port=sandbox_port,
                                       log_level="warning", lifespan="off", access_log=False)),
@@ -70,6 +75,7 @@ async def run_demo(*, host: str = "127.0.0.1", port: int = 8900, sandbox_port: i
     print(f"shoprelay demo\n"
           f"  shop (with the relay on the same origin): {shop_url}/\n"
           f"  what each vendor received:                {shop_url}/demo/vendors\n"
+          f"  an order as Shopify's webhook reports it: {shop_url}/demo/platform\n"
           f"  live debugger (events in and out):        {admin.make_link(token, shop_url)}\n"
           f"    (open it within {admin.LINK_SECONDS // 60} minutes; the browser then keeps the "
           f"debugger for {admin.SESSION_SECONDS // 3600} hours)\n"

@@ -30,6 +30,9 @@ ORDER_SOURCES = ("first", "server")
 #: lists it in `allowed_origins` to take such frames' events (docs/platforms-pixel.md).
 OPAQUE_ORIGIN = "null"
 
+#: The per-site secrets of the platforms' order webhooks (`ingest.webhooks`).
+WEBHOOK_SECRETS = ("shopify_webhook_secret", "woocommerce_webhook_secret")
+
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PATH_PREFIX = re.compile(r"(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+")
 _FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
@@ -153,6 +156,12 @@ class SiteSettings:
     #: serving www.shop.example), so the shop's pages and backend share it; "" = host-only
     #: (the relay's host). Set only on answers to a host it covers (docs/deploy.md).
     cookie_domain: str = ""
+    #: The secret Shopify signs the site's order webhooks with (`X-Shopify-Hmac-Sha256`):
+    #: with it, `POST /webhooks/shopify/<site>` takes them (docs/platforms.md); "" = off.
+    shopify_webhook_secret: str = ""
+    #: The secret of the site's WooCommerce webhooks (`X-WC-Webhook-Signature`): with it,
+    #: `POST /webhooks/woocommerce/<site>` takes them; "" = off.
+    woocommerce_webhook_secret: str = ""
     vendors: dict[str, VendorConfig] = field(default_factory=dict)
 
 
@@ -239,13 +248,22 @@ def parse(
             problems.append(Problem(f"{where}.identify_secret",
                                     "must be a secret of at least 16 characters, different "
                                     "from the write and server keys"))
+        others = [site.write_key, site.server_key, site.identify_secret]
+        for role in WEBHOOK_SECRETS:
+            value = getattr(site, role)
+            if value and (len(value) < 16 or value in others):
+                problems.append(Problem(f"{where}.{role}",
+                                        "must be a secret of at least 16 characters, "
+                                        "different from the site's other keys"))
+            others.append(value)
         if site.order_source not in ORDER_SOURCES:
             problems.append(Problem(f"{where}.order_source",
                                     f"must be one of {', '.join(ORDER_SOURCES)}"))
-        elif site.order_source == "server" and not site.server_key:
+        elif site.order_source == "server" and not (
+                site.server_key or any(getattr(site, role) for role in WEBHOOK_SECRETS)):
             problems.append(Problem(f"{where}.order_source",
-                                    '"server" needs a server_key: no order would reach '
-                                    "a vendor"))
+                                    '"server" needs a server_key or a webhook secret: no '
+                                    "order would reach a vendor"))
         for i, origin in enumerate(site.allowed_origins):
             if origin == OPAQUE_ORIGIN:
                 continue
@@ -283,7 +301,7 @@ def _reused_keys(relay: RelaySettings | None, sites: dict[str, SiteSettings]) ->
         uses += [(relay.secret, "relay.secret", "", "relay"),
                  (relay.admin_token, "relay.admin_token", "", "relay")]
     for name, site in sites.items():
-        for role in ("write_key", "server_key", "identify_secret"):
+        for role in ("write_key", "server_key", "identify_secret", *WEBHOOK_SECRETS):
             uses.append((getattr(site, role), f"sites.{name}.{role}", name, role))
         for vendor, config in site.vendors.items():
             for field_name in type(config).secret_fields:

@@ -205,10 +205,9 @@ class Ingest:
             # Accept first, think after: one durable append, then the answer. The rules
             # stage folds it behind the request (shoprelay.spool: the intake).
             try:
-                ticket = await self.spool.append(site.name, accepted, context, wait=server)
+                result = await self.store(site.name, accepted, context, wait=server)
             except SpoolFull as full:
                 return self._full(full, origin, site)
-            result = await self._routed(ticket) if server else None
             if result is not None:
                 # The shop's backend hears the fold's answer (an order already reported).
                 dropped = result.dropped
@@ -223,13 +222,7 @@ class Ingest:
                      len(checked.rejected) + len(accepted),
                      extra={"site": site.name,
                             "reasons": sorted({r.code for r in checked.rejected})})
-        if accepted:
-            self.metrics.accepted.labels(site.name).inc(len(accepted))
-            if self.bus.active:
-                for message in accepted:
-                    self.bus.publish("message", {"site": site.name, "type": message.get("type"),
-                                                 "event": message.get("event"),
-                                                 "message": message})
+        self.announce(site.name, accepted)
         # An order copy dropped as already reported is not "accepted": the client hears why.
         duplicates = sum(1 for _, reason in dropped if reason.startswith("duplicate"))
         answer: dict[str, Any] = {
@@ -253,6 +246,25 @@ class Ingest:
                                                        domain=_cookie_domain(site, request)))
         response.headers["Cache-Control"] = "no-store"
         return response
+
+    async def store(self, site: str, messages: list[dict[str, Any]], context: RequestContext,
+                    *, wait: bool) -> IngestResult | None:
+        """One durable append of a request's accepted messages (raises `SpoolFull`); with
+        `wait` (a server: the server API, a platform's webhook) the fold's answer, or None
+        when it took longer than `_ROUTED_WAIT`."""
+        ticket = await self.spool.append(site, messages, context, wait=wait)
+        return await self._routed(ticket) if wait else None
+
+    def announce(self, site: str, accepted: list[dict[str, Any]]) -> None:
+        """Count stored messages and show them on the live debugger."""
+        if not accepted:
+            return
+        self.metrics.accepted.labels(site).inc(len(accepted))
+        if self.bus.active:
+            for message in accepted:
+                self.bus.publish("message", {"site": site, "type": message.get("type"),
+                                             "event": message.get("event"),
+                                             "message": message})
 
     async def _mint(self, site: str, messages: list[dict[str, Any]]
                     ) -> tuple[str | None, str | None]:

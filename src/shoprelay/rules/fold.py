@@ -5,10 +5,11 @@ state, what the relay adds to it and which vendors get it."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shoprelay.events import (
+    MAX_KEPT_ID_CHARS,
     PRODUCT_UPDATED,
     Enrichment,
     StoredEvent,
@@ -59,6 +60,8 @@ class Keys:
     message_ids: list[str]
     order_ids: list[str]
     visitors: list[str]
+    #: The alias keys of the carts and checkouts the messages name (`token_keys`).
+    tokens: list[str] = field(default_factory=list)
 
 
 class IngestRules:
@@ -81,11 +84,15 @@ class IngestRules:
         # Any message's user id is a claim the fold checks against its binding (issue 20),
         # looked up as the fold compares it (issue 22: " victim-7" is victim-7).
         users = [u for u in (user_id_of(m) for m in messages) if u]
+        # A server message that names no visitor may be found by the email on its order.
+        users += [e for i, m in enumerate(messages)
+                  if context.hint(i) == "" and (e := _order_email(m))]
         visitors = [v for v in (context.cookie_visitor, *(context.hints or ())) if v]
         return Keys(list(dict.fromkeys(anonymous)), list(dict.fromkeys(users)),
                     [str(m["messageId"]) for m in messages],
                     [o for o in (order_id_of(m) for m in messages) if o is not None],
-                    list(dict.fromkeys(visitors)))
+                    list(dict.fromkeys(visitors)),
+                    list(dict.fromkeys(t for m in messages for t in token_keys(m))))
 
     def fold(self, site: str, messages: list[dict[str, Any]], context: RequestContext,
              snapshot: Snapshot, received_at: float) -> IngestPlan:
@@ -109,6 +116,11 @@ class IngestRules:
                     # The one the request path already gave the client a cookie for.
                     visitor = context.new_visitor or self.new_id()
                     fresh.add(visitor)
+            for token in token_keys(message):
+                # The visitor whose cart or checkout this is, for a platform's order webhook
+                # that names only the token (`_visitor`); the first visitor keeps it.
+                if plan.aliases.get(token) is None and snapshot.alias(token) is None:
+                    plan.aliases[token] = visitor
             if not plan.result.visitor_id:
                 plan.result.visitor_id = visitor
                 # Hand out a visitor's cookie only to the client that holds it already, or
@@ -319,7 +331,10 @@ class IngestRules:
                  context: RequestContext, snapshot: Snapshot, plan: IngestPlan) -> str:
         """Which visitor a message belongs to: the signed cookie (or, from the shop's backend,
         the cookie value it passed on), else the visitor its user id is bound to (server
-        messages), else its anonymousId's alias, else none yet ("")."""
+        messages), else its anonymousId's alias; for a server message without either, the
+        visitor that carried its cart or checkout token, then the one bound to its order's
+        email as a user id (docs/platforms.md, "Which visitor"); else a visitor derived from
+        its anonymousId, else none yet ("")."""
         known = context.cookie_visitor or hint
         user_id = message.get("userId")
         if not known and user_id and hint == "":
@@ -327,8 +342,13 @@ class IngestRules:
             known = binding.visitor_id if binding is not None else None
         anonymous_id = message.get("anonymousId")
         if not isinstance(anonymous_id, str) or not anonymous_id:
+            anonymous_id = None
+        current = (plan.aliases.get(anonymous_id) or snapshot.alias(anonymous_id)
+                   if anonymous_id is not None else None)
+        if not known and current is None and hint == "":
+            known = self._linked(message, snapshot, plan)
+        if anonymous_id is None:
             return known or ""
-        current = plan.aliases.get(anonymous_id) or snapshot.alias(anonymous_id)
         if known:
             if current is None:
                 plan.aliases[anonymous_id] = known
@@ -341,6 +361,57 @@ class IngestRules:
         plan.aliases[anonymous_id] = visitor
         return visitor
 
+    @staticmethod
+    def _linked(message: dict[str, Any], snapshot: Snapshot, plan: IngestPlan) -> str | None:
+        """For a server message that names no visitor, user or alias (an order webhook): the
+        visitor that first carried one of its cart or checkout tokens, else the visitor of
+        the user bound under its order's email (shops whose identify uses the email)."""
+        for token in token_keys(message):
+            found = plan.aliases.get(token) or snapshot.alias(token)
+            if found:
+                return found
+        email = _order_email(message)
+        if email:
+            binding = plan.users.get(email) or snapshot.user(email)
+            if binding is not None:
+                return binding.visitor_id
+        return None
+
+
+#: The properties that name a shopper's cart or checkout on the shop's platform (a Shopify
+#: cart and checkout token, a shop's own cart id): the fold remembers, under
+#: `TOKEN_ALIAS` + name + ":" + value, the first visitor that carried each, so an order
+#: webhook naming the token reaches that visitor.
+TOKEN_PROPERTIES = ("checkout_id", "cart_id")
+TOKEN_ALIAS = "token:"
+
+
+def token_keys(message: dict[str, Any]) -> list[str]:
+    """The alias keys of the cart and checkout tokens a message's properties carry."""
+    props = message.get("properties")
+    if not isinstance(props, dict):
+        return []
+    keys = []
+    for name in TOKEN_PROPERTIES:
+        value = props.get(name)
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            continue
+        text = normal_id(str(value))
+        if text and len(text) <= MAX_KEPT_ID_CHARS:
+            keys.append(f"{TOKEN_ALIAS}{name}:{text}")
+    return keys
+
+
+def _order_email(message: dict[str, Any]) -> str | None:
+    """An `Order Completed`'s email (`properties.email`, else `context.traits.email`) as
+    compared, for the visitor of a shop whose identify uses the email as user id."""
+    if order_id_of(message) is None:
+        return None
+    props = message.get("properties")
+    email = props.get("email") if isinstance(props, dict) else None
+    if not isinstance(email, str) or not email:
+        email = identity_traits(message).get("email")
+    return normal_email(email) or None if isinstance(email, str) else None
 
 
 def _without_signature(message: dict[str, Any]) -> dict[str, Any]:

@@ -110,7 +110,7 @@ class Ingest:
                            finish: Finish | None = None) -> IngestResult:
         keys = self._rules.keys(messages, context)
         k = self._ctx.keys.k
-        wanted = [*(k("alias", site, a) for a in keys.anonymous_ids),
+        wanted = [*(k("alias", site, a) for a in (*keys.anonymous_ids, *keys.tokens)),
                   *(k("user", site, u) for u in keys.user_ids),
                   *(k("msg", site, m) for m in keys.message_ids),
                   *(k("ord", site, o) for o in keys.order_ids),
