@@ -1,7 +1,7 @@
 // shoprelay for Shopify: paste into Settings > Customer events > Add custom pixel.
 // Sends Shopify's standard events to your relay as the canonical events of shoprelay's
-// contract (docs/platforms-pixel.md). Copied from your relay with its address and your
-// site's write key filled in; edit nothing below unless you mean to.
+// contract (docs/platforms.md, "Shopify custom pixel"). Copied from your relay with its
+// address and your site's write key filled in; edit nothing below unless you mean to.
 const RELAY = "__SHOPRELAY_ENDPOINT__";
 const WRITE_KEY = "__SHOPRELAY_WRITE_KEY__";
 const VISITOR = "_shoprelay_aid";       // first-party cookie on the shop's domain (2 years)

@@ -27,7 +27,7 @@ from shoprelay.vendors.base import VendorConfig
 #: arrives, or the shop's backend alone (the rules hold a browser copy back).
 ORDER_SOURCES = ("first", "server")
 #: What a browser sends as `Origin` from a sandboxed frame (a Shopify custom pixel): a site
-#: lists it in `allowed_origins` to take such frames' events (docs/platforms-pixel.md).
+#: lists it in `allowed_origins` to take such frames' events (docs/platforms.md, pixel).
 OPAQUE_ORIGIN = "null"
 
 #: The per-site secrets of the platforms' order webhooks (`ingest.webhooks`).

@@ -84,7 +84,8 @@ class ShopifyPixel:
             # where the shop developer will read it, rather than let every event get a 403.
             body = (f"// NOTE for the relay's operator: site {site.name!r} does not list "
                     f'"{OPAQUE_ORIGIN}" in allowed_origins,\n// so the relay refuses this '
-                    "pixel's events (403) until it does (docs/platforms-pixel.md).\n" + body)
+                    "pixel's events (403) until it does (docs/platforms.md, Shopify custom "
+                    "pixel).\n" + body)
         # JSON string literals: the address comes from the request's Host header.
         body = (body.replace('"__SHOPRELAY_ENDPOINT__"', json.dumps(self._endpoint(request)))
                 .replace('"__SHOPRELAY_WRITE_KEY__"', json.dumps(key)))
