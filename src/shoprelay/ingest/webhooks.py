@@ -149,11 +149,11 @@ class Webhooks:
             hints=[""])
         try:
             result = await self.ingest.store(site.name, [message], request_context, wait=True)
-        except SpoolFull:
+        except SpoolFull as full:
             self.ingest.metrics.rejected.labels("spool_full").inc()
             response = _answer(503, error="the relay cannot store events right now",
                                code="spool_full")
-            response.headers["Retry-After"] = "30"
+            response.headers["Retry-After"] = str(full.retry_after)
             return response
         order_id = message["properties"]["order_id"]
         answer: dict[str, Any] = {"success": True, "order_id": order_id,
