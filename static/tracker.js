@@ -74,6 +74,20 @@
   };
   applyGpc();
   var allowed = () => Object.keys(consent).some((k) => k != 'gpc' && consent[k]);
+  // `answer`: the visitor has chosen (consent(), a Consent Mode update). A refusal then drops
+  // what is held; a Consent Mode default that denies only holds it, pending the visitor.
+  var setConsent = (c, answer) => {
+    answered ||= answer;
+    for (var k in c) consent[k] = !!c[k];
+    applyGpc();
+    if (allowed()) {
+      flush();
+      retry();
+    } else if (answered) {
+      queue = [];
+      save([]);
+    }
+  };
 
   // ---- messages ------------------------------------------------------------------------------
   var queue = [];
@@ -231,18 +245,7 @@
       userId = null;
     },
     // consent({analytics: true, marketing: false}): categories not named keep their state
-    consent: (c) => {
-      answered = 1;
-      for (var k in c) consent[k] = !!c[k];
-      applyGpc();
-      if (allowed()) {
-        flush();
-        retry();
-      } else {
-        queue = [];
-        save([]);
-      }
-    },
+    consent: (c) => setConsent(c, 1),
     flush: flush,
   };
 
@@ -310,6 +313,37 @@
     track(event, props);
   };
 
+  // ---- Google Consent Mode v2 (docs/tracker.md) ------------------------------------------
+  // gtag('consent', 'default' | 'update', {analytics_storage, ad_storage, ...}) as pushed onto
+  // the dataLayer. An update wins over defaults; among defaults a denial wins (order-free), and
+  // a region-scoped default can deny but not grant: we cannot know the visitor's region.
+  var gcmDefault = {};
+  var gcmUpdate = {};
+  var consentMode = (e) => {
+    var p = e[2];
+    var update = e[1] == 'update';
+    if (e[0] == 'consent' && isObj(p)) {
+      for (var k in p) {
+        var granted = p[k] == 'granted';
+        if (update) gcmUpdate[k] = granted;
+        else if (!(granted && p.region)) gcmDefault[k] = gcmDefault[k] != 0 && granted;
+      }
+      var s = assign({}, gcmDefault, gcmUpdate);
+      var c = {};
+      // marketing needs every ad_* key stated (ad_storage, ad_user_data, ad_personalization) granted
+      for (k in s) {
+        if (k == 'analytics_storage') c.analytics = s[k];
+        if (/^ad_/.test(k)) c.marketing = c.marketing != 0 && s[k];
+      }
+      setConsent(c, update);
+    }
+  };
+  // Consent Mode is read whatever data-auto says: it is the visitor's answer, not capture.
+  var dlEntry = (e) => {
+    consentMode(e);
+    on('datalayer') && gaEvent(e);
+  };
+
   var hooked;
   var hookDataLayer = () => {
     var dl = w.dataLayer;
@@ -319,24 +353,19 @@
       // GTM and gtag wrap push the same way, on top of ours, so both keep working.
       dl.push = function () {
         var r = push.apply(this, arguments);
-        each(arguments, safe(gaEvent));
+        each(arguments, safe(dlEntry));
         return r;
       };
       // What was pushed before we loaded, exactly once.
-      each(dl, safe(gaEvent));
+      each(dl, safe(dlEntry));
     }
   };
 
   // ---- schema.org JSON-LD ------------------------------------------------------------------
   var jsonLd = () =>
-    $$('script[type="application/ld+json"]', (s) => {
-      var j;
-      try {
-        j = JSON.parse(s.textContent);
-      } catch (e) {
-        return;
-      }
-      [j]
+    // (a script that is not JSON throws, and is skipped)
+    $$('script[type="application/ld+json"]', safe((s) => {
+      [JSON.parse(s.textContent)]
         .flat()
         .flatMap((top) => top?.['@graph'] || top)
         .forEach((o) => {
@@ -359,7 +388,7 @@
           }
           track(PRODUCT_VIEWED, props);
         });
-    });
+    }));
 
   // ---- data-sr-* attributes ------------------------------------------------------------------
   // data-sr-product="ID" (+ data-sr-name, -price, -currency, -category, -sku, -quantity, ...)
@@ -404,14 +433,8 @@
   };
 
   // ---- start ---------------------------------------------------------------------------------
-  var call = (args) => {
-    try {
-      // an unknown name throws here, and is ignored like any other mistake
-      methods[args[0]](...[].slice.call(args, 1));
-    } catch (e) {
-      // ignored on purpose
-    }
-  };
+  // an unknown name throws here, and is ignored like any other mistake
+  var call = safe((args) => methods[args[0]](...[].slice.call(args, 1)));
 
   // push is kept so shop code written against the pre-load stub (shoprelay.push([...])) works.
   var lib = { push: call };
@@ -425,11 +448,13 @@
     // A shop that queued its own page call (to name the page) gets that instead of ours.
     if (!pending.some((a) => a?.[0] == 'page')) page();
     pending.forEach(call);
+    // now, not at DOM-ready: a Consent Mode default set before the tag applies from the start
+    hookDataLayer();
 
     var scan = () => {
       // at the DOM's end, so a dataLayer made further down the page is found (what was
       // pushed before is replayed when it is hooked)
-      if (on('datalayer')) hookDataLayer();
+      hookDataLayer();
       if (on('jsonld')) jsonLd();
       if (on('attrs')) attributes();
     };
