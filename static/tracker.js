@@ -22,10 +22,8 @@
 
   var nav = w.navigator;
   var loc = location;
-  var MAX_BATCH = 10;
   // The retry queue: at most this many messages, none older than a day.
   var STORE_KEY = 'shoprelay:q';
-  var STORE_MAX = 100;
   var STORE_AGE = 864e5;
   var PRODUCT_VIEWED = 'Product Viewed';
   var LIST_VIEWED = 'Product List Viewed';
@@ -125,8 +123,8 @@
     };
     seen[msg.event] = 1;
     // never grow without bound while consent is pending: keep the newest
-    if (queue.push(msg) > STORE_MAX) queue.shift();
-    if (queue.length >= MAX_BATCH) flush();
+    if (queue.push(msg) > 100) queue.shift();
+    if (queue.length >= 10) flush();
     else timer = timer || setTimeout(safe(flush), 1e3);
   };
 
@@ -143,7 +141,7 @@
 
   // ---- transport -----------------------------------------------------------------------------
   // A batch that cannot be sent (offline, network error, 5xx, 408, 429) goes to the retry queue
-  // in localStorage: at most STORE_MAX messages, none older than STORE_AGE, in time order. It is
+  // in localStorage: at most 100 messages, none older than STORE_AGE, in time order. It is
   // sent again ten at a time after a success, when the browser is back online, on the next page,
   // and with exponential backoff (1 s doubling to 64 s). Stored messages leave the queue only
   // once the relay accepted them: a page closed while they are on the way keeps them for the
@@ -163,7 +161,7 @@
     try {
       list = list
         .filter((m) => new Date(m.timestamp) > Date.now() - STORE_AGE)
-        .slice(-STORE_MAX);
+        .slice(-100);
       if (list.length) storage.setItem(STORE_KEY, JSON.stringify(list));
       else storage.removeItem(STORE_KEY);
     } catch (e) {
@@ -209,7 +207,7 @@
     var list = load();
     // Offline, post keeps them stored and tries again later (they stay in order: a stored
     // batch is never added again, only removed once accepted).
-    if (allowed() && list.length) post(list.slice(0, MAX_BATCH), 0, 1);
+    if (allowed() && list.length) post(list.slice(0, 10), 0, 1);
   };
 
   // ---- the API -------------------------------------------------------------------------------
@@ -249,6 +247,29 @@
     flush: flush,
   };
 
+  // ---- Google Consent Mode v2 (docs/tracker.md) ------------------------------------------
+  // gtag('consent', 'default' | 'update', {analytics_storage, ad_storage, ...}) as pushed onto
+  // the dataLayer. An update sets a key; a default can only deny what an earlier default granted
+  // (so the order of region-scoped and general defaults does not matter), and a region-scoped
+  // default can deny but not grant: we cannot know the visitor's region.
+  var gcm = {};
+  var consentMode = (e) => {
+    var p = e[2];
+    var update = e[1] == 'update';
+    var c = {};
+    if (e[0] == 'consent' && isObj(p)) {
+      for (var k in p) {
+        var granted = p[k] == 'granted';
+        if (update || !(granted && p.region)) gcm[k] = (update || gcm[k] != 0) && granted;
+      }
+      // marketing needs every ad_* key stated (ad_storage, ad_user_data, ad_personalization) granted
+      for (k in gcm) {
+        if (k == 'analytics_storage') c.analytics = gcm[k];
+        if (/^ad_/.test(k)) c.marketing = c.marketing != 0 && gcm[k];
+      }
+      setConsent(c, update);
+    }
+  };
   // ---- GA4 dataLayer -------------------------------------------------------------------------
   var GA4 = {
     __proto__: null,
@@ -280,9 +301,12 @@
   };
 
   var gaEvent = (e) => {
-    var gtag = e?.[0] == 'event';
-    var name = gtag ? e[1] : e?.event;
-    var event = GA4[name];
+    // Consent Mode is read whatever data-auto says: it is the visitor's answer, not capture.
+    // (It also throws on a null entry, which is then skipped.)
+    consentMode(e);
+    var gtag = e[0] == 'event';
+    var name = gtag ? e[1] : e.event;
+    var event = on('datalayer') && GA4[name];
     if (!event) return;
     // gtag('event', name, params) pushes its arguments; GTM pushes {event, ecommerce: {...}}.
     var p = (gtag ? e[2] : e.ecommerce || e) || {};
@@ -313,37 +337,6 @@
     track(event, props);
   };
 
-  // ---- Google Consent Mode v2 (docs/tracker.md) ------------------------------------------
-  // gtag('consent', 'default' | 'update', {analytics_storage, ad_storage, ...}) as pushed onto
-  // the dataLayer. An update wins over defaults; among defaults a denial wins (order-free), and
-  // a region-scoped default can deny but not grant: we cannot know the visitor's region.
-  var gcmDefault = {};
-  var gcmUpdate = {};
-  var consentMode = (e) => {
-    var p = e[2];
-    var update = e[1] == 'update';
-    if (e[0] == 'consent' && isObj(p)) {
-      for (var k in p) {
-        var granted = p[k] == 'granted';
-        if (update) gcmUpdate[k] = granted;
-        else if (!(granted && p.region)) gcmDefault[k] = gcmDefault[k] != 0 && granted;
-      }
-      var s = assign({}, gcmDefault, gcmUpdate);
-      var c = {};
-      // marketing needs every ad_* key stated (ad_storage, ad_user_data, ad_personalization) granted
-      for (k in s) {
-        if (k == 'analytics_storage') c.analytics = s[k];
-        if (/^ad_/.test(k)) c.marketing = c.marketing != 0 && s[k];
-      }
-      setConsent(c, update);
-    }
-  };
-  // Consent Mode is read whatever data-auto says: it is the visitor's answer, not capture.
-  var dlEntry = (e) => {
-    consentMode(e);
-    on('datalayer') && gaEvent(e);
-  };
-
   var hooked;
   var hookDataLayer = () => {
     var dl = w.dataLayer;
@@ -353,11 +346,11 @@
       // GTM and gtag wrap push the same way, on top of ours, so both keep working.
       dl.push = function () {
         var r = push.apply(this, arguments);
-        each(arguments, safe(dlEntry));
+        each(arguments, safe(gaEvent));
         return r;
       };
       // What was pushed before we loaded, exactly once.
-      each(dl, safe(dlEntry));
+      each(dl, safe(gaEvent));
     }
   };
 
@@ -443,7 +436,7 @@
 
   var listen = (target, type, fn, capture) => target.addEventListener(type, safe(fn), capture);
 
-  try {
+  safe(() => {
     var pending = Array.isArray(prior) ? prior : [];
     // A shop that queued its own page call (to name the page) gets that instead of ours.
     if (!pending.some((a) => a?.[0] == 'page')) page();
@@ -486,7 +479,5 @@
     listen(d, 'visibilitychange', () => d.visibilityState == 'hidden' && unload());
     listen(w, 'online', retry);
     retry();
-  } catch (e) {
-    // ignored on purpose
-  }
+  })();
 })(window, document);
