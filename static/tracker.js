@@ -22,10 +22,8 @@
 
   var nav = w.navigator;
   var loc = location;
-  var MAX_BATCH = 10;
   // The retry queue: at most this many messages, none older than a day.
   var STORE_KEY = 'shoprelay:q';
-  var STORE_MAX = 100;
   var STORE_AGE = 864e5;
   var PRODUCT_VIEWED = 'Product Viewed';
   var LIST_VIEWED = 'Product List Viewed';
@@ -74,6 +72,20 @@
   };
   applyGpc();
   var allowed = () => Object.keys(consent).some((k) => k != 'gpc' && consent[k]);
+  // `answer`: the visitor has chosen (consent(), a Consent Mode update). A refusal then drops
+  // what is held; a Consent Mode default that denies only holds it, pending the visitor.
+  var setConsent = (c, answer) => {
+    answered ||= answer;
+    for (var k in c) consent[k] = !!c[k];
+    applyGpc();
+    if (allowed()) {
+      flush();
+      retry();
+    } else if (answered) {
+      queue = [];
+      save([]);
+    }
+  };
 
   // ---- messages ------------------------------------------------------------------------------
   var queue = [];
@@ -111,8 +123,8 @@
     };
     seen[msg.event] = 1;
     // never grow without bound while consent is pending: keep the newest
-    if (queue.push(msg) > STORE_MAX) queue.shift();
-    if (queue.length >= MAX_BATCH) flush();
+    if (queue.push(msg) > 100) queue.shift();
+    if (queue.length >= 10) flush();
     else timer = timer || setTimeout(safe(flush), 1e3);
   };
 
@@ -129,7 +141,7 @@
 
   // ---- transport -----------------------------------------------------------------------------
   // A batch that cannot be sent (offline, network error, 5xx, 408, 429) goes to the retry queue
-  // in localStorage: at most STORE_MAX messages, none older than STORE_AGE, in time order. It is
+  // in localStorage: at most 100 messages, none older than STORE_AGE, in time order. It is
   // sent again ten at a time after a success, when the browser is back online, on the next page,
   // and with exponential backoff (1 s doubling to 64 s). Stored messages leave the queue only
   // once the relay accepted them: a page closed while they are on the way keeps them for the
@@ -149,7 +161,7 @@
     try {
       list = list
         .filter((m) => new Date(m.timestamp) > Date.now() - STORE_AGE)
-        .slice(-STORE_MAX);
+        .slice(-100);
       if (list.length) storage.setItem(STORE_KEY, JSON.stringify(list));
       else storage.removeItem(STORE_KEY);
     } catch (e) {
@@ -195,7 +207,7 @@
     var list = load();
     // Offline, post keeps them stored and tries again later (they stay in order: a stored
     // batch is never added again, only removed once accepted).
-    if (allowed() && list.length) post(list.slice(0, MAX_BATCH), 0, 1);
+    if (allowed() && list.length) post(list.slice(0, 10), 0, 1);
   };
 
   // ---- the API -------------------------------------------------------------------------------
@@ -231,21 +243,33 @@
       userId = null;
     },
     // consent({analytics: true, marketing: false}): categories not named keep their state
-    consent: (c) => {
-      answered = 1;
-      for (var k in c) consent[k] = !!c[k];
-      applyGpc();
-      if (allowed()) {
-        flush();
-        retry();
-      } else {
-        queue = [];
-        save([]);
-      }
-    },
+    consent: (c) => setConsent(c, 1),
     flush: flush,
   };
 
+  // ---- Google Consent Mode v2 (docs/tracker.md) ------------------------------------------
+  // gtag('consent', 'default' | 'update', {analytics_storage, ad_storage, ...}) as pushed onto
+  // the dataLayer. An update sets a key; a default can only deny what an earlier default granted
+  // (so the order of region-scoped and general defaults does not matter), and a region-scoped
+  // default can deny but not grant: we cannot know the visitor's region.
+  var gcm = {};
+  var consentMode = (e) => {
+    var p = e[2];
+    var update = e[1] == 'update';
+    var c = {};
+    if (e[0] == 'consent' && isObj(p)) {
+      for (var k in p) {
+        var granted = p[k] == 'granted';
+        if (update || !(granted && p.region)) gcm[k] = (update || gcm[k] != 0) && granted;
+      }
+      // marketing needs every ad_* key stated (ad_storage, ad_user_data, ad_personalization) granted
+      for (k in gcm) {
+        if (k == 'analytics_storage') c.analytics = gcm[k];
+        if (/^ad_/.test(k)) c.marketing = c.marketing != 0 && gcm[k];
+      }
+      setConsent(c, update);
+    }
+  };
   // ---- GA4 dataLayer -------------------------------------------------------------------------
   var GA4 = {
     __proto__: null,
@@ -277,9 +301,12 @@
   };
 
   var gaEvent = (e) => {
-    var gtag = e?.[0] == 'event';
-    var name = gtag ? e[1] : e?.event;
-    var event = GA4[name];
+    // Consent Mode is read whatever data-auto says: it is the visitor's answer, not capture.
+    // (It also throws on a null entry, which is then skipped.)
+    consentMode(e);
+    var gtag = e[0] == 'event';
+    var name = gtag ? e[1] : e.event;
+    var event = on('datalayer') && GA4[name];
     if (!event) return;
     // gtag('event', name, params) pushes its arguments; GTM pushes {event, ecommerce: {...}}.
     var p = (gtag ? e[2] : e.ecommerce || e) || {};
@@ -329,14 +356,9 @@
 
   // ---- schema.org JSON-LD ------------------------------------------------------------------
   var jsonLd = () =>
-    $$('script[type="application/ld+json"]', (s) => {
-      var j;
-      try {
-        j = JSON.parse(s.textContent);
-      } catch (e) {
-        return;
-      }
-      [j]
+    // (a script that is not JSON throws, and is skipped)
+    $$('script[type="application/ld+json"]', safe((s) => {
+      [JSON.parse(s.textContent)]
         .flat()
         .flatMap((top) => top?.['@graph'] || top)
         .forEach((o) => {
@@ -359,7 +381,7 @@
           }
           track(PRODUCT_VIEWED, props);
         });
-    });
+    }));
 
   // ---- data-sr-* attributes ------------------------------------------------------------------
   // data-sr-product="ID" (+ data-sr-name, -price, -currency, -category, -sku, -quantity, ...)
@@ -404,14 +426,8 @@
   };
 
   // ---- start ---------------------------------------------------------------------------------
-  var call = (args) => {
-    try {
-      // an unknown name throws here, and is ignored like any other mistake
-      methods[args[0]](...[].slice.call(args, 1));
-    } catch (e) {
-      // ignored on purpose
-    }
-  };
+  // an unknown name throws here, and is ignored like any other mistake
+  var call = safe((args) => methods[args[0]](...[].slice.call(args, 1)));
 
   // push is kept so shop code written against the pre-load stub (shoprelay.push([...])) works.
   var lib = { push: call };
@@ -420,16 +436,18 @@
 
   var listen = (target, type, fn, capture) => target.addEventListener(type, safe(fn), capture);
 
-  try {
+  safe(() => {
     var pending = Array.isArray(prior) ? prior : [];
     // A shop that queued its own page call (to name the page) gets that instead of ours.
     if (!pending.some((a) => a?.[0] == 'page')) page();
     pending.forEach(call);
+    // now, not at DOM-ready: a Consent Mode default set before the tag applies from the start
+    hookDataLayer();
 
     var scan = () => {
       // at the DOM's end, so a dataLayer made further down the page is found (what was
       // pushed before is replayed when it is hooked)
-      if (on('datalayer')) hookDataLayer();
+      hookDataLayer();
       if (on('jsonld')) jsonLd();
       if (on('attrs')) attributes();
     };
@@ -461,7 +479,5 @@
     listen(d, 'visibilitychange', () => d.visibilityState == 'hidden' && unload());
     listen(w, 'online', retry);
     retry();
-  } catch (e) {
-    // ignored on purpose
-  }
+  })();
 })(window, document);
