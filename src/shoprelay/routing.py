@@ -50,14 +50,15 @@ def route_reasons(settings: Settings) -> RouteReasons:
         held = event.enrichment.bot and not site.forward_bots
         consent = event.enrichment.consent
         order_held = order_held_back(site, event)
+        event_name = event.name  # a property: computed once, not once per vendor
         out: dict[str, str | None] = {}
         for name, vendor, config in configured.get(event.site, []):
             if not config.enabled:
                 out[name] = "vendor disabled (enabled = false)"
             elif held:
                 out[name] = "held back as a bot (forward_bots = false)"
-            elif event.name not in vendor.handles:
-                out[name] = f"no mapping: {name} has no mapping for {event.name!r}"
+            elif event_name not in vendor.handles:
+                out[name] = f"no mapping: {name} has no mapping for {event_name!r}"
             elif not vendor.wants(event, config):
                 out[name] = f"not in {name}'s events allow-list"
             elif not allows(consent, config.consent, required=site.consent_required):
