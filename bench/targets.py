@@ -142,6 +142,15 @@ def stored(cfg: Path) -> int:
     return int(json.loads(out.stdout)["messages"])
 
 
+def fresh_twenty_events(n: int, visitor: int) -> bytes:
+    """`twenty_events` with messageIds no earlier load of the run used."""
+    return twenty_events(SUSTAINED_FIRST + n, visitor)
+
+
+#: Where the sustained load's request numbers start (the loads before it send far fewer).
+SUSTAINED_FIRST = 100_000_000
+
+
 def sustained(port: int, cfg: Path, seconds: float, connections: int, drain_timeout: float
               ) -> dict[str, float]:
     """20-event batches for `seconds`, then until routed: the whole pipe's events/s, accepted
@@ -150,8 +159,12 @@ def sustained(port: int, cfg: Path, seconds: float, connections: int, drain_time
     caught up by `drain_timeout` is measured at what it did."""
     _, earlier = wait_routed(port, drain_timeout)  # what the earlier loads left behind
     first = stored(cfg)
-    count, _, errors = asyncio.run(load(port, "/v1/batch", twenty_events, seconds=seconds,
-                                        connections=connections, warmup=0.0))
+    # Numbered past the earlier loads' requests: `load` numbers every load from 0, so the
+    # same messageIds again would be folded as duplicates, neither stored nor queued, and
+    # this figure would count only the few requests the earlier loads did not reach.
+    count, _, errors = asyncio.run(load(port, "/v1/batch", fresh_twenty_events,
+                                        seconds=seconds, connections=connections,
+                                        warmup=0.0))
     left = intake_pending(port)
     waited, still = wait_routed(port, drain_timeout)
     routed = stored(cfg) - first
