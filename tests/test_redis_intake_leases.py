@@ -10,9 +10,9 @@ import logging
 import time
 
 import pytest
+from test_redis_spool import make
 
 from shoprelay.rules import RequestContext
-from test_redis_spool import make
 
 CTX = RequestContext(ip="10.0.0.1", user_agent="UA", source="browser")
 
