@@ -4,12 +4,17 @@
   visitor (its cookie's, else its first anonymousId's) hashes to, `in:pN`, and announces it
   on `wakein`: one round trip, no read, no fold.
 - **Route.** A process running the rules stage holds the lease of some intake partitions
-  (`inlease:pN`, a fair share of them among the live processes, renewed like the delivery
-  leases) and folds each held partition's entries in stream order through the same
-  `Ingest` transaction a direct ingest uses; that transaction also acknowledges and deletes
-  the entry (XACK, XDEL), so an entry is routed once or, after a crash, again — and then the
+  (`inlease:pN`, a fair share of them among the live processes) and folds each held
+  partition's entries in stream order through the same `Ingest` transaction a direct
+  ingest uses; that transaction also acknowledges and deletes the entry (XACK, XDEL), so
+  an entry is routed once or, after a crash, again — and then the
   WATCHed messageId keys make the second fold store nothing twice. A partition taken over
   from another process starts with the entries it had read and not acknowledged.
+- **Leases on a busy relay.** The rules stage shares the event loop with the request path
+  and delivery, so one round over its partitions can outlast the lease. The held leases are
+  therefore renewed inside the round, all in one script call, whenever a quarter of the lease
+  time has passed (checked before each entry), and a lease that lapsed while nobody took it is
+  taken back rather than given up: only another holder means it is lost.
 - An entry the fold fails on moves to `in:failed` (logged), so it never blocks the entries
   behind it.
 """
