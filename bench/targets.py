@@ -37,6 +37,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 
@@ -47,7 +48,6 @@ from bench.ingest import (
     REDIS_URL,
     ROOT,
     free_port,
-    intake_pending,
     load,
     measure,
     pin,
@@ -102,16 +102,30 @@ async def post_range(port: int, first: int, requests: int, connections: int) -> 
     await post_all(port, requests, connections, first=first)
 
 
-def wait_routed(port: int, timeout: float) -> tuple[float, int]:
+def spool_figures(cfg: Path) -> dict[str, Any]:
+    """`shoprelay spool stats --json` beside the running relay: what the spool holds."""
+    out = subprocess.run([PY, "-m", "shoprelay", "spool", "stats", "--config", str(cfg),
+                          "--json"], capture_output=True, check=True, cwd=ROOT, timeout=120)
+    return cast(dict[str, Any], json.loads(out.stdout))
+
+
+def intake_pending(cfg: Path) -> int:
+    """Intake entries the rules stage has not routed yet, read from the spool. (Not from
+    /readyz: without the admin token it answers only ok / not_ready, so that reading was
+    always 0 and no wait below ever waited.)"""
+    return int(spool_figures(cfg)["intake"]["pending"])
+
+
+def wait_routed(cfg: Path, timeout: float) -> tuple[float, int]:
     """(seconds waited, intake entries still pending) once the intake is empty or `timeout`
     passed: the rules stage has routed and queued everything accepted, or not in time. (An
     entry is a request on SQLite; Redis splits a request by intake partition.) Polled twice
-    a second: each look is a `stats()` of the spool, work for the relay being measured."""
+    a second: each look is a `spool stats` beside the relay being measured."""
     began = time.perf_counter()
-    pending = intake_pending(port)
+    pending = intake_pending(cfg)
     while pending and time.perf_counter() - began < timeout:
         time.sleep(0.5)
-        pending = intake_pending(port)
+        pending = intake_pending(cfg)
     return time.perf_counter() - began, pending
 
 
@@ -137,9 +151,16 @@ def prefix_bytes(prefix: str) -> int:
 def stored(cfg: Path) -> int:
     """Messages the spool holds (routed by the rules stage), read by `shoprelay spool stats`
     beside the running relay."""
-    out = subprocess.run([PY, "-m", "shoprelay", "spool", "stats", "--config", str(cfg),
-                          "--json"], capture_output=True, check=True, cwd=ROOT, timeout=120)
-    return int(json.loads(out.stdout)["messages"])
+    return int(spool_figures(cfg)["messages"])
+
+
+def fresh_twenty_events(n: int, visitor: int) -> bytes:
+    """`twenty_events` with messageIds no earlier load of the run used."""
+    return twenty_events(SUSTAINED_FIRST + n, visitor)
+
+
+#: Where the sustained load's request numbers start (the loads before it send far fewer).
+SUSTAINED_FIRST = 100_000_000
 
 
 def sustained(port: int, cfg: Path, seconds: float, connections: int, drain_timeout: float
@@ -148,12 +169,16 @@ def sustained(port: int, cfg: Path, seconds: float, connections: int, drain_time
     → routed and queued for every vendor, over the load and the drain after it. Routed is
     counted in the spool (stored messages before and after), so a rules stage that has not
     caught up by `drain_timeout` is measured at what it did."""
-    _, earlier = wait_routed(port, drain_timeout)  # what the earlier loads left behind
+    _, earlier = wait_routed(cfg, drain_timeout)  # what the earlier loads left behind
     first = stored(cfg)
-    count, _, errors = asyncio.run(load(port, "/v1/batch", twenty_events, seconds=seconds,
-                                        connections=connections, warmup=0.0))
-    left = intake_pending(port)
-    waited, still = wait_routed(port, drain_timeout)
+    # Numbered past the earlier loads' requests: `load` numbers every load from 0, so the
+    # same messageIds again would be folded as duplicates, neither stored nor queued, and
+    # this figure would count only the few requests the earlier loads did not reach.
+    count, _, errors = asyncio.run(load(port, "/v1/batch", fresh_twenty_events,
+                                        seconds=seconds, connections=connections,
+                                        warmup=0.0))
+    left = intake_pending(cfg)
+    waited, still = wait_routed(cfg, drain_timeout)
     routed = stored(cfg) - first
     return {"accepted": count * 20 / seconds, "routed": routed / (seconds + waited),
             "left_at_end": left, "drain": waited, "unrouted": still, "errors": errors,
@@ -275,7 +300,7 @@ def backlog(spool: str, work: Path, args: argparse.Namespace) -> list[Row]:
             # Bounded too: at least 200 events/s, or the run stops with what it has.
             asyncio.run(asyncio.wait_for(post_range(port, first, half, args.connections),
                                          timeout=120 + half * 20 / 200))
-            waited, left = wait_routed(port, args.drain_timeout)
+            waited, left = wait_routed(cfg, args.drain_timeout)
             time.sleep(args.settle)
             size = (prefix_bytes(prefix) if redis else
                     sum((directory / name).stat().st_size for name in

@@ -4,12 +4,17 @@
   visitor (its cookie's, else its first anonymousId's) hashes to, `in:pN`, and announces it
   on `wakein`: one round trip, no read, no fold.
 - **Route.** A process running the rules stage holds the lease of some intake partitions
-  (`inlease:pN`, a fair share of them among the live processes, renewed like the delivery
-  leases) and folds each held partition's entries in stream order through the same
-  `Ingest` transaction a direct ingest uses; that transaction also acknowledges and deletes
-  the entry (XACK, XDEL), so an entry is routed once or, after a crash, again — and then the
+  (`inlease:pN`, a fair share of them among the live processes) and folds each held
+  partition's entries in stream order through the same `Ingest` transaction a direct
+  ingest uses; that transaction also acknowledges and deletes the entry (XACK, XDEL), so
+  an entry is routed once or, after a crash, again — and then the
   WATCHed messageId keys make the second fold store nothing twice. A partition taken over
   from another process starts with the entries it had read and not acknowledged.
+- **Leases on a busy relay.** The rules stage shares the event loop with the request path
+  and delivery, so one round over its partitions can outlast the lease. The held leases are
+  therefore renewed inside the round, all in one script call, whenever a quarter of the lease
+  time has passed (checked before each entry), and a lease that lapsed while nobody took it is
+  taken back rather than given up: only another holder means it is lost.
 - An entry the fold fails on moves to `in:failed` (logged), so it never blocks the entries
   behind it.
 """
@@ -30,13 +35,18 @@ from shoprelay.rules import IngestResult, RequestContext, user_id_of
 from shoprelay.spool.base import MessageRecord, in_intake
 from shoprelay.spool.redis.context import RedisContext
 from shoprelay.spool.redis.ingest import Ingest
-from shoprelay.spool.redis.keys import RELEASE, RENEW, id_time
+from shoprelay.spool.redis.keys import KEEP, RELEASE, id_time
 
 log = logging.getLogger("shoprelay.spool")
 
 _GROUP = "rules"
 #: Entries folded per read of a partition.
 _BATCH = 50
+#: The held leases are renewed when this share of the lease time has passed since the last
+#: renewal, checked before every entry folded: a round may take longer than the lease on a
+#: busy relay (the request path and delivery share the event loop), so renewing only between
+#: rounds let every lease lapse mid-round.
+_RENEW_AFTER = 0.25
 #: How long a waiting server request's answer is kept.
 _ANSWER_TTL = 600
 
@@ -50,6 +60,8 @@ class Intake:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._held: dict[int, bool] = {}  # partition → its leftovers were claimed
+        self._keep = ctx.redis.register_script(KEEP)  # EVALSHA, loaded on first use
+        self._renewed = 0.0  # when the held leases were last renewed (monotonic)
         self.routing = False
 
     def _stream(self, number: int) -> str:
@@ -173,7 +185,9 @@ class Intake:
                 self._wake.clear()  # before looking: a wake-up during the round is kept
                 folded = 0
                 for number in list(self._held):
-                    folded += await self._route_partition(number)
+                    await self._renew_if_due()
+                    if number in self._held:  # not lost just now
+                        folded += await self._route_partition(number)
                 if not folded:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), interval)
@@ -183,20 +197,40 @@ class Intake:
                 log.warning("redis spool: rules stage round failed", exc_info=True)
                 await asyncio.sleep(0.5)
 
+    async def _renew(self) -> None:
+        """Renew every held lease in one call (taking back any that lapsed unclaimed); drop
+        those another process holds now."""
+        self._renewed = time.monotonic()
+        held = list(self._held)
+        if not held:
+            return
+        ctx = self._ctx
+        kept = await self._keep(keys=[ctx.k("inlease", f"p{n}") for n in held],
+                                args=[ctx.proc_id, ctx.lease_ms])
+        for number, outcome in zip(held, cast(list[int], kept), strict=True):
+            if outcome == 0 and number in self._held:
+                log.warning("redis spool: lost the intake lease of partition %d", number)
+                del self._held[number]
+            elif outcome == 2:
+                log.info("redis spool: the intake lease of partition %d lapsed and was taken "
+                         "back (nobody had taken it)", number)
+
+    async def _renew_if_due(self) -> None:
+        if time.monotonic() - self._renewed >= self._ctx.lease_ms * _RENEW_AFTER / 1000.0:
+            await self._renew()
+
     async def _balance(self) -> None:
         """Renew the held leases, take free ones up to a fair share, give extra ones up."""
         ctx = self._ctx
         partitions = ctx.keys.partitions
         live = max(1, int(await ctx.redis.zcount(ctx.k("procs"), time.time(), "+inf")))
         share = math.ceil(partitions / live)
+        await self._renew()
         for number in range(partitions):
-            lease = ctx.k("inlease", f"p{number}")
-            if number in self._held:
-                if not await ctx.redis.eval(RENEW, 1, lease, ctx.proc_id, ctx.lease_ms):
-                    log.warning("redis spool: lost the intake lease of partition %d", number)
-                    del self._held[number]
-            elif len(self._held) < share and await ctx.redis.set(
-                    lease, ctx.proc_id, nx=True, px=ctx.lease_ms):
+            if number in self._held or len(self._held) >= share:
+                continue
+            if await ctx.redis.set(ctx.k("inlease", f"p{number}"), ctx.proc_id, nx=True,
+                                   px=ctx.lease_ms):
                 with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
                     await ctx.redis.xgroup_create(self._stream(number), _GROUP, id="0",
                                                   mkstream=True)
@@ -233,6 +267,7 @@ class Intake:
                 break
         folded = 0
         for entry_id, fields in entries:
+            await self._renew_if_due()
             if number not in self._held:
                 break  # the lease was lost meanwhile: the next holder goes on
             folded += await self._route_entry(number, stream, entry_id, fields)

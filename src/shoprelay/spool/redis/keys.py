@@ -58,6 +58,26 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+#: Renew the leases (KEYS) this process (ARGV[1]) holds for ARGV[2] ms, taking back any that
+#: lapsed and nobody took meanwhile; one reply per lease: 1 renewed, 2 taken back, 0 held by
+#: another process. Taking back is safe: a lapsed lease nobody took means no other process
+#: started on the partition, so a relay too busy to renew in time has lost nothing.
+KEEP = """
+local kept = {}
+for i, lease in ipairs(KEYS) do
+  local holder = redis.call('get', lease)
+  if holder == ARGV[1] then
+    redis.call('pexpire', lease, ARGV[2])
+    kept[i] = 1
+  elseif not holder then
+    redis.call('set', lease, ARGV[1], 'PX', ARGV[2])
+    kept[i] = 2
+  else
+    kept[i] = 0
+  end
+end
+return kept
+"""
 RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('del', KEYS[1])
