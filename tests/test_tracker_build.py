@@ -15,8 +15,9 @@ SOURCE = STATIC / "tracker.js"
 BUNDLE = STATIC / "tracker.min.js"
 BUILD = STATIC / "build.sh"
 
-#: The budget a shop pays on every page view; /s.js is served gzipped.
-GZIP_BUDGET = 3000
+#: The budget a shop pays on every page view; /s.js is served gzipped. 3,000 until Google
+#: Consent Mode (issue 21) cost ~150 B that trims could not win back (docs/tracker.md).
+GZIP_BUDGET = 3150
 
 
 def test_bundle_matches_a_fresh_build(tmp_path: Path) -> None:
