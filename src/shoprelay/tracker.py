@@ -9,7 +9,6 @@ the relay needs no Node.js; it is read once at start-up.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 from importlib import resources
 from pathlib import Path
@@ -18,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from shoprelay.proxies import TrustedProxies
 from shoprelay.settings import OPAQUE_ORIGIN, Settings
 
 _FILE = "tracker.min.js"
@@ -68,8 +68,7 @@ class ShopifyPixel:
     def __init__(self, settings: Settings, path: Path | None = None) -> None:
         self.settings = settings
         self.template = (path or tracker_path(_PIXEL_FILE)).read_text("utf-8")
-        self._trusted = [ipaddress.ip_network(p, strict=False)
-                         for p in settings.relay.trusted_proxies]
+        self.proxies = TrustedProxies(settings.relay.trusted_proxies)
 
     async def serve(self, request: Request) -> Response:
         key = request.query_params.get("key") or request.query_params.get("writeKey")
@@ -97,20 +96,10 @@ class ShopifyPixel:
         """The relay's base address as the browser should post to it: the request's own,
         with X-Forwarded-Proto / X-Forwarded-Host believed from trusted proxies only."""
         scheme, host = request.url.scheme, request.headers.get("host", request.url.netloc)
-        peer = request.client.host if request.client else None
-        if peer and self._trusted_peer(peer):
-            proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip()
-            forwarded_host = request.headers.get("x-forwarded-host", "").split(",")[0].strip()
-            scheme = proto if proto in ("http", "https") else scheme
-            host = forwarded_host or host
+        proto = self.proxies.forwarded(request, "x-forwarded-proto")
+        scheme = proto if proto in ("http", "https") else scheme
+        host = self.proxies.forwarded(request, "x-forwarded-host") or host
         return f"{scheme}://{host}{self.settings.relay.path_prefix}"
-
-    def _trusted_peer(self, host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in net for net in self._trusted)
 
     def routes(self) -> list[Route]:
         """At the root and under `relay.path_prefix`, as the tracker."""

@@ -38,6 +38,7 @@ from shoprelay.ingest.validation import (
 )
 from shoprelay.operate.debugger import DebugBus
 from shoprelay.operate.metrics import Metrics
+from shoprelay.proxies import TrustedProxies
 from shoprelay.rules import IngestResult, RequestContext, SitePolicy, early_refusals
 from shoprelay.settings import Settings, SiteSettings, domain_matches
 from shoprelay.spool.base import Spool
@@ -74,8 +75,7 @@ class Ingest:
         self.bus = bus or DebugBus()
         self.per_address = PerAddressLimit(settings.relay.ingest_per_ip_per_minute)
         self._all_origins = {o for s in settings.sites.values() for o in s.allowed_origins}
-        self._trusted = [ipaddress.ip_network(p, strict=False)
-                         for p in settings.relay.trusted_proxies]
+        self.proxies = TrustedProxies(settings.relay.trusted_proxies)
         self._refusal_logged = -1e9
         #: Per site: event name → how many of its vendors map it (the most work rows a
         #: message of that name makes: what ingest charges it for them).
@@ -242,7 +242,7 @@ class Ingest:
         if visitor and not server and not no_consent:
             response.headers.append("Set-Cookie",
                                     self.cookie.header(visitor, site.name,
-                                                       secure=self._is_https(request),
+                                                       secure=self.proxies.is_https(request),
                                                        domain=_cookie_domain(site, request)))
         response.headers["Cache-Control"] = "no-store"
         return response
@@ -364,21 +364,12 @@ class Ingest:
         self._cors(response, origin, site)
         return response
 
-    def _peer_trusted(self, host: str | None) -> bool:
-        if not host or not self._trusted:
-            return False
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in net for net in self._trusted)
-
     def _client_ip(self, request: Request) -> str | None:
         """The client's address; X-Forwarded-For is believed only from trusted proxies, and
         only as far as it holds IP addresses: a proxy passes on whatever the client wrote in
         front of its own entry, and that is never stored as an address (None instead)."""
         peer = _peer(request)
-        if not self._peer_trusted(peer):
+        if not self.proxies.trusts(peer):
             return peer
         forwarded = ",".join(request.headers.getlist("x-forwarded-for"))
         hops = [h.strip() for h in forwarded.split(",") if h.strip()]
@@ -393,16 +384,10 @@ class Ingest:
                     log.info("a trusted proxy passed on a non-IP X-Forwarded-For hop; "
                              "no client address stored (shoprelay_headers_refused_total)")
                 return None
-            if not self._peer_trusted(address):
+            if not self.proxies.trusts(address):
                 return address
         return ip_of(hops[0]) if hops else peer
 
-    def _is_https(self, request: Request) -> bool:
-        if request.url.scheme == "https":
-            return True
-        peer = _peer(request)
-        proto = request.headers.get("x-forwarded-proto", "")
-        return self._peer_trusted(peer) and proto.split(",")[0].strip() == "https"
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:

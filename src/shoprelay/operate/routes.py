@@ -12,7 +12,6 @@ routes answer 404: an operator turns them on deliberately.
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +30,7 @@ from shoprelay.operate import admin, health, trace
 from shoprelay.operate.debugger import DebugBus
 from shoprelay.operate.debugger import page as debugger_page
 from shoprelay.operate.metrics import CONTENT_TYPE, Metrics
+from shoprelay.proxies import TrustedProxies
 from shoprelay.routing import route_reasons
 from shoprelay.settings import Settings
 
@@ -46,8 +46,7 @@ class Operations:
         self.bus = bus
         self.forwarder = forwarder
         self._openapi = api_document
-        self._trusted = [ipaddress.ip_network(p, strict=False)
-                         for p in settings.relay.trusted_proxies]
+        self.proxies = TrustedProxies(settings.relay.trusted_proxies)
         self._reasons = route_reasons(settings)
 
     def routes(self) -> list[Route]:
@@ -136,17 +135,6 @@ class Operations:
             text += "; in a browser, open the link `shoprelay debug-link` prints"
         return Response(text, 401, {"WWW-Authenticate": "Bearer"}, media_type="text/plain")
 
-    def _is_https(self, request: Request) -> bool:
-        if request.url.scheme == "https":
-            return True
-        peer = request.client.host if request.client else ""
-        try:
-            trusted = any(ipaddress.ip_address(peer) in net for net in self._trusted)
-        except ValueError:
-            trusted = False
-        proto = request.headers.get("x-forwarded-proto", "")
-        return trusted and proto.split(",")[0].strip() == "https"
-
     async def metrics_page(self, request: Request) -> Response:
         if not self._authorised(request):
             return self._refusal()
@@ -199,7 +187,7 @@ class Operations:
                                         headers={"Cache-Control": "no-store",
                                                  "Referrer-Policy": "no-referrer"})
             response.headers["Set-Cookie"] = admin.session_cookie(
-                token, secure=self._is_https(request))
+                token, secure=self.proxies.is_https(request))
             return response
         if not self._authorised(request, debugger=True):
             return self._refusal(hint=bool(token))
