@@ -131,6 +131,24 @@ def wait_delivered(sandbox_url: str, vendor: str, expected: set[int],
                     timeout=timeout, interval=0.1)
 
 
+#: (sandbox attribute, relay setting, value) per vendor: limits well above what a test of
+#: crash safety sends, so its last events are not held for a rate window (Advisable's and Go
+#: Shops' 20 a second, Alana's 100 a minute per address). Tests *of* the limits keep theirs.
+_ROOMY_LIMITS = {"advisable": ("per_second", "rate_limit_per_second", 200),
+                 "goshops": ("per_second", "rate_limit_per_second", 200),
+                 "alana": ("per_ip", "requests_per_minute_per_ip", 1000)}
+
+
+def roomy_limits(monkeypatch: Any) -> dict[str, dict[str, Any]]:
+    """Raise the sandboxes' limits (call before `sandbox()`) and return the matching relay
+    overrides for `write_settings`: sandbox and relay keep agreeing, so no 429 is expected."""
+    from shoprelay.sandbox import SANDBOXES
+
+    for vendor, (attribute, _, value) in _ROOMY_LIMITS.items():
+        monkeypatch.setattr(SANDBOXES[vendor], attribute, value)
+    return {vendor: {setting: value} for vendor, (_, setting, value) in _ROOMY_LIMITS.items()}
+
+
 def fault(sandbox_url: str, vendor: str, **spec: Any) -> None:
     httpx.post(f"{sandbox_url}/_sandbox/{vendor}/faults", json=spec).raise_for_status()
 

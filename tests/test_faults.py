@@ -25,6 +25,7 @@ from test_delivery_support import (
     post,
     records,
     relay,
+    roomy_limits,
     sandbox,
     settle,
     view,
@@ -204,15 +205,20 @@ def spool_stats(cfg: Path) -> dict:
 
 
 @PROCESS_MODES
-def test_sigkill_during_load_then_restart_loses_nothing(tmp_path: Path, separate: bool) -> None:
+def test_sigkill_during_load_then_restart_loses_nothing(tmp_path: Path, separate: bool,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Load against a real `shoprelay serve`, SIGKILL mid-way, restart on the same spool.
     Every acknowledged event reaches every vendor; an event arrives twice only if its request
     was at the vendor but not yet recorded as delivered at the kill — and then exactly twice.
     (With a delivery process, the SIGKILL of `serve` takes it down too, as one process.)"""
+    # Rate windows would only hold the last events (Advisable's 20 a second: 15 s here);
+    # test_rate_limit_is_never_exceeded is the limits' test.
+    overrides = roomy_limits(monkeypatch)
     with sandbox() as sb:
         spool = tmp_path / "spool.db"
         cfg = write_settings(tmp_path / "s.toml", spool=spool, sandbox_url=sb,
-                             relay={"spool_sync": "full", "delivery_process": separate})
+                             relay={"spool_sync": "full", "delivery_process": separate},
+                             overrides=overrides)
         batches = [[view(b * 10 + i, visitor=f"v{(b * 10 + i) % 13}") for i in range(10)]
                    for b in range(30)]
         acked: list[int] = []
