@@ -44,6 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0"
 WRITE_KEY = "pk_bench"
+#: The bench relays' admin token: `intake_pending` reads the intake from /readyz with it.
+ADMIN_TOKEN = "bench-admin-token-0123456789"
 
 
 def default_limits() -> dict[str, tuple[int, float]]:
@@ -122,7 +124,9 @@ def settings_file(directory: Path, sandbox_url: str, *, sync: str, vendors: list
     lines = ["[relay]", 'secret = "bench-secret-0123456789abcdef"',
              f'spool = "{url}"', f'spool_sync = "{sync}"',
              # One load generator on one address: the per-address ingest limit would refuse it.
-             "ingest_per_ip_per_minute = 1000000000", *(relay_lines or [])]
+             "ingest_per_ip_per_minute = 1000000000",
+             # /readyz shows the intake's figures only to the admin (intake_pending reads them).
+             f'admin_token = "{ADMIN_TOKEN}"', *(relay_lines or [])]
     if redis_prefix:
         lines.append(f'redis_prefix = "{redis_prefix}"')
     lines += ["", "[sites.bench]", f'write_key = "{WRITE_KEY}"']
@@ -227,8 +231,10 @@ def measure(name: str, port: int, args: argparse.Namespace) -> dict[str, float]:
 
 
 def intake_pending(port: int) -> int:
-    """Accepted requests the relay's rules stage has not routed yet (/readyz tells)."""
-    answer = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=30).json()
+    """Accepted requests the relay's rules stage has not routed yet (/readyz tells the admin:
+    without the token it answers only its status, and this read 0 whatever was queued)."""
+    answer = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=30,
+                       headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json()
     return int(answer.get("intake", {}).get("pending", 0))
 
 
