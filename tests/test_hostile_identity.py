@@ -65,6 +65,10 @@ def bind_victim(stack: Stack) -> Device:
         "type": "identify", "userId": VICTIM, "traits": {"email": VICTIM_MAIL},
         "context": {"visitorCookie": victim.client.cookies["sc"]}})
     assert answer.status_code == 200, answer.text
+    # The victim's own contact (or transfer) has reached every vendor before the attack
+    # starts: the marker of the attack orders only the attacker's events, not the victim's.
+    for vendor in next(iter(stack.settings.sites.values())).vendors:
+        after_marker(stack, vendor, victim, "424200")
     return victim
 
 

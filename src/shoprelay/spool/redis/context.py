@@ -3,6 +3,7 @@ identity, the lease time and the TTLs, and the new-work callback."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -54,3 +55,19 @@ class RedisContext:
             if isinstance(outcome, Exception) and "BUSYGROUP" not in str(outcome):
                 raise outcome
         self.grouped.update(new)
+
+
+async def stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the spool's background tasks and wait until each has ended, cancelling again
+    any still running a second later: a cancel can be swallowed under us (seen with a busy
+    event loop: the rules stage went on to its next round), and a single cancel then left
+    `aclose` waiting for ever."""
+    pending = [task for task in tasks if not task.done()]
+    while pending:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=1.0)
+        pending = [task for task in pending if not task.done()]
+    for task in tasks:  # retrieve each outcome, so none is reported as never retrieved
+        if not task.cancelled():
+            task.exception()

@@ -33,7 +33,7 @@ from redis.exceptions import ResponseError
 
 from shoprelay.rules import IngestResult, RequestContext, user_id_of
 from shoprelay.spool.base import MessageRecord, in_intake
-from shoprelay.spool.redis.context import RedisContext
+from shoprelay.spool.redis.context import RedisContext, stop_tasks
 from shoprelay.spool.redis.ingest import Ingest
 from shoprelay.spool.redis.keys import KEEP, RELEASE, id_time
 
@@ -143,9 +143,7 @@ class Intake:
         self._wake.set()
 
     async def aclose(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks)
         self._tasks = []
         with contextlib.suppress(Exception):  # leases then just expire
             for number in list(self._held):

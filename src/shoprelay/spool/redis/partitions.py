@@ -34,7 +34,7 @@ from typing import cast
 from redis.typing import StreamIdT
 
 from shoprelay.events import StoredEvent
-from shoprelay.spool.redis.context import RedisContext
+from shoprelay.spool.redis.context import RedisContext, stop_tasks
 from shoprelay.spool.redis.keys import RELEASE, RENEW, id_key, id_time, names, queued_field
 
 log = logging.getLogger("shoprelay.spool")
@@ -129,9 +129,7 @@ class Partitions:
     async def aclose(self) -> None:
         """Stop heartbeats and hand every held partition on (its pending entries marked idle
         so the next holder claims them at once)."""
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await stop_tasks(self.tasks)
         self.tasks = []
         try:
             for queue in self.queues.values():
